@@ -1,0 +1,1 @@
+"""Front doors: HTTP in, domain calls out, nothing else."""

@@ -1,0 +1,126 @@
+"""App factory: wires settings, store, solver and front doors into one ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from capd.api import capmonster
+from capd.api.capmonster import error_payload, json_response
+from capd.api.middleware import BodyLimitMiddleware, ClientAddressMiddleware
+from capd.api.openapi import openapi_document
+from capd.config import Settings
+from capd.metrics import Metrics
+from capd.outbound.guard import AddressGuard
+from capd.service import Service
+from capd.solving.builtin import BuiltinSolver
+from capd.solving.dispatch import Dispatcher
+from capd.solving.ocr import load_recogniser
+from capd.solving.ocr.base import Recogniser
+from capd.solving.pool import OcrPool
+from capd.store import open_store
+from capd.store.base import Store
+
+log = logging.getLogger("capd")
+
+SWEEP_INTERVAL_S = 1.0
+
+
+async def _sweeper(service: Service) -> None:
+    """Fail tasks past their deadline, once a second."""
+    while True:
+        try:
+            await service.expire_overdue()
+        except Exception:
+            log.exception("deadline sweep failed")
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+
+
+async def healthz(request: Request) -> Response:
+    if not request.app.state.ready:
+        return json_response({"status": "starting"}, 503)
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    service: Service = request.app.state.service
+    for task_type in ("ImageToTextTask",):
+        depth = await service.store.queue_depth(task_type)
+        service.metrics.set_gauge("capd_queue_depth", depth, type=task_type)
+    return PlainTextResponse(service.metrics.render(),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(request.app.state.openapi)
+
+
+async def user_agent(request: Request) -> Response:
+    return PlainTextResponse(request.app.state.service.settings.actual_user_agent)
+
+
+async def no_such_method(request: Request) -> Response:
+    return json_response(error_payload("ERROR_NO_SUCH_METHOD"))
+
+
+def create_app(settings: Settings, *, store: Store | None = None,
+               recogniser: Recogniser | None = None, clock: Callable[[], float] = time.time,
+               proxy_guard: Any = None, callback_guard: Any = None) -> Starlette:
+    """Build the ASGI app. Nothing is opened until the app's lifespan starts."""
+    store = store or open_store(settings.database_url)
+    metrics_registry = Metrics()
+    dispatcher = Dispatcher(store, dict(settings.queue_depth_limits), settings.queue_depth_limit)
+    service = Service(
+        settings, store, dispatcher, clock, metrics_registry,
+        proxy_guard or AddressGuard(settings.allow_private_proxies),
+        callback_guard or AddressGuard(settings.allow_private_callbacks))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.migrate()
+        engine = recogniser
+        if engine is None:
+            engine = await asyncio.to_thread(load_recogniser, settings.ocr_engine)
+        pool = OcrPool(engine, settings.ocr_threads)
+        solver = BuiltinSolver(store, dispatcher, pool, clock, settings.ocr_lease_s,
+                               service.rules, service.finish_task, metrics_registry)
+        background = [asyncio.create_task(solver.run()), asyncio.create_task(_sweeper(service))]
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            for job in background:
+                job.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            pool.close()
+            await store.close()
+
+    routes = [
+        *capmonster.routes(),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/api/useragent/actual", user_agent, methods=["GET"]),
+        Route("/{path:path}", no_such_method, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    ]
+    middleware = [
+        Middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                   create_paths=capmonster.CREATE_PATHS),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.service = service
+    app.state.ready = False
+    app.state.openapi = openapi_document()
+    return app

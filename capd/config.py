@@ -1,0 +1,188 @@
+"""One typed Settings object, read once at start-up from TOML and ``CAPD_*`` variables.
+
+Precedence: environment over TOML file over the defaults below. Every field can be
+set as ``CAPD_<FIELD_NAME_UPPER>``; mappings (``prices``, ``deadlines_s``,
+``queue_depth_limits``) as ``Name=value,Name=value``; lists as comma-separated values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from capd import constants as C
+from capd.errors import ConfigError
+
+DEFAULT_DB_FILE = "capd.db"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = f"sqlite:///{DEFAULT_DB_FILE}"
+    # money: USD per 1,000 solved tasks; types not listed use default_price_per_1000
+    default_price_per_1000: Decimal = C.DEFAULT_PRICE_PER_1000
+    prices: Mapping[str, Decimal] = field(default_factory=dict)
+    # tasks
+    result_ttl_s: float = C.RESULT_TTL_S
+    max_polls_per_task: int = C.MAX_POLLS_PER_TASK
+    max_polls_per_s: int = C.MAX_POLLS_PER_S
+    report_window_s: float = C.REPORT_WINDOW_S
+    image_deadline_s: float = C.IMAGE_DEADLINE_S
+    worker_deadline_s: float = C.WORKER_DEADLINE_S
+    deadlines_s: Mapping[str, float] = field(default_factory=dict)
+    queue_depth_limit: int = C.QUEUE_DEPTH_LIMIT
+    queue_depth_limits: Mapping[str, int] = field(default_factory=dict)
+    # bans
+    ban_duration_s: float = C.BAN_DURATION_S
+    unknown_key_ban_threshold: int = C.UNKNOWN_KEY_BAN_THRESHOLD
+    violation_block_threshold: int = C.VIOLATION_BLOCK_THRESHOLD
+    violation_window_s: float = C.VIOLATION_WINDOW_S
+    # network
+    trusted_proxies: tuple[Network, ...] = ()
+    allow_private_proxies: bool = False
+    allow_private_callbacks: bool = False
+    # images
+    min_image_bytes: int = C.MIN_IMAGE_BYTES
+    max_image_bytes: int = C.MAX_IMAGE_BYTES
+    max_body_bytes: int = C.MAX_BODY_BYTES
+    # userAgent
+    min_browser_major: int = C.MIN_BROWSER_MAJOR
+    min_safari_major: int = C.MIN_SAFARI_MAJOR
+    actual_user_agent: str = C.ACTUAL_USER_AGENT
+    # built-in OCR
+    ocr_engine: str = "ddddocr"
+    ocr_threads: int = 0  # 0: one per CPU core
+    ocr_lease_s: float = C.OCR_LEASE_S
+    # demo account printed by `capd serve --demo`
+    demo_balance: Decimal = C.DEMO_BALANCE
+
+    def price_per_1000(self, task_type: str) -> Decimal:
+        return self.prices.get(task_type, self.default_price_per_1000)
+
+    def deadline_s(self, task_type: str, built_in: bool) -> float:
+        default = self.image_deadline_s if built_in else self.worker_deadline_s
+        return self.deadlines_s.get(task_type, default)
+
+    def depth_limit(self, task_type: str) -> int:
+        return self.queue_depth_limits.get(task_type, self.queue_depth_limit)
+
+    def replace(self, **changes: Any) -> Settings:
+        return load_settings(overrides={**self._as_raw(), **changes})
+
+    def _as_raw(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_DEFAULT_PRICES = {
+    "ImageToTextTask": C.IMAGE_PRICE_PER_1000,
+}
+
+
+def _cast(name: str, value: Any) -> Any:
+    """Strictly cast a raw TOML/env value to the type of Settings.<name>."""
+    kind = _FIELDS[name].type
+    try:
+        if kind == "Decimal":
+            if isinstance(value, float):
+                value = repr(value)
+            d = Decimal(str(value))
+            if not d.is_finite() or d < 0:
+                raise ValueError
+            return d
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            n = int(value)
+            if n < 0:
+                raise ValueError
+            return n
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            x = float(value)
+            if x < 0 or x != x:
+                raise ValueError
+            return x
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if kind.startswith("tuple[Network"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(ipaddress.ip_network(str(i).strip(), strict=False)
+                         for i in items if str(i).strip())
+        if kind.startswith("Mapping["):
+            inner = kind[len("Mapping[str, "):-1]
+            if isinstance(value, str):
+                pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+                if any(len(p) != 2 for p in pairs):
+                    raise ValueError
+                value = {k.strip(): v.strip() for k, v in pairs}
+            if not isinstance(value, Mapping):
+                raise ValueError
+            converters: dict[str, Callable[[Any], Any]] = {
+                "Decimal": lambda v: Decimal(repr(v) if isinstance(v, float) else str(v)),
+                "float": float, "int": int}
+            conv = converters[inner]
+            out = {str(k): conv(v) for k, v in value.items()}
+            if any(v < 0 for v in out.values()):
+                raise ValueError
+            return out
+    except (ValueError, TypeError, InvalidOperation):
+        raise ConfigError(f"setting {name}: cannot use {value!r}") from None
+    raise ConfigError(f"setting {name}: unsupported type {kind}")
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from defaults, then the TOML file, then ``CAPD_*``, then overrides."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    path = config_path or env.get("CAPD_CONFIG")
+    if path:
+        try:
+            with Path(path).open("rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        section = data.get("capd", data)
+        for key, value in section.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            raw[key] = value
+    for name in _FIELDS:
+        env_name = f"CAPD_{name.upper()}"
+        if env_name in env:
+            raw[name] = env[env_name]
+    if "CAPD_DATABASE_URL" in env:
+        raw["database_url"] = env["CAPD_DATABASE_URL"]
+    if overrides:
+        raw.update(overrides)
+    values = {name: _cast(name, value) for name, value in raw.items()}
+    prices = dict(_DEFAULT_PRICES)
+    prices.update(values.pop("prices", {}))
+    return Settings(prices=prices, **values)

@@ -1,0 +1,41 @@
+"""Numbers of the contract, with their units, in one place.
+
+Each is a default; operators override them through ``capd.config.Settings``.
+"""
+
+from decimal import Decimal
+
+MAX_BODY_BYTES = 1024 * 1024  # spec §1: bodies over 1 MiB are refused before parsing
+MIN_IMAGE_BYTES = 100  # spec §5.5: fewer decoded bytes is ERROR_ZERO_CAPTCHA_FILESIZE
+MAX_IMAGE_BYTES = 51_200  # spec §5.5: more decoded bytes is ERROR_TOO_BIG_CAPTCHA_FILESIZE
+
+RESULT_TTL_S = 300  # spec §4: results kept 5 minutes after completion
+MAX_POLLS_PER_TASK = 120  # spec §4
+MAX_POLLS_PER_S = 10  # spec §4: default per-task poll rate
+REPORT_WINDOW_S = 24 * 3600  # spec §3: reports accepted within 24 h of the solution
+
+IMAGE_DEADLINE_S = 60  # built-in OCR: a task not solved by then fails
+WORKER_DEADLINE_S = 180  # spec §6: worker-served types
+OCR_LEASE_S = 15  # an in-process OCR lease; a crashed node's work returns after this
+
+BAN_DURATION_S = 600  # spec §4: 10 minutes
+UNKNOWN_KEY_BAN_THRESHOLD = 30  # unknown-key requests per window from one IP
+VIOLATION_BLOCK_THRESHOLD = 20  # violations per window by one account from one IP
+VIOLATION_WINDOW_S = 60
+
+QUEUE_DEPTH_LIMIT = 1000  # queued tasks per type before ERROR_NO_SLOT_AVAILABLE
+
+# Price per 1,000 solved tasks, USD (CapMonster Cloud's list prices as a starting point).
+DEFAULT_PRICE_PER_1000 = Decimal("0.3")
+IMAGE_PRICE_PER_1000 = Decimal("0.3")
+TOKEN_PRICE_PER_1000 = Decimal("0.6")
+
+DEMO_BALANCE = Decimal("10")
+
+# a userAgent older than this Chrome/Edge/Firefox major version: ERROR_WRONG_USERAGENT
+MIN_BROWSER_MAJOR = 130
+MIN_SAFARI_MAJOR = 16
+ACTUAL_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36"
+)

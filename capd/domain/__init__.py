@@ -1,0 +1,1 @@
+"""The rules, pure: no sockets, no SQL, no clocks read directly."""

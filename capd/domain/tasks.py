@@ -1,0 +1,297 @@
+"""createTask validation, in the spec's order (spec §5), and the image rules."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from capd.domain.catalogue import (
+    PROXY_FIELDS,
+    PROXY_TYPES,
+    RECAPTCHA_SITEKEY_LEN,
+    TASK_TYPES,
+    FieldSpec,
+    TaskType,
+)
+from capd.domain.keys import KeyOptions
+from capd.errors import BadParameter, CapdError
+
+_SITEKEY_RE = re.compile(rf"[A-Za-z0-9_-]{{{RECAPTCHA_SITEKEY_LEN}}}")
+_DATA_URI_RE = re.compile(r"^\s*data:[^,]{0,200};base64,", re.IGNORECASE)
+_UA_BROWSERS = (
+    ("Edg", re.compile(r"\bEdg(?:e|A|iOS)?/(\d+)")),
+    ("Firefox", re.compile(r"\b(?:Firefox|FxiOS)/(\d+)")),
+    ("Chrome", re.compile(r"\b(?:Chrome|CriOS)/(\d+)")),
+    ("Safari", re.compile(r"\bVersion/(\d+)(?:\.\d+)*.*\bSafari/")),
+)
+
+
+class GuardLike(Protocol):
+    async def allows(self, host: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What the built-in recogniser needs to read one ImageToText task."""
+
+    module: str = "universal"
+    threshold: int | None = None  # percent; None means no threshold
+    case_sensitive: bool = True
+    numeric: int = 0  # 0 any, 1 digits only, 2 no digits
+    math: bool = False
+
+
+@dataclass(frozen=True)
+class ValidatedTask:
+    type: TaskType
+    fields: dict[str, Any]  # the task object as sent (type included)
+    website_host: str | None = None
+    proxy: tuple[str, str, int] | None = None  # (type, address, port)
+    images: list[bytes] = field(default_factory=list)
+    image_spec: ImageSpec | None = None
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ValidationRules:
+    """The operator's settings the validator needs."""
+
+    min_image_bytes: int
+    max_image_bytes: int
+    min_browser_major: int
+    min_safari_major: int
+
+
+ProxyBanned = Callable[[str, int], Awaitable[bool]]
+
+
+def _get(task: dict[str, Any], name: str) -> tuple[bool, Any]:
+    """Field by its documented name, else by the capitalised spelling some clients send."""
+    if name in task:
+        return True, task[name]
+    alt = name[0].upper() + name[1:]
+    if alt in task:
+        return True, task[alt]
+    return False, None
+
+
+def _check_kind(name: str, spec: FieldSpec, value: Any) -> Any:
+    kind = spec.kind
+    if kind == "str":
+        if not isinstance(value, str):
+            raise BadParameter(name, "not a string")
+        if spec.choices is not None and value not in spec.choices:
+            raise BadParameter(name, f"not one of {sorted(spec.choices)}")
+        return value
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):  # PHP-style clients send 0/1
+            return bool(value)
+        raise BadParameter(name, "not a boolean")
+    if kind in ("int", "num"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadParameter(name, "not a number")
+        if kind == "int" and isinstance(value, float):
+            if not value.is_integer():
+                raise BadParameter(name, "not an integer")
+            value = int(value)
+        if value != value or (spec.low is not None and value < spec.low) or (
+                spec.high is not None and value > spec.high):
+            raise BadParameter(name, f"outside {spec.low:g}-{spec.high:g}")
+        return value
+    if kind == "list":
+        if not isinstance(value, list):
+            raise BadParameter(name, "not a list")
+        return value
+    if kind == "obj":
+        if not isinstance(value, dict):
+            raise BadParameter(name, "not an object")
+        return value
+    raise AssertionError(kind)
+
+
+def decode_image(raw: Any, rules: ValidationRules, name: str = "body") -> bytes:
+    """Base64 (optionally a data: URI, line breaks allowed) to bytes, size-checked (§5.5)."""
+    if raw is None or raw == "":
+        raise CapdError("ERROR_ZERO_CAPTCHA_FILESIZE", f"'{name}' is empty")
+    if not isinstance(raw, str):
+        raise BadParameter(name, "not a string")
+    text = _DATA_URI_RE.sub("", raw, count=1)
+    text = "".join(text.split())
+    # 4/3 of the decoded limit, plus padding: anything longer cannot fit (saves decoding)
+    if len(text) > (rules.max_image_bytes * 4) // 3 + 4:
+        raise CapdError("ERROR_TOO_BIG_CAPTCHA_FILESIZE")
+    text += "=" * (-len(text) % 4)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            data = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            raise CapdError("ERROR_ZERO_CAPTCHA_FILESIZE", "not valid base64") from None
+    if len(data) < rules.min_image_bytes:
+        raise CapdError("ERROR_ZERO_CAPTCHA_FILESIZE")
+    if len(data) > rules.max_image_bytes:
+        raise CapdError("ERROR_TOO_BIG_CAPTCHA_FILESIZE")
+    return data
+
+
+def url_host(url: Any) -> str | None:
+    """Host of an absolute http(s) URL, lower-cased; None when it is not one."""
+    if not isinstance(url, str) or len(url) > 4096:
+        return None
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return None
+    return host.rstrip(".").lower() or None
+
+
+def check_user_agent(ua: str, rules: ValidationRules) -> None:
+    """A plausible, current browser user agent, else ERROR_WRONG_USERAGENT."""
+    if not ua.startswith("Mozilla/5.0 (") or len(ua) > 1024:
+        raise CapdError("ERROR_WRONG_USERAGENT", "not a browser user agent")
+    for browser, pattern in _UA_BROWSERS:
+        m = pattern.search(ua)
+        if m:
+            minimum = rules.min_safari_major if browser == "Safari" else rules.min_browser_major
+            if int(m.group(1)) < minimum:
+                raise CapdError("ERROR_WRONG_USERAGENT",
+                                f"{browser} {m.group(1)} is older than {minimum}")
+            return
+    raise CapdError("ERROR_WRONG_USERAGENT", "no known browser version in userAgent")
+
+
+def _image_spec(fields: dict[str, Any], key: KeyOptions) -> ImageSpec:
+    _, module = _get(fields, "capMonsterModule")
+    _, threshold = _get(fields, "recognizingThreshold")
+    _, case = _get(fields, "case")
+    _, numeric = _get(fields, "numeric")
+    _, math = _get(fields, "math")
+    module = (module or key.module or "universal").lower()
+    return ImageSpec(
+        module=module,
+        threshold=int(threshold) if threshold is not None else key.recognizing_threshold,
+        case_sensitive=True if case is None else bool(case),
+        numeric=int(numeric or 0),
+        math=bool(math) or module == "captcha_math",
+    )
+
+
+async def validate_task(
+    task: dict[str, Any],
+    key: KeyOptions,
+    callback_url: Any,
+    rules: ValidationRules,
+    proxy_guard: GuardLike,
+    callback_guard: GuardLike,
+    proxy_banned: ProxyBanned,
+) -> ValidatedTask:
+    """Steps 3-5 of spec §5 for one task object; raises the first failure's CapdError."""
+    type_name = task.get("type")
+    ttype = TASK_TYPES.get(type_name) if isinstance(type_name, str) else None
+    if ttype is None:
+        raise CapdError("ERROR_TASK_NOT_SUPPORTED", f"type {str(task.get('type'))[:64]!r}")
+
+    fields: dict[str, Any] = {}
+    for name, spec in ttype.fields.items():
+        present, value = _get(task, name)
+        if not present or value is None:
+            if spec.required:
+                raise BadParameter(name, "missing")
+            continue
+        fields[name] = _check_kind(name, spec, value)
+        if spec.required and spec.kind == "str" and not value.strip():
+            raise BadParameter(name, "empty")
+    _check_type_specifics(ttype, fields)
+
+    host = None
+    if "websiteURL" in fields:
+        host = url_host(fields["websiteURL"])
+        if host is None:
+            raise CapdError("ERROR_RECAPTCHA_INVALID_DOMAIN", "websiteURL must be http(s)://host")
+    if ttype.recaptcha_family and "websiteKey" in fields and not _SITEKEY_RE.fullmatch(
+            fields["websiteKey"]):
+        raise CapdError("ERROR_RECAPTCHA_INVALID_SITEKEY")
+
+    proxy = await _check_proxy(task, ttype, fields, proxy_guard, proxy_banned)
+
+    if "userAgent" in fields:
+        check_user_agent(fields["userAgent"], rules)
+
+    cb = None
+    if callback_url is not None:
+        cb_host = url_host(callback_url)
+        if cb_host is None or not await callback_guard.allows(cb_host):
+            raise BadParameter("callbackUrl", "not an http(s) URL of a public host")
+        cb = callback_url
+
+    images: list[bytes] = []
+    image_spec = None
+    if ttype.name == "ImageToTextTask":
+        _, body = _get(task, "body")
+        images.append(decode_image(body, rules))
+        image_spec = _image_spec(fields, key)
+    elif ttype.name == "ComplexImageTask":
+        for i, item in enumerate(fields.get("imagesBase64") or []):
+            images.append(decode_image(item, rules, f"imagesBase64[{i}]"))
+
+    return ValidatedTask(ttype, dict(task), host, proxy, images, image_spec, cb)
+
+
+def _check_type_specifics(ttype: TaskType, fields: dict[str, Any]) -> None:
+    if ttype.name.startswith("GeeTestTask"):
+        if fields.get("version", 3) == 3 and "challenge" not in fields:
+            raise BadParameter("challenge", "missing (required for GeeTest v3)")
+    elif ttype.name == "ComplexImageTask":
+        images = fields.get("imagesBase64") or fields.get("imageUrls")
+        if not images:
+            raise BadParameter("imagesBase64", "missing (or imageUrls)")
+        for i, item in enumerate(images):
+            if not isinstance(item, str):
+                raise BadParameter(f"images[{i}]", "not a string")
+    elif ttype.name.startswith("TurnstileTask"):
+        variant = fields.get("cloudflareTaskType")
+        if variant is not None and variant not in ("cf_clearance", "token"):
+            raise BadParameter("cloudflareTaskType", "not one of cf_clearance, token")
+        if variant is not None and "userAgent" not in fields:
+            raise BadParameter("userAgent", "missing (required by cloudflareTaskType)")
+        if variant == "cf_clearance" and "htmlPageBase64" not in fields:
+            raise BadParameter("htmlPageBase64", "missing (required by cf_clearance)")
+
+
+async def _check_proxy(task: dict[str, Any], ttype: TaskType, fields: dict[str, Any],
+                       guard: GuardLike, banned: ProxyBanned) -> tuple[str, str, int] | None:
+    given = {n: v for n in PROXY_FIELDS for ok, v in [_get(task, n)] if ok and v not in (None, "")}
+    cf_clearance = fields.get("cloudflareTaskType") == "cf_clearance"
+    needs = ttype.requires_proxy or cf_clearance
+    if not given and not needs:
+        return None
+    ptype = given.get("proxyType")
+    address = given.get("proxyAddress")
+    port = given.get("proxyPort")
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    if (not isinstance(ptype, str) or ptype.lower() not in PROXY_TYPES
+            or not isinstance(address, str) or not address.strip() or len(address) > 255
+            or isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+        raise CapdError("ERROR_PROXY_MISSING")
+    for opt in ("proxyLogin", "proxyPassword"):
+        if opt in given and not isinstance(given[opt], str):
+            raise BadParameter(opt, "not a string")
+    address = address.strip()
+    if not await guard.allows(address):
+        raise CapdError("ERROR_PROXY_CONNECT_REFUSED", "proxy address is internal or unknown")
+    if await banned(address, port):
+        raise CapdError("ERROR_PROXY_BANNED")
+    return (ptype.lower(), address, port)

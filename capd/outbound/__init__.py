@@ -1,0 +1,1 @@
+"""Outbound connections (callbacks, proxy checks), behind one guard against internal addresses."""

@@ -1,0 +1,1 @@
+"""Queue, leases and the built-in OCR."""

@@ -1,0 +1,90 @@
+"""The built-in ImageToText solver: leases queued image tasks and reads them in the pool.
+
+It claims only as many tasks as the pool has free threads, so waiting work stays in the
+store (durable) rather than in memory; a lease that outlives a crashed process expires
+and the task is claimed again, until its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from capd.domain.tasks import ImageSpec, ValidationRules, decode_image
+from capd.errors import CapdError
+from capd.metrics import Metrics
+from capd.solving.dispatch import Dispatcher
+from capd.solving.ocr.base import UnreadableImage
+from capd.solving.pool import OcrPool
+from capd.store.base import Store, Task
+
+log = logging.getLogger("capd.solver")
+
+IMAGE_TYPE = "ImageToTextTask"
+Finisher = Callable[..., Awaitable[Task | None]]
+
+
+class BuiltinSolver:
+    def __init__(self, store: Store, dispatcher: Dispatcher, pool: OcrPool,
+                 clock: Callable[[], float], lease_s: float, rules: ValidationRules,
+                 finish: Finisher, metrics: Metrics) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.pool = pool
+        self.clock = clock
+        self.lease_s = lease_s
+        self.rules = rules
+        self.finish = finish
+        self.metrics = metrics
+        self.owner = f"builtin-{uuid.uuid4().hex[:12]}"
+        self._free = asyncio.Semaphore(pool.size)
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        self.dispatcher.attach(IMAGE_TYPE)
+        try:
+            while True:
+                await self._free.acquire()
+                claimed = await self.store.claim_tasks([IMAGE_TYPE], 1, self.owner,
+                                                       self.lease_s, self.clock())
+                if not claimed:
+                    self._free.release()
+                    # woken by createTask; the timeout picks up leases of crashed nodes
+                    await self.dispatcher.wait(IMAGE_TYPE, 1.0)
+                    continue
+                job = asyncio.create_task(self._solve(claimed[0]))
+                self._running.add(job)
+                job.add_done_callback(self._running.discard)
+        finally:
+            self.dispatcher.detach(IMAGE_TYPE)
+            for job in list(self._running):
+                job.cancel()
+
+    async def _solve(self, task: Task) -> None:
+        try:
+            spec = ImageSpec(**task.options["image"])
+            try:
+                image = decode_image(task.payload.get("body") or task.payload.get("Body"),
+                                     self.rules)
+            except CapdError:
+                image = b""
+            started = time.perf_counter()
+            try:
+                reading = await self.pool.read(image, spec)
+            except UnreadableImage:
+                reading = None
+            self.metrics.observe("capd_ocr_seconds", time.perf_counter() - started)
+            threshold = spec.threshold
+            if reading is None or not reading.text or (
+                    threshold is not None and reading.confidence * 100 < threshold):
+                await self.finish(task.id, error_code="ERROR_CAPTCHA_UNSOLVABLE",
+                                  owner=self.owner)
+            else:
+                await self.finish(task.id, solution={"text": reading.text}, owner=self.owner)
+        except Exception:  # one bad task must not stop the solver
+            log.exception("built-in solver failed on a task")
+        finally:
+            self._free.release()

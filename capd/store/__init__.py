@@ -1,0 +1,29 @@
+"""Persistence behind one interface (``capd.store.base.Store``)."""
+
+from __future__ import annotations
+
+from capd.errors import ConfigError
+from capd.store.base import Store
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a SQLite URL, read as SQLAlchemy does.
+
+    ``sqlite:///capd.db`` is relative to the working directory, ``sqlite:////var/capd.db``
+    absolute, ``sqlite:///:memory:`` an in-memory database.
+    """
+    rest = url[len("sqlite://"):]
+    if not rest.startswith("/") or len(rest) < 2:
+        raise ConfigError(f"database URL {url!r}: expected sqlite:///path/to/file.db")
+    return rest[1:]
+
+
+def open_store(url: str) -> Store:
+    """The Store backend a database URL names; not yet migrated."""
+    if url.startswith("sqlite://"):
+        from capd.store.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(url))
+    if url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("PostgreSQL support is not built yet (see the scale-out issue)")
+    raise ConfigError(f"database URL {url!r}: unsupported scheme (use sqlite:///path)")

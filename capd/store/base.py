@@ -1,0 +1,223 @@
+"""The Store protocol every backend implements, and the records it returns.
+
+Each method is one atomic primitive; the rules above it (ledger, bans, polling limits)
+live in ``capd.domain`` and ``capd.service``. Money is in integer units of
+``capd.domain.money.UNITS_PER_USD``; times are UTC unix seconds (float), always passed
+in by the caller — a store never reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    SOLVED = "solved"
+    FAILED = "failed"
+
+
+OPEN_STATES = (TaskState.QUEUED, TaskState.LEASED)
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    name: str
+    balance_units: int
+    reserved_units: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What a request needs to know about the account behind a key."""
+
+    account_id: int
+    whitelist: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key: str
+    account_id: int
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class NewTask:
+    account_id: int
+    type: str
+    payload: dict[str, Any]
+    options: dict[str, Any]
+    price_units: int
+    created_at: float
+    deadline_at: float
+    client_ip: str
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    account_id: int
+    type: str
+    payload: dict[str, Any]
+    options: dict[str, Any]
+    state: TaskState
+    price_units: int
+    reserved_units: int
+    created_at: float
+    deadline_at: float
+    lease_until: float | None
+    lease_owner: str | None
+    attempts: int
+    ended_at: float | None
+    solution: dict[str, Any] | None
+    error_code: str | None
+    cost_units: int
+    client_ip: str
+    callback_url: str | None
+    reported_at: float | None
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    id: int
+    account_id: int
+    at: float
+    kind: str  # topup, charge, refund, adjustment
+    amount_units: int
+    task_id: int | None
+    actor: str
+    note: str
+
+
+@dataclass(frozen=True)
+class Ban:
+    id: int
+    scope: str  # "ip" (ERROR_IP_BANNED) or "account_ip" (ERROR_IP_BLOCKED)
+    ip: str
+    account_id: int | None
+    reason: str
+    started_at: float
+    ends_at: float
+    lifted_at: float | None
+
+
+class Store(Protocol):
+    """Persistence primitives. Every method is atomic on its own."""
+
+    async def migrate(self) -> int:
+        """Apply pending schema migrations; returns the schema version now in force."""
+
+    async def close(self) -> None: ...
+
+    # accounts and keys
+    async def create_account(self, name: str, key: str, now: float) -> int:
+        """Create an account holding ``key``; returns its id."""
+
+    async def add_key(self, account_id: int, key: str, now: float) -> None: ...
+
+    async def revoke_key(self, key: str, now: float) -> bool:
+        """Revoke a live key; False when it is unknown or already revoked."""
+
+    async def caller_for_key(self, key: str) -> Caller | None:
+        """The account behind a live key, with its whitelist; None when unknown/revoked."""
+
+    async def account(self, account_id: int) -> Account | None: ...
+
+    async def account_for_key(self, key: str) -> Account | None:
+        """The account a key (live or revoked) belongs to."""
+
+    async def keys(self, account_id: int) -> list[KeyRecord]: ...
+
+    async def whitelist(self, account_id: int) -> list[str]: ...
+
+    async def whitelist_add(self, account_id: int, network: str) -> bool: ...
+
+    async def whitelist_remove(self, account_id: int, network: str) -> bool: ...
+
+    # money
+    async def adjust_balance(self, account_id: int, amount_units: int, kind: str, actor: str,
+                             note: str, now: float) -> int:
+        """Append a ledger entry and move the balance by it, atomically; returns the balance.
+
+        Raises InsufficientFunds when the balance would fall below what is reserved.
+        """
+
+    async def ledger(self, account_id: int, limit: int = 20) -> list[LedgerEntry]: ...
+
+    async def ledger_sum(self, account_id: int) -> int: ...
+
+    # tasks
+    async def create_task(self, task: NewTask, new_id: Callable[[], int]) -> int:
+        """Reserve the task's price and queue it, atomically; returns its id.
+
+        Raises InsufficientFunds (nothing written) when balance minus reservations is
+        below the price. ``new_id`` is called until it yields an unused id.
+        """
+
+    async def get_task(self, task_id: int) -> Task | None: ...
+
+    async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
+                          now: float) -> list[Task]:
+        """Lease up to ``limit`` open tasks of ``types`` (queued, or leased with the lease
+        expired) whose deadline is still ahead, oldest first. Each is handed to one caller."""
+
+    async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
+                          error_code: str | None = None, owner: str | None = None) -> Task | None:
+        """Complete an open task exactly once: with a solution (capture the reservation as a
+        charge) or an error code (release it). With ``owner``, only the holder of a live lease
+        may complete. Returns the finished task, or None when nothing changed."""
+
+    async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
+        """Open tasks whose deadline has passed."""
+
+    async def report_task(self, task_id: int, account_id: int, refund: bool, now: float,
+                          window_s: float) -> bool:
+        """Record a report on a solved task of the account, once, within ``window_s`` of its
+        solution; with ``refund``, return its charge to the balance. False otherwise."""
+
+    async def queue_depth(self, task_type: str) -> int:
+        """Tasks of the type waiting for a solver (queued, not leased)."""
+
+    # limits and bans
+    async def incr_counter(self, name: str, window_s: float, now: float) -> int:
+        """Add one to a counter that resets ``window_s`` after its first hit; returns it."""
+
+    async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
+                      now: float, ends_at: float) -> int: ...
+
+    async def active_ban(self, scope: str, ip: str, account_id: int | None,
+                         now: float) -> Ban | None: ...
+
+    async def extend_ban(self, ban_id: int, ends_at: float) -> None: ...
+
+    async def bans(self, now: float, active_only: bool = True,
+                   account_id: int | None = None) -> list[Ban]: ...
+
+    async def lift_ban(self, ban_id: int, now: float, by: str) -> bool: ...
+
+    async def blocklist_add(self, domain: str, now: float) -> bool: ...
+
+    async def blocklist_remove(self, domain: str) -> bool: ...
+
+    async def blocklist(self) -> list[str]: ...
+
+    async def blocked_domain(self, host: str) -> str | None:
+        """The listed domain that ``host`` is or is a subdomain of, if any."""
+
+    async def proxy_banned(self, address: str, port: int, now: float) -> bool: ...
+
+    # operator views
+    async def stats(self, now: float) -> dict[str, Any]: ...
+
+    async def meta_get(self, name: str) -> str | None: ...
+
+    async def meta_set(self, name: str, value: str) -> None: ...

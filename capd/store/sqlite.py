@@ -1,0 +1,394 @@
+"""The embedded backend: one SQLite file in WAL mode.
+
+Statements run synchronously on the caller's thread (the event loop): each is a few
+microseconds against a local file, far less than a hop to a thread pool would cost, and
+running them on one thread serialises the server's transactions for free. Other
+processes (the CLI) share the file through SQLite's own locking with a busy timeout.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+
+from capd.errors import InsufficientFunds
+from capd.store.base import (
+    Account,
+    Ban,
+    Caller,
+    KeyRecord,
+    LedgerEntry,
+    NewTask,
+    Task,
+    TaskState,
+)
+from capd.store.counters import MemoryCounters
+from capd.store.migrations import migration_scripts
+
+_TASK_COLS = (
+    "id, account_id, type, payload, options, state, price_units, reserved_units, created_at,"
+    " deadline_at, lease_until, lease_owner, attempts, ended_at, solution, error_code,"
+    " cost_units, client_ip, callback_url, reported_at"
+)
+_BAN_COLS = "id, scope, ip, account_id, reason, started_at, ends_at, lifted_at"
+
+
+def _task(row: tuple[Any, ...]) -> Task:
+    return Task(
+        id=row[0], account_id=row[1], type=row[2], payload=orjson.loads(row[3]),
+        options=orjson.loads(row[4]), state=TaskState(row[5]), price_units=row[6],
+        reserved_units=row[7], created_at=row[8], deadline_at=row[9], lease_until=row[10],
+        lease_owner=row[11], attempts=row[12], ended_at=row[13],
+        solution=orjson.loads(row[14]) if row[14] is not None else None,
+        error_code=row[15], cost_units=row[16], client_ip=row[17], callback_url=row[18],
+        reported_at=row[19],
+    )
+
+
+def _ban(row: tuple[Any, ...]) -> Ban:
+    return Ban(*row)
+
+
+class SQLiteStore:
+    """Store backend on one SQLite database file."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                   timeout=busy_timeout_ms / 1000)
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if path != ":memory:":
+            self._db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a commit survives a process crash (SIGKILL); only a power cut
+        # may lose the last transactions, never corrupt the file.
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._counters = MemoryCounters()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        return self._db.execute(sql, args).fetchone()
+
+    # -- schema -----------------------------------------------------------------------------
+    async def migrate(self) -> int:
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = self._one("SELECT MAX(version) FROM schema_version")
+        current = row[0] or 0
+        for version, sql in migration_scripts("sqlite"):
+            if version <= current:
+                continue
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if (self._one("SELECT MAX(version) FROM schema_version")[0] or 0) >= version:
+                    db.execute("ROLLBACK")
+                    continue
+                for statement in sql.split(";\n"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            current = version
+        return current
+
+    async def close(self) -> None:
+        self._db.close()
+
+    # -- accounts and keys -----------------------------------------------------------------
+    async def create_account(self, name: str, key: str, now: float) -> int:
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO accounts (name, created_at) VALUES (?, ?)", (name, now))
+            account_id = int(cur.lastrowid or 0)
+            db.execute("INSERT INTO api_keys (key, account_id, created_at) VALUES (?, ?, ?)",
+                       (key, account_id, now))
+        return account_id
+
+    async def add_key(self, account_id: int, key: str, now: float) -> None:
+        self._db.execute("INSERT INTO api_keys (key, account_id, created_at) VALUES (?, ?, ?)",
+                         (key, account_id, now))
+
+    async def revoke_key(self, key: str, now: float) -> bool:
+        cur = self._db.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE key = ? AND revoked_at IS NULL", (now, key))
+        return cur.rowcount == 1
+
+    async def caller_for_key(self, key: str) -> Caller | None:
+        row = self._one("SELECT account_id FROM api_keys WHERE key = ? AND revoked_at IS NULL",
+                        (key,))
+        if row is None:
+            return None
+        nets = self._db.execute("SELECT network FROM whitelist WHERE account_id = ?",
+                                (row[0],)).fetchall()
+        return Caller(row[0], tuple(n[0] for n in nets))
+
+    async def account(self, account_id: int) -> Account | None:
+        row = self._one("SELECT id, name, balance_units, reserved_units, created_at"
+                        " FROM accounts WHERE id = ?", (account_id,))
+        return Account(*row) if row else None
+
+    async def account_for_key(self, key: str) -> Account | None:
+        row = self._one("SELECT account_id FROM api_keys WHERE key = ?", (key,))
+        return await self.account(row[0]) if row else None
+
+    async def keys(self, account_id: int) -> list[KeyRecord]:
+        rows = self._db.execute("SELECT key, account_id, created_at, revoked_at FROM api_keys"
+                                " WHERE account_id = ? ORDER BY created_at", (account_id,))
+        return [KeyRecord(*r) for r in rows]
+
+    async def whitelist(self, account_id: int) -> list[str]:
+        rows = self._db.execute("SELECT network FROM whitelist WHERE account_id = ?"
+                                " ORDER BY network", (account_id,))
+        return [r[0] for r in rows]
+
+    async def whitelist_add(self, account_id: int, network: str) -> bool:
+        cur = self._db.execute("INSERT OR IGNORE INTO whitelist (account_id, network)"
+                               " VALUES (?, ?)", (account_id, network))
+        return cur.rowcount == 1
+
+    async def whitelist_remove(self, account_id: int, network: str) -> bool:
+        cur = self._db.execute("DELETE FROM whitelist WHERE account_id = ? AND network = ?",
+                               (account_id, network))
+        return cur.rowcount == 1
+
+    # -- money -------------------------------------------------------------------------------
+    async def adjust_balance(self, account_id: int, amount_units: int, kind: str, actor: str,
+                             note: str, now: float) -> int:
+        with self._tx() as db:
+            row = db.execute("SELECT balance_units, reserved_units FROM accounts WHERE id = ?",
+                             (account_id,)).fetchone()
+            if row is None:
+                raise KeyError(account_id)
+            if row[0] + amount_units < row[1]:
+                raise InsufficientFunds()
+            db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, actor, note)"
+                       " VALUES (?, ?, ?, ?, ?, ?)",
+                       (account_id, now, kind, amount_units, actor, note))
+            db.execute("UPDATE accounts SET balance_units = balance_units + ? WHERE id = ?",
+                       (amount_units, account_id))
+        return int(row[0] + amount_units)
+
+    async def ledger(self, account_id: int, limit: int = 20) -> list[LedgerEntry]:
+        rows = self._db.execute(
+            "SELECT id, account_id, at, kind, amount_units, task_id, actor, note FROM ledger"
+            " WHERE account_id = ? ORDER BY id DESC LIMIT ?", (account_id, limit))
+        return [LedgerEntry(*r) for r in rows]
+
+    async def ledger_sum(self, account_id: int) -> int:
+        row = self._one("SELECT COALESCE(SUM(amount_units), 0) FROM ledger WHERE account_id = ?",
+                        (account_id,))
+        return int(row[0])
+
+    # -- tasks -------------------------------------------------------------------------------
+    async def create_task(self, task: NewTask, new_id: Callable[[], int]) -> int:
+        payload = orjson.dumps(task.payload).decode()
+        options = orjson.dumps(task.options).decode()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE accounts SET reserved_units = reserved_units + ?"
+                " WHERE id = ? AND balance_units - reserved_units >= ?",
+                (task.price_units, task.account_id, task.price_units))
+            if cur.rowcount != 1:
+                raise InsufficientFunds()
+            for _ in range(20):
+                task_id = new_id()
+                try:
+                    db.execute(
+                        "INSERT INTO tasks (id, account_id, type, payload, options, state,"
+                        " price_units, reserved_units, created_at, deadline_at, client_ip,"
+                        " callback_url) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                        (task_id, task.account_id, task.type, payload, options,
+                         task.price_units, task.price_units, task.created_at, task.deadline_at,
+                         task.client_ip, task.callback_url))
+                    return task_id
+                except sqlite3.IntegrityError:
+                    continue
+            raise RuntimeError("could not draw an unused task id")
+
+    async def get_task(self, task_id: int) -> Task | None:
+        row = self._one(f"SELECT {_TASK_COLS} FROM tasks WHERE id = ?", (task_id,))
+        return _task(row) if row else None
+
+    async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
+                          now: float) -> list[Task]:
+        if not types or limit <= 0:
+            return []
+        marks = ",".join("?" * len(types))
+        with self._tx() as db:
+            rows = db.execute(
+                f"UPDATE tasks SET state = 'leased', lease_until = ?, lease_owner = ?,"
+                f" attempts = attempts + 1 WHERE id IN ("
+                f"  SELECT id FROM tasks WHERE type IN ({marks})"
+                f"   AND state IN ('queued', 'leased')"
+                f"   AND (state = 'queued' OR lease_until <= ?) AND deadline_at > ?"
+                f"  ORDER BY created_at LIMIT ?) RETURNING {_TASK_COLS}",
+                (now + lease_s, owner, *types, now, now, limit)).fetchall()
+        return sorted((_task(r) for r in rows), key=lambda t: t.created_at)
+
+    async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
+                          error_code: str | None = None, owner: str | None = None) -> Task | None:
+        if (solution is None) == (error_code is None):
+            raise ValueError("finish_task needs exactly one of solution and error_code")
+        with self._tx() as db:
+            row = db.execute("SELECT state, account_id, reserved_units, price_units, lease_owner,"
+                             " lease_until FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None or row[0] not in ("queued", "leased"):
+                return None
+            state, account_id, reserved, price, lease_owner, lease_until = row
+            if owner is not None and (state != "leased" or lease_owner != owner
+                                      or lease_until is None or lease_until <= now):
+                return None
+            charge = price if solution is not None else 0
+            db.execute(
+                "UPDATE tasks SET state = ?, ended_at = ?, solution = ?, error_code = ?,"
+                " cost_units = ?, reserved_units = 0, lease_until = NULL WHERE id = ?",
+                ("solved" if solution is not None else "failed", now,
+                 orjson.dumps(solution).decode() if solution is not None else None,
+                 error_code, charge, task_id))
+            db.execute("UPDATE accounts SET reserved_units = reserved_units - ?,"
+                       " balance_units = balance_units - ? WHERE id = ?",
+                       (reserved, charge, account_id))
+            if charge:
+                db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, task_id,"
+                           " actor, note) VALUES (?, ?, 'charge', ?, ?, 'capd', 'task solved')",
+                           (account_id, now, -charge, task_id))
+            done = db.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE id = ?",
+                              (task_id,)).fetchone()
+        return _task(done)
+
+    async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
+        rows = self._db.execute(
+            f"SELECT {_TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
+            f" AND deadline_at <= ? ORDER BY deadline_at LIMIT ?", (now, limit)).fetchall()
+        return [_task(r) for r in rows]
+
+    async def report_task(self, task_id: int, account_id: int, refund: bool, now: float,
+                          window_s: float) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE tasks SET reported_at = ? WHERE id = ? AND account_id = ?"
+                " AND state = 'solved' AND reported_at IS NULL AND ended_at >= ?"
+                " RETURNING cost_units", (now, task_id, account_id, now - window_s))
+            row = cur.fetchone()
+            if row is None:
+                return False
+            if refund and row[0] > 0:
+                db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, task_id,"
+                           " actor, note) VALUES (?, ?, 'refund', ?, ?, 'capd',"
+                           " 'reported incorrect')", (account_id, now, row[0], task_id))
+                db.execute("UPDATE accounts SET balance_units = balance_units + ? WHERE id = ?",
+                           (row[0], account_id))
+        return True
+
+    async def queue_depth(self, task_type: str) -> int:
+        row = self._one("SELECT COUNT(*) FROM tasks WHERE type = ? AND state = 'queued'",
+                        (task_type,))
+        return int(row[0])
+
+    # -- limits and bans ---------------------------------------------------------------------
+    async def incr_counter(self, name: str, window_s: float, now: float) -> int:
+        return self._counters.incr(name, window_s, now)
+
+    async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
+                      now: float, ends_at: float) -> int:
+        cur = self._db.execute(
+            "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)", (scope, ip, account_id, reason, now, ends_at))
+        return int(cur.lastrowid or 0)
+
+    async def active_ban(self, scope: str, ip: str, account_id: int | None,
+                         now: float) -> Ban | None:
+        row = self._one(
+            f"SELECT {_BAN_COLS} FROM bans WHERE ip = ? AND scope = ? AND ends_at > ?"
+            f" AND lifted_at IS NULL AND account_id IS ? ORDER BY ends_at DESC LIMIT 1",
+            (ip, scope, now, account_id))
+        return _ban(row) if row else None
+
+    async def extend_ban(self, ban_id: int, ends_at: float) -> None:
+        self._db.execute("UPDATE bans SET ends_at = MAX(ends_at, ?) WHERE id = ?",
+                         (ends_at, ban_id))
+
+    async def bans(self, now: float, active_only: bool = True,
+                   account_id: int | None = None) -> list[Ban]:
+        sql = f"SELECT {_BAN_COLS} FROM bans WHERE 1 = 1"
+        args: list[Any] = []
+        if active_only:
+            sql += " AND ends_at > ? AND lifted_at IS NULL"
+            args.append(now)
+        if account_id is not None:
+            sql += " AND account_id = ?"
+            args.append(account_id)
+        return [_ban(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+
+    async def lift_ban(self, ban_id: int, now: float, by: str) -> bool:
+        cur = self._db.execute("UPDATE bans SET lifted_at = ?, lifted_by = ? WHERE id = ?"
+                               " AND lifted_at IS NULL", (now, by, ban_id))
+        return cur.rowcount == 1
+
+    async def blocklist_add(self, domain: str, now: float) -> bool:
+        cur = self._db.execute("INSERT OR IGNORE INTO blocklist (domain, added_at) VALUES (?, ?)",
+                               (domain, now))
+        return cur.rowcount == 1
+
+    async def blocklist_remove(self, domain: str) -> bool:
+        return self._db.execute("DELETE FROM blocklist WHERE domain = ?", (domain,)).rowcount == 1
+
+    async def blocklist(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT domain FROM blocklist ORDER BY domain")]
+
+    async def blocked_domain(self, host: str) -> str | None:
+        labels = host.split(".")
+        candidates = [".".join(labels[i:]) for i in range(len(labels))]
+        marks = ",".join("?" * len(candidates))
+        row = self._one(f"SELECT domain FROM blocklist WHERE domain IN ({marks}) LIMIT 1",
+                        tuple(candidates))
+        return row[0] if row else None
+
+    async def proxy_banned(self, address: str, port: int, now: float) -> bool:
+        row = self._one("SELECT 1 FROM proxy_bans WHERE address = ? AND port = ? AND until > ?",
+                        (address.lower(), port, now))
+        return row is not None
+
+    # -- operator views ----------------------------------------------------------------------
+    async def stats(self, now: float) -> dict[str, Any]:
+        db = self._db
+        by_state = [
+            {"type": t, "state": s, "count": n}
+            for t, s, n in db.execute("SELECT type, state, COUNT(*) FROM tasks"
+                                      " GROUP BY type, state ORDER BY type, state")]
+        latencies = [r[0] for r in db.execute(
+            "SELECT ended_at - created_at FROM tasks WHERE state = 'solved'"
+            " ORDER BY id DESC LIMIT 10000")]
+        charges = db.execute("SELECT COUNT(*), COALESCE(-SUM(amount_units), 0) FROM ledger"
+                             " WHERE kind = 'charge'").fetchone()
+        refunds = db.execute("SELECT COUNT(*), COALESCE(SUM(amount_units), 0) FROM ledger"
+                             " WHERE kind = 'refund'").fetchone()
+        return {"tasks": by_state, "solve_latencies_s": latencies,
+                "charges": {"count": charges[0], "units": charges[1]},
+                "refunds": {"count": refunds[0], "units": refunds[1]}}
+
+    async def meta_get(self, name: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE name = ?", (name,))
+        return row[0] if row else None
+
+    async def meta_set(self, name: str, value: str) -> None:
+        self._db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name)"
+                         " DO UPDATE SET value = excluded.value", (name, value))

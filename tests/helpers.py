@@ -1,0 +1,164 @@
+"""Shared test tools: a controllable clock, captcha images, a live server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from PIL import Image, ImageDraw, ImageFont
+
+from capd.api.app import create_app
+from capd.config import Settings, load_settings
+from capd.domain.keys import new_key
+from capd.domain.money import to_units
+from capd.solving.ocr.base import Recogniser
+from capd.store.sqlite import SQLiteStore
+
+T = TypeVar("T")
+
+
+class FakeClock:
+    """A clock tests move by hand; starts at the real time so ids and logs look sane."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def captcha_png(text: str, size: int = 36, width: int | None = None) -> bytes:
+    """A plain, readable captcha image of ``text`` (black on white)."""
+    font = ImageFont.load_default(size=size)
+    w = width or max(120, int(size * 0.75 * len(text)) + 30)
+    im = Image.new("RGB", (w, int(size * 1.7)), "white")
+    ImageDraw.Draw(im).text((10, size // 4), text, fill="black", font=font)
+    out = io.BytesIO()
+    im.save(out, "PNG")
+    return out.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """capd running in a background thread on a loopback port, with an admin handle on the
+    same database file."""
+
+    settings: Settings
+    clock: FakeClock
+    db_path: Path
+    url: str = ""
+    client: httpx.Client = field(init=False)
+    _server: uvicorn.Server | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self, recogniser: Recogniser | None, **app_kwargs: Any) -> None:
+        app = create_app(self.settings, recogniser=recogniser, clock=self.clock, **app_kwargs)
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, loop="asyncio",
+                                lifespan="on", log_level="warning", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("capd test server did not start")
+            time.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+        self.app = app
+
+    def stop(self) -> None:
+        self.client.close()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+    # -- admin helpers (a second connection to the same SQLite file) -----------------------
+    def _store(self) -> SQLiteStore:
+        return SQLiteStore(str(self.db_path))
+
+    def admin(self, fn: Callable[[SQLiteStore], Coroutine[Any, Any, T]]) -> T:
+        async def go() -> T:
+            store = self._store()
+            try:
+                return await fn(store)
+            finally:
+                await store.close()
+
+        return run_sync(go())
+
+    def new_account(self, balance: str = "10", name: str = "test") -> str:
+        key = new_key()
+
+        async def create(store: SQLiteStore) -> None:
+            account_id = await store.create_account(name, key, self.clock())
+            if Decimal(balance):
+                await store.adjust_balance(account_id, to_units(Decimal(balance)), "topup",
+                                           "test", "opening balance", self.clock())
+
+        self.admin(create)
+        return key
+
+    def call(self, method: str, payload: Any, **kwargs: Any) -> dict[str, Any]:
+        response = self.client.post(f"/{method}", json=payload, **kwargs)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_result(self, key: str, task_id: int, timeout_s: float = 20) -> dict[str, Any]:
+        """Poll like a client (within the default rate) until the task is final."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            answer = self.call("getTaskResult", {"clientKey": key, "taskId": task_id})
+            if answer.get("status") != "processing":
+                return answer
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} still processing after {timeout_s} s")
+            time.sleep(0.11)
+
+    def ledger_consistent(self, key: str) -> tuple[int, int, int]:
+        """(balance, reserved, ledger sum) of the account holding ``key``."""
+        async def read(store: SQLiteStore) -> tuple[int, int, int]:
+            account = await store.account_for_key(key)
+            assert account is not None
+            return account.balance_units, account.reserved_units, await store.ledger_sum(
+                account.id)
+
+        return self.admin(read)
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    return load_settings(environ={}, overrides={
+        "database_url": f"sqlite:///{tmp_path}/capd.db", "ocr_threads": 2, **overrides})
