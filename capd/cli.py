@@ -237,8 +237,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     app = create_app(settings)
     print(f"capd serving on http://{args.host}:{args.port} ({settings.database_url})",
           flush=True)
+    # proxy_headers off: uvicorn would otherwise trust X-Forwarded-For from loopback peers;
+    # capd applies its own trusted-proxy rule (spec §4) in ClientAddressMiddleware.
     uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
-                access_log=False, log_level=args.log_level, lifespan="on")
+                access_log=False, log_level=args.log_level, lifespan="on",
+                proxy_headers=False, server_header=False)
 
 
 async def _ensure_demo(store: Store, settings: Settings) -> str:

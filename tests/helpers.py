@@ -85,7 +85,8 @@ class LiveServer:
     def start(self, recogniser: Recogniser | None, **app_kwargs: Any) -> None:
         app = create_app(self.settings, recogniser=recogniser, clock=self.clock, **app_kwargs)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, loop="asyncio",
-                                lifespan="on", log_level="warning", access_log=False)
+                                lifespan="on", log_level="warning", access_log=False,
+                                proxy_headers=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -162,3 +163,29 @@ class LiveServer:
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return load_settings(environ={}, overrides={
         "database_url": f"sqlite:///{tmp_path}/capd.db", "ocr_threads": 2, **overrides})
+
+
+class GatedRecogniser:
+    """The real engine behind a gate: reads wait until the test opens it (holds tasks
+    in flight deterministically, without sleeping)."""
+
+    def __init__(self, inner: Recogniser) -> None:
+        self.inner = inner
+        self.name = f"gated-{inner.name}"
+        self.gate = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def read(self, image: bytes, spec: Any) -> Any:
+        self.entered.release()
+        if not self.gate.wait(timeout=60):
+            raise RuntimeError("gate never opened")
+        return self.inner.read(image, spec)
+
+
+SITEKEY = "6Le-wvkSAAAAAPBMRTvw0Q4Muexq9bi0DJwx_mJ-"
+CHROME_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+             "Chrome/156.0.0.0 Safari/537.36")
+
+
+def image_task(text: str = "aB3k9", **fields: Any) -> dict[str, Any]:
+    return {"type": "ImageToTextTask", "body": b64(captcha_png(text)), **fields}
