@@ -110,7 +110,8 @@ def test_website_url_must_be_absolute_http(server: LiveServer, key: str, url: st
     assert_error(answer, "ERROR_RECAPTCHA_INVALID_DOMAIN")
 
 
-@pytest.mark.parametrize("sitekey", ["short", SITEKEY + "x", SITEKEY[:-1] + "!", SITEKEY[:-1] + " "])
+@pytest.mark.parametrize("sitekey", ["short", SITEKEY + "x", SITEKEY[:-1] + "!",
+                                     SITEKEY[:-1] + " "])
 def test_recaptcha_sitekey_must_look_like_one(server: LiveServer, key: str, sitekey: str) -> None:
     answer = create(server, key, {**RECAPTCHA, "websiteKey": sitekey})
     assert_error(answer, "ERROR_RECAPTCHA_INVALID_SITEKEY")
