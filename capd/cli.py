@@ -48,8 +48,10 @@ def _iso(ts: float | None) -> str:
 def _amount(text: str) -> Decimal:
     try:
         return parse_amount(text)
-    except (InvalidOperation, ValueError):
+    except InvalidOperation:
         raise CliError(f"not an amount in USD: {text!r}") from None
+    except ValueError as exc:
+        raise CliError(f"not a usable amount in USD: {text!r} ({exc})") from None
 
 
 def _key_arg(text: str) -> str:
@@ -80,7 +82,7 @@ async def cmd_account_create(store: Store, args: argparse.Namespace, settings: S
     if amount:
         await store.adjust_balance(account_id, to_units(amount), "topup", "operator",
                                    "opening balance", now)
-    print(f"account {account_id} ({args.name}) balance {amount} USD")
+    print(f"account {account_id} ({args.name}) balance {usd_text(to_units(amount))} USD")
     print(key)
 
 
@@ -95,6 +97,8 @@ async def cmd_account_topup(store: Store, args: argparse.Namespace, settings: Se
                                              args.note, time.time())
     except InsufficientFunds:
         raise CliError("that would take the balance below what running tasks reserve") from None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     print(f"balance {usd_text(balance)} USD")
 
 
@@ -169,7 +173,7 @@ async def cmd_bans_list(store: Store, args: argparse.Namespace, settings: Settin
 
 async def cmd_bans_lift(store: Store, args: argparse.Namespace, settings: Settings) -> None:
     if not await store.lift_ban(args.ban_id, time.time(), "operator"):
-        raise CliError(f"no active ban #{args.ban_id}")
+        raise CliError(f"no ban #{args.ban_id} that is not already lifted")
     print(f"lifted #{args.ban_id}")
 
 

@@ -109,7 +109,7 @@ def _cast(name: str, value: Any) -> Any:
                 return False
             raise ValueError
         if kind == "int":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             n = int(value)
             if n < 0:
@@ -141,15 +141,21 @@ def _cast(name: str, value: Any) -> Any:
                 raise ValueError
             converters: dict[str, Callable[[Any], Any]] = {
                 "Decimal": lambda v: Decimal(repr(v) if isinstance(v, float) else str(v)),
-                "float": float, "int": int}
+                "float": float, "int": _whole}
             conv = converters[inner]
             out = {str(k): conv(v) for k, v in value.items()}
-            if any(v < 0 for v in out.values()):
+            if any(v < 0 or v != v for v in out.values()):
                 raise ValueError
             return out
     except (ValueError, TypeError, InvalidOperation):
         raise ConfigError(f"setting {name}: cannot use {value!r}") from None
     raise ConfigError(f"setting {name}: unsupported type {kind}")
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    return int(value)
 
 
 def load_settings(
@@ -169,7 +175,16 @@ def load_settings(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        section = data.get("capd", data)
+        if "capd" in data:
+            section = data["capd"]
+            if not isinstance(section, dict):
+                raise ConfigError(f"config file {path}: 'capd' must be a table")
+            stray = [k for k in data if k != "capd"]
+            if stray:
+                raise ConfigError(f"config file {path}: unknown setting {stray[0]!r}"
+                                  " outside [capd]")
+        else:
+            section = data
         for key, value in section.items():
             if key not in _FIELDS:
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")

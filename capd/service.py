@@ -106,9 +106,15 @@ class Service:
         if not isinstance(task, dict):
             raise CapdError("ERROR_TASK_ABSENT")
         caller, key = await self.authenticate(body.get("clientKey"), ip)
-        checked = await validate_task(
-            task, key, body.get("callbackUrl"), self.rules, self.proxy_guard,
-            self.callback_guard, self._proxy_banned)
+        try:
+            checked = await validate_task(
+                task, key, body.get("callbackUrl"), self.rules, self.proxy_guard,
+                self.callback_guard, self._proxy_banned)
+        except CapdError as exc:
+            if exc.code == "ERROR_PROXY_BANNED":
+                await self.limits.note_violation(caller.account_id, ip,
+                                                 "tasks with banned proxies", self.clock())
+            raise
         ttype = checked.type
         now = self.clock()
         if checked.website_host is not None:
@@ -149,7 +155,8 @@ class Service:
         ERROR_NO_SUCH_CAPCHA_ID (counted as a violation)."""
         now = self.clock()
         task_id = parse_task_id(body.get("taskId"))
-        task = await self.store.get_task(task_id) if task_id is not None else None
+        task = (await self.store.get_task(task_id, with_payload=False)
+                if task_id is not None else None)
         if task is None or task.account_id != caller.account_id:
             await self.limits.note_violation(caller.account_id, ip, "polls of unknown task ids",
                                              now)

@@ -9,6 +9,9 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 
 UNITS_PER_USD = 10**8  # 1e-8 USD: exact for prices per 1,000 with up to 5 decimals
+# The largest balance or amount capd holds (1e9 USD): far inside a signed 64-bit integer,
+# so sums over a ledger can never overflow in any backend.
+MAX_UNITS = 10**17
 _QUANT = Decimal(1) / UNITS_PER_USD
 
 
@@ -46,7 +49,8 @@ def parse_amount(text: str) -> Decimal:
     amount = Decimal(text)
     if not amount.is_finite():
         raise ValueError("amount must be finite")
-    to_units(amount)
+    if abs(to_units(amount)) > MAX_UNITS:
+        raise ValueError("amount is out of range")
     return amount
 
 

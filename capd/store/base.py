@@ -148,7 +148,8 @@ class Store(Protocol):
                              note: str, now: float) -> int:
         """Append a ledger entry and move the balance by it, atomically; returns the balance.
 
-        Raises InsufficientFunds when the balance would fall below what is reserved.
+        Raises InsufficientFunds when the balance would fall below what is reserved, and
+        ValueError when it would pass ``capd.domain.money.MAX_UNITS``.
         """
 
     async def ledger(self, account_id: int, limit: int = 20) -> list[LedgerEntry]: ...
@@ -163,7 +164,8 @@ class Store(Protocol):
         below the price. ``new_id`` is called until it yields an unused id.
         """
 
-    async def get_task(self, task_id: int) -> Task | None: ...
+    async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:
+        """A task by id; without its payload (``{}`` instead) when not needed."""
 
     async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
                           now: float) -> list[Task]:
@@ -212,6 +214,9 @@ class Store(Protocol):
 
     async def blocked_domain(self, host: str) -> str | None:
         """The listed domain that ``host`` is or is a subdomain of, if any."""
+
+    async def ban_proxy(self, address: str, port: int, until: float) -> None:
+        """Refuse tasks through this proxy until ``until`` (keeps the later of two bans)."""
 
     async def proxy_banned(self, address: str, port: int, now: float) -> bool: ...
 

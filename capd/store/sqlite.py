@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from capd.domain.money import MAX_UNITS
 from capd.errors import InsufficientFunds
 from capd.store.base import (
     Account,
@@ -34,6 +35,8 @@ _TASK_COLS = (
     " deadline_at, lease_until, lease_owner, attempts, ended_at, solution, error_code,"
     " cost_units, client_ip, callback_url, reported_at"
 )
+# the poll path reads a task without its payload (an image can be 70 KB of base64)
+_TASK_COLS_LIGHT = _TASK_COLS.replace("payload,", "'{}',")
 _BAN_COLS = "id, scope, ip, account_id, reason, started_at, ends_at, lifted_at"
 
 
@@ -179,6 +182,8 @@ class SQLiteStore:
                 raise KeyError(account_id)
             if row[0] + amount_units < row[1]:
                 raise InsufficientFunds()
+            if row[0] + amount_units > MAX_UNITS:
+                raise ValueError("balance would leave the supported range")
             db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, actor, note)"
                        " VALUES (?, ?, ?, ?, ?, ?)",
                        (account_id, now, kind, amount_units, actor, note))
@@ -223,8 +228,9 @@ class SQLiteStore:
                     continue
             raise RuntimeError("could not draw an unused task id")
 
-    async def get_task(self, task_id: int) -> Task | None:
-        row = self._one(f"SELECT {_TASK_COLS} FROM tasks WHERE id = ?", (task_id,))
+    async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:
+        cols = _TASK_COLS if with_payload else _TASK_COLS_LIGHT
+        row = self._one(f"SELECT {cols} FROM tasks WHERE id = ?", (task_id,))
         return _task(row) if row else None
 
     async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
@@ -361,6 +367,11 @@ class SQLiteStore:
         row = self._one(f"SELECT domain FROM blocklist WHERE domain IN ({marks}) LIMIT 1",
                         tuple(candidates))
         return row[0] if row else None
+
+    async def ban_proxy(self, address: str, port: int, until: float) -> None:
+        self._db.execute("INSERT INTO proxy_bans (address, port, until) VALUES (?, ?, ?)"
+                         " ON CONFLICT (address, port) DO UPDATE SET"
+                         " until = MAX(until, excluded.until)", (address.lower(), port, until))
 
     async def proxy_banned(self, address: str, port: int, now: float) -> bool:
         row = self._one("SELECT 1 FROM proxy_bans WHERE address = ? AND port = ? AND until > ?",

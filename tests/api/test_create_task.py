@@ -312,3 +312,17 @@ def test_unknown_fields_are_ignored(server: LiveServer, key: str) -> None:
     answer = create(server, key, image_task(comment="hi", phrase=False, minLength=3),
                     softId=42, languagePool="en")
     assert answer["errorId"] == 0 and isinstance(answer["taskId"], int)
+
+
+def test_banned_proxy_is_refused_and_counts_as_a_violation(make_server: Any) -> None:
+    server = make_server(violation_block_threshold=3)
+    key = server.new_account("1")
+    server.admin(lambda store: store.ban_proxy("8.8.8.8", 3128, server.clock() + 60))
+    for _ in range(2):
+        assert_error(create(server, key, {**RECAPTCHA, **PROXY}), "ERROR_PROXY_BANNED")
+    assert_error(create(server, key, {**RECAPTCHA, **PROXY, "proxyPort": 3129}),
+                 "ERROR_NO_SLOT_AVAILABLE")  # another proxy is fine
+    assert_error(create(server, key, {**RECAPTCHA, **PROXY}), "ERROR_PROXY_BANNED")
+    assert_error(create(server, key, image_task()), "ERROR_IP_BLOCKED")
+    server.clock.advance(3600)  # both the proxy ban and the block have ended
+    assert create(server, key, {**RECAPTCHA, **PROXY})["errorCode"] == "ERROR_NO_SLOT_AVAILABLE"
