@@ -37,6 +37,7 @@ _TASK_COLS = (
 )
 # the poll path reads a task without its payload (an image can be 70 KB of base64)
 _TASK_COLS_LIGHT = _TASK_COLS.replace("payload,", "'{}',")
+_CACHE_LIMIT = 50_000
 _BAN_COLS = "id, scope, ip, account_id, reason, started_at, ends_at, lifted_at"
 
 
@@ -73,6 +74,23 @@ class SQLiteStore:
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute("PRAGMA foreign_keys = ON")
         self._counters = MemoryCounters()
+        # Read caches for the poll path: keys, bans and finished tasks. Our own writes clear
+        # them; PRAGMA data_version tells us (in ~2 us) when another connection, such as
+        # the CLI revoking a key or lifting a ban, has committed.
+        self._data_version = -1
+        self._callers: dict[str, Caller | None] = {}
+        self._ban_cache: dict[tuple[str, str, int | None], Ban | None] = {}
+        self._final_tasks: dict[int, Task] = {}
+
+    def _fresh(self) -> None:
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._callers.clear()
+        self._ban_cache.clear()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -118,6 +136,7 @@ class SQLiteStore:
 
     # -- accounts and keys -----------------------------------------------------------------
     async def create_account(self, name: str, key: str, now: float) -> int:
+        self._invalidate()
         with self._tx() as db:
             cur = db.execute("INSERT INTO accounts (name, created_at) VALUES (?, ?)", (name, now))
             account_id = int(cur.lastrowid or 0)
@@ -126,22 +145,31 @@ class SQLiteStore:
         return account_id
 
     async def add_key(self, account_id: int, key: str, now: float) -> None:
+        self._invalidate()
         self._db.execute("INSERT INTO api_keys (key, account_id, created_at) VALUES (?, ?, ?)",
                          (key, account_id, now))
 
     async def revoke_key(self, key: str, now: float) -> bool:
+        self._invalidate()
         cur = self._db.execute(
             "UPDATE api_keys SET revoked_at = ? WHERE key = ? AND revoked_at IS NULL", (now, key))
         return cur.rowcount == 1
 
     async def caller_for_key(self, key: str) -> Caller | None:
+        self._fresh()
+        if key in self._callers:
+            return self._callers[key]
         row = self._one("SELECT account_id FROM api_keys WHERE key = ? AND revoked_at IS NULL",
                         (key,))
-        if row is None:
-            return None
-        nets = self._db.execute("SELECT network FROM whitelist WHERE account_id = ?",
-                                (row[0],)).fetchall()
-        return Caller(row[0], tuple(n[0] for n in nets))
+        caller = None
+        if row is not None:
+            nets = self._db.execute("SELECT network FROM whitelist WHERE account_id = ?",
+                                    (row[0],)).fetchall()
+            caller = Caller(row[0], tuple(n[0] for n in nets))
+        if len(self._callers) >= _CACHE_LIMIT:
+            self._callers.clear()  # an unknown-key storm must not grow memory
+        self._callers[key] = caller
+        return caller
 
     async def account(self, account_id: int) -> Account | None:
         row = self._one("SELECT id, name, balance_units, reserved_units, created_at"
@@ -163,11 +191,13 @@ class SQLiteStore:
         return [r[0] for r in rows]
 
     async def whitelist_add(self, account_id: int, network: str) -> bool:
+        self._invalidate()
         cur = self._db.execute("INSERT OR IGNORE INTO whitelist (account_id, network)"
                                " VALUES (?, ?)", (account_id, network))
         return cur.rowcount == 1
 
     async def whitelist_remove(self, account_id: int, network: str) -> bool:
+        self._invalidate()
         cur = self._db.execute("DELETE FROM whitelist WHERE account_id = ? AND network = ?",
                                (account_id, network))
         return cur.rowcount == 1
@@ -229,9 +259,21 @@ class SQLiteStore:
             raise RuntimeError("could not draw an unused task id")
 
     async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:
+        if not with_payload:
+            # a finished task never changes what a poll reads, so it can be kept
+            final = self._final_tasks.get(task_id)
+            if final is not None:
+                return final
         cols = _TASK_COLS if with_payload else _TASK_COLS_LIGHT
         row = self._one(f"SELECT {cols} FROM tasks WHERE id = ?", (task_id,))
-        return _task(row) if row else None
+        if row is None:
+            return None
+        task = _task(row)
+        if not with_payload and task.state in (TaskState.SOLVED, TaskState.FAILED):
+            if len(self._final_tasks) >= _CACHE_LIMIT:
+                self._final_tasks.clear()
+            self._final_tasks[task_id] = task
+        return task
 
     async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
                           now: float) -> list[Task]:
@@ -315,6 +357,7 @@ class SQLiteStore:
 
     async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
                       now: float, ends_at: float) -> int:
+        self._invalidate()
         cur = self._db.execute(
             "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
             " VALUES (?, ?, ?, ?, ?, ?)", (scope, ip, account_id, reason, now, ends_at))
@@ -322,13 +365,24 @@ class SQLiteStore:
 
     async def active_ban(self, scope: str, ip: str, account_id: int | None,
                          now: float) -> Ban | None:
+        self._fresh()
+        cache_key = (scope, ip, account_id)
+        if cache_key in self._ban_cache:
+            cached = self._ban_cache[cache_key]
+            if cached is None or cached.ends_at > now:
+                return cached
         row = self._one(
             f"SELECT {_BAN_COLS} FROM bans WHERE ip = ? AND scope = ? AND ends_at > ?"
             f" AND lifted_at IS NULL AND account_id IS ? ORDER BY ends_at DESC LIMIT 1",
             (ip, scope, now, account_id))
-        return _ban(row) if row else None
+        ban = _ban(row) if row else None
+        if len(self._ban_cache) >= _CACHE_LIMIT:
+            self._ban_cache.clear()
+        self._ban_cache[cache_key] = ban
+        return ban
 
     async def extend_ban(self, ban_id: int, ends_at: float) -> None:
+        self._invalidate()
         self._db.execute("UPDATE bans SET ends_at = MAX(ends_at, ?) WHERE id = ?",
                          (ends_at, ban_id))
 
@@ -345,6 +399,7 @@ class SQLiteStore:
         return [_ban(r) for r in self._db.execute(sql + " ORDER BY id", args)]
 
     async def lift_ban(self, ban_id: int, now: float, by: str) -> bool:
+        self._invalidate()
         cur = self._db.execute("UPDATE bans SET lifted_at = ?, lifted_by = ? WHERE id = ?"
                                " AND lifted_at IS NULL", (now, by, ban_id))
         return cur.rowcount == 1

@@ -326,3 +326,9 @@ def test_banned_proxy_is_refused_and_counts_as_a_violation(make_server: Any) -> 
     assert_error(create(server, key, image_task()), "ERROR_IP_BLOCKED")
     server.clock.advance(3600)  # both the proxy ban and the block have ended
     assert create(server, key, {**RECAPTCHA, **PROXY})["errorCode"] == "ERROR_NO_SLOT_AVAILABLE"
+
+
+def test_key_revoked_while_in_use_is_refused_at_once(server: LiveServer, key: str) -> None:
+    assert server.call("getBalance", {"clientKey": key})["errorId"] == 0
+    server.admin(lambda store: store.revoke_key(key, server.clock()))
+    assert_error(create(server, key, image_task()), "ERROR_KEY_DOES_NOT_EXIST")

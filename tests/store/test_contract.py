@@ -254,3 +254,25 @@ def test_blocklist_matches_host_and_subdomains(run: Any) -> None:
         assert await store.blocklist_remove("example.com")
         assert await store.blocked_domain("example.com") is None
     run(body)
+
+
+def test_writes_through_another_connection_are_seen_at_once(run: Any, tmp_path: Path,
+                                                            request: Any) -> None:
+    backend = request.node.callspec.params["run"]
+
+    async def body(store: Store) -> None:
+        account_id = await funded(store)
+        other = open_backend(backend, tmp_path)
+        try:
+            assert await store.caller_for_key("a" * 32) is not None  # now cached
+            assert await store.active_ban("ip", "1.2.3.4", None, NOW) is None
+            await other.revoke_key("a" * 32, NOW)
+            await other.whitelist_add(account_id, "10.0.0.0/8")
+            ban_id = await other.add_ban("ip", "1.2.3.4", None, "r", NOW, NOW + 600)
+            assert await store.caller_for_key("a" * 32) is None
+            assert await store.active_ban("ip", "1.2.3.4", None, NOW) is not None
+            await other.lift_ban(ban_id, NOW, "op")
+            assert await store.active_ban("ip", "1.2.3.4", None, NOW) is None
+        finally:
+            await other.close()
+    run(body)
