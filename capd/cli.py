@@ -230,6 +230,58 @@ async def cmd_stats(store: Store, args: argparse.Namespace, settings: Settings) 
           f" refunds: {summary['refunds']['count']} totalling {summary['refunds']['usd']} USD")
 
 
+async def cmd_worker_token_create(store: Store, args: argparse.Namespace,
+                                  settings: Settings) -> None:
+    from capd.domain.catalogue import TASK_TYPES
+    from capd.workers import new_worker_token, token_digest
+
+    types = None
+    if args.types:
+        types = tuple(t.strip() for t in args.types.split(",") if t.strip())
+        unknown = [t for t in types if t not in TASK_TYPES]
+        if unknown or not types:
+            raise CliError(f"unknown task type {unknown[0] if unknown else args.types!r}")
+    token = new_worker_token()
+    await store.create_worker_token(token_digest(token), args.name, types, time.time())
+    print(f"worker token for {', '.join(types) if types else 'every task type'}")
+    print(token)
+
+
+async def cmd_worker_token_revoke(store: Store, args: argparse.Namespace,
+                                  settings: Settings) -> None:
+    from capd.workers import token_digest
+
+    if not await store.revoke_worker_token(token_digest(args.token), time.time()):
+        raise CliError("no live worker token matches")
+    print("revoked")
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    import logging
+
+    from capd.domain.tasks import ValidationRules
+    from capd.solving.ocr import load_recogniser
+    from capd.solving.pool import OcrPool
+    from capd.solving.remote import RemoteOcrWorker, WorkerStopped
+
+    if not args.url.startswith(("http://", "https://")):
+        raise CliError(f"not an http(s) URL: {args.url!r}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    pool = OcrPool(load_recogniser(args.engine or settings.ocr_engine),
+                   args.threads or settings.ocr_threads)
+    rules = ValidationRules(settings.min_image_bytes, settings.max_image_bytes,
+                            settings.min_browser_major, settings.min_safari_major)
+    worker = RemoteOcrWorker(args.url, args.token, pool, rules)
+    print(f"capd worker: {pool.size} OCR thread(s) leasing ImageToTextTask from {args.url}",
+          flush=True)
+    try:
+        asyncio.run(worker.run())
+    except WorkerStopped as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        pool.close()
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
@@ -332,6 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("domain", nargs="?")
     bl.set_defaults(fn=cmd_blocklist)
 
+    wt = sub.add_parser("worker-token", help="tokens for external workers").add_subparsers(
+        dest="sub", required=True, parser_class=_Parser)
+    w = wt.add_parser("create", help="issue a token; prints it last")
+    w.add_argument("--types", help="comma-separated task types it may lease (default: all)")
+    w.add_argument("--name", default="worker")
+    w.set_defaults(fn=cmd_worker_token_create)
+    w = wt.add_parser("revoke", help="revoke a token")
+    w.add_argument("token")
+    w.set_defaults(fn=cmd_worker_token_revoke)
+
+    wk = sub.add_parser("worker", help="run the built-in OCR against a capd server")
+    wk.add_argument("--url", required=True, help="the capd server, e.g. http://10.0.0.5:8080")
+    wk.add_argument("--token", required=True, help="a worker token (capd worker-token create)")
+    wk.add_argument("--threads", type=int, default=0, help="OCR threads (default: cores)")
+    wk.add_argument("--engine", help="recogniser engine (default: the ocr_engine setting)")
+
     st = sub.add_parser("stats", help="tasks by type and state, solve latency, charges")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_stats)
@@ -346,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config, os.environ, overrides)
         if args.command == "serve":
             cmd_serve(args, settings)
+            return 0
+        if args.command == "worker":
+            cmd_worker(args, settings)
             return 0
         if args.command == "blocklist" and args.action != "list" and not args.domain:
             raise CliError("blocklist add/remove needs a DOMAIN")

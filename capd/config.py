@@ -62,6 +62,17 @@ class Settings:
     ocr_engine: str = "ddddocr"
     ocr_threads: int = 0  # 0: one per CPU core
     ocr_lease_s: float = C.OCR_LEASE_S
+    builtin_ocr: bool = True  # False: ImageToText only through `capd worker` processes
+    # worker protocol
+    worker_seen_window_s: float = C.WORKER_SEEN_WINDOW_S
+    worker_lease_s: float = C.WORKER_LEASE_S
+    # outbound
+    proxy_preflight: bool = True
+    proxy_check_timeout_s: float = C.PROXY_CHECK_TIMEOUT_S
+    proxy_check_cache_s: float = C.PROXY_CHECK_CACHE_S
+    proxy_ban_s: float = C.PROXY_BAN_S
+    callback_timeout_s: float = C.CALLBACK_TIMEOUT_S
+    callback_retries: int = C.CALLBACK_RETRIES
     # demo account printed by `capd serve --demo`
     demo_balance: Decimal = C.DEMO_BALANCE
 

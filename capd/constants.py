@@ -39,3 +39,17 @@ ACTUAL_USER_AGENT = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36"
 )
+
+# worker protocol (spec §7)
+WORKER_SEEN_WINDOW_S = 60  # a lease call marks its types as served this long
+WORKER_LEASE_S = 60  # a worker's lease, unless extended
+MAX_LEASE_EXTEND_S = 300
+MAX_LEASE_WAIT_S = 30
+MAX_LEASE_BATCH = 50
+
+# outbound
+PROXY_CHECK_TIMEOUT_S = 3.0
+PROXY_CHECK_CACHE_S = 60.0
+PROXY_BAN_S = 600  # a proxy a worker reports banned is refused this long
+CALLBACK_TIMEOUT_S = 2.0  # spec §8
+CALLBACK_RETRIES = 3

@@ -38,6 +38,11 @@ CATALOGUE: dict[str, str] = {
     "not JSON",
     "ERROR_WRONG_USERAGENT": "userAgent is outdated or not a browser user agent",
     "ERROR_BAD_PARAMETERS": "A task field is missing or has a wrong type or value",
+    # worker protocol (spec §7)
+    "ERROR_WORKER_TOKEN_INVALID": "Worker token unknown or revoked, or a type outside the "
+    "token's allowed types",
+    "ERROR_LEASE_NOT_FOUND": "Lease unknown or expired, or its task already completed",
+    "ERROR_BAD_SOLUTION": "The solution does not fit the task type's solution shape",
     "ERROR_INTERNAL": "Internal error; the request can be retried",
     "ERROR_SERVICE_UNAVAILABLE": "The store is temporarily unavailable; retry shortly",
 }

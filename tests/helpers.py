@@ -133,6 +133,14 @@ class LiveServer:
         self.admin(create)
         return key
 
+    def new_worker_token(self, types: tuple[str, ...] | None = None) -> str:
+        from capd.workers import new_worker_token, token_digest
+
+        token = new_worker_token()
+        self.admin(lambda store: store.create_worker_token(token_digest(token), "test", types,
+                                                           self.clock()))
+        return token
+
     def call(self, method: str, payload: Any, **kwargs: Any) -> dict[str, Any]:
         response = self.client.post(f"/{method}", json=payload, **kwargs)
         assert response.status_code == 200, response.text

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from capd.api import capmonster
+from capd.api import capmonster, workers
 from capd.api.capmonster import error_payload, json_response
 from capd.api.middleware import BodyLimitMiddleware, ClientAddressMiddleware
 from capd.api.openapi import openapi_document
@@ -30,6 +30,7 @@ from capd.solving.ocr.base import Recogniser
 from capd.solving.pool import OcrPool
 from capd.store import open_store
 from capd.store.base import Store
+from capd.workers import WorkerDesk
 
 log = logging.getLogger("capd")
 
@@ -79,7 +80,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
     """Build the ASGI app. Nothing is opened until the app's lifespan starts."""
     store = store or open_store(settings.database_url)
     metrics_registry = Metrics()
-    dispatcher = Dispatcher(store, dict(settings.queue_depth_limits), settings.queue_depth_limit)
+    dispatcher = Dispatcher(store, clock, settings.worker_seen_window_s,
+                            dict(settings.queue_depth_limits), settings.queue_depth_limit)
     service = Service(
         settings, store, dispatcher, clock, metrics_registry,
         proxy_guard or AddressGuard(settings.allow_private_proxies),
@@ -88,13 +90,16 @@ def create_app(settings: Settings, *, store: Store | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.migrate()
-        engine = recogniser
-        if engine is None:
-            engine = await asyncio.to_thread(load_recogniser, settings.ocr_engine)
-        pool = OcrPool(engine, settings.ocr_threads)
-        solver = BuiltinSolver(store, dispatcher, pool, clock, settings.ocr_lease_s,
-                               service.rules, service.finish_task, metrics_registry)
-        background = [asyncio.create_task(solver.run()), asyncio.create_task(_sweeper(service))]
+        background = [asyncio.create_task(_sweeper(service))]
+        pool = None
+        if settings.builtin_ocr:
+            engine = recogniser
+            if engine is None:
+                engine = await asyncio.to_thread(load_recogniser, settings.ocr_engine)
+            pool = OcrPool(engine, settings.ocr_threads)
+            solver = BuiltinSolver(store, dispatcher, pool, clock, settings.ocr_lease_s,
+                                   service.rules, service.finish_task, metrics_registry)
+            background.append(asyncio.create_task(solver.run()))
         app.state.ready = True
         try:
             yield
@@ -103,11 +108,13 @@ def create_app(settings: Settings, *, store: Store | None = None,
             for job in background:
                 job.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            pool.close()
+            if pool is not None:
+                pool.close()
             await store.close()
 
     routes = [
         *capmonster.routes(),
+        *workers.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
@@ -121,6 +128,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.service = service
+    app.state.desk = WorkerDesk(service)
     app.state.ready = False
     app.state.openapi = openapi_document()
     return app

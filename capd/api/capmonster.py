@@ -18,7 +18,7 @@ from capd.service import Service
 
 log = logging.getLogger("capd.api")
 
-Handler = Callable[[Service, dict[str, Any], str], Awaitable[dict[str, Any]]]
+Handler = Callable[[Any, dict[str, Any], str], Awaitable[dict[str, Any]]]
 CREATE_PATHS = ("/createTask",)
 
 
@@ -41,19 +41,21 @@ async def read_json_object(request: Request) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def api_method(name: str, handler: Handler, not_json_code: str) -> Callable[[Request],
-                                                                          Awaitable[Response]]:
-    """Wrap a handler: parse, call, render every outcome as HTTP 200 JSON (spec §1)."""
+def api_method(name: str, handler: Handler, not_json_code: str, target: str = "service"
+               ) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler: parse, call, render every outcome as HTTP 200 JSON (spec §1).
+
+    The handler receives ``app.state.<target>`` (the Service, or the worker desk)."""
     is_create = name == "createTask"
 
     async def endpoint(request: Request) -> Response:
-        service: Service = request.app.state.service
-        metrics = service.metrics
+        state = request.app.state
+        metrics = state.service.metrics
         try:
             body = await read_json_object(request)
             if body is None:
                 raise CapdError(not_json_code, "the body is not a JSON object")
-            payload = await handler(service, body, request.scope[CLIENT_IP])
+            payload = await handler(getattr(state, target), body, request.scope[CLIENT_IP])
             metrics.inc("capd_requests_total", method=name, outcome="ok")
             return json_response(payload)
         except CapdError as exc:

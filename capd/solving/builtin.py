@@ -13,10 +13,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from capd.domain.tasks import ImageSpec, ValidationRules, decode_image
-from capd.errors import CapdError
+from capd.domain.tasks import ValidationRules
 from capd.metrics import Metrics
 from capd.solving.dispatch import Dispatcher
+from capd.solving.imagetask import image_bytes, image_spec, outcome
 from capd.solving.ocr.base import UnreadableImage
 from capd.solving.pool import OcrPool
 from capd.store.base import Store, Task
@@ -25,6 +25,7 @@ log = logging.getLogger("capd.solver")
 
 IMAGE_TYPE = "ImageToTextTask"
 Finisher = Callable[..., Awaitable[Task | None]]
+IDLE_RECHECK_S = 1.0  # also picks up leases that expired on a crashed node
 
 
 class BuiltinSolver:
@@ -48,13 +49,14 @@ class BuiltinSolver:
         try:
             while True:
                 await self._free.acquire()
+                waiter = self.dispatcher.waiter([IMAGE_TYPE])
                 claimed = await self.store.claim_tasks([IMAGE_TYPE], 1, self.owner,
                                                        self.lease_s, self.clock())
                 if not claimed:
                     self._free.release()
-                    # woken by createTask; the timeout picks up leases of crashed nodes
-                    await self.dispatcher.wait(IMAGE_TYPE, 1.0)
+                    await self.dispatcher.wait(waiter, IDLE_RECHECK_S)
                     continue
+                self.dispatcher.forget(waiter)
                 job = asyncio.create_task(self._solve(claimed[0]))
                 self._running.add(job)
                 job.add_done_callback(self._running.discard)
@@ -65,25 +67,15 @@ class BuiltinSolver:
 
     async def _solve(self, task: Task) -> None:
         try:
-            spec = ImageSpec(**task.options["image"])
-            try:
-                image = decode_image(task.payload.get("body") or task.payload.get("Body"),
-                                     self.rules)
-            except CapdError:
-                image = b""
+            spec = image_spec(task.options["image"])
             started = time.perf_counter()
             try:
-                reading = await self.pool.read(image, spec)
+                reading = await self.pool.read(image_bytes(task.payload, self.rules), spec)
             except UnreadableImage:
                 reading = None
             self.metrics.observe("capd_ocr_seconds", time.perf_counter() - started)
-            threshold = spec.threshold
-            if reading is None or not reading.text or (
-                    threshold is not None and reading.confidence * 100 < threshold):
-                await self.finish(task.id, error_code="ERROR_CAPTCHA_UNSOLVABLE",
-                                  owner=self.owner)
-            else:
-                await self.finish(task.id, solution={"text": reading.text}, owner=self.owner)
+            solution, error = outcome(reading, spec)
+            await self.finish(task.id, solution=solution, error_code=error, owner=self.owner)
         except Exception:  # one bad task must not stop the solver
             log.exception("built-in solver failed on a task")
         finally:

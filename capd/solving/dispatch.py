@@ -1,8 +1,9 @@
 """Capacity and wake-ups: which task types can be taken now, and who to wake for them.
 
-A type is served while a solver for it is attached (the built-in OCR, or — through the
-worker protocol — an external worker seen recently). createTask asks ``check_capacity``
-before queueing, so a type nobody serves answers ERROR_NO_SLOT_AVAILABLE at once.
+A type is served while the built-in solver for it runs in this process, or while an
+external worker has asked for it within the recent window (spec §7). createTask asks
+``check_capacity`` before queueing, so a type nobody serves answers
+ERROR_NO_SLOT_AVAILABLE at once, never a hang.
 """
 
 from __future__ import annotations
@@ -10,47 +11,75 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 
 from capd.errors import CapdError
 from capd.store.base import Store
 
+Waiter = asyncio.Future[None]
+
 
 class Dispatcher:
-    def __init__(self, store: Store, depth_limit: dict[str, int] | None = None,
+    def __init__(self, store: Store, clock: Callable[[], float], seen_window_s: float = 60.0,
+                 depth_limit: dict[str, int] | None = None,
                  default_depth_limit: int = 1000) -> None:
         self.store = store
-        self._served: dict[str, int] = defaultdict(int)
-        self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.clock = clock
+        self.seen_window_s = seen_window_s
+        self._builtin: dict[str, int] = defaultdict(int)
+        self._waiters: dict[str, list[Waiter]] = defaultdict(list)
         self._depth_limit = depth_limit or {}
         self._default_depth_limit = default_depth_limit
 
     def attach(self, task_type: str) -> None:
-        """A solver for ``task_type`` is now taking work."""
-        self._served[task_type] += 1
+        """A built-in solver for ``task_type`` is now taking work in this process."""
+        self._builtin[task_type] += 1
 
     def detach(self, task_type: str) -> None:
-        self._served[task_type] = max(0, self._served[task_type] - 1)
+        self._builtin[task_type] = max(0, self._builtin[task_type] - 1)
 
-    def serves(self, task_type: str) -> bool:
-        return self._served.get(task_type, 0) > 0
+    async def serves(self, task_type: str) -> bool:
+        if self._builtin.get(task_type, 0) > 0:
+            return True
+        since = self.clock() - self.seen_window_s
+        return await self.store.worker_seen_since(task_type, since)
 
     async def check_capacity(self, task_type: str) -> None:
         """Raise ERROR_NO_SLOT_AVAILABLE unless the type is served and its queue has room."""
-        if not self.serves(task_type):
+        if not await self.serves(task_type):
             raise CapdError("ERROR_NO_SLOT_AVAILABLE", f"no solver serves {task_type} now")
         limit = self._depth_limit.get(task_type, self._default_depth_limit)
         if await self.store.queue_depth(task_type) >= limit:
             raise CapdError("ERROR_NO_SLOT_AVAILABLE", f"the {task_type} queue is full")
 
     def notify(self, task_type: str) -> None:
-        """New work of this type is queued: wake its waiting solvers."""
-        event = self._events.get(task_type)
-        if event is not None:
-            event.set()
+        """New work of this type is queued: wake everyone waiting for it."""
+        for waiter in self._waiters.pop(task_type, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def wait(self, task_type: str, timeout_s: float) -> None:
-        """Sleep until work of this type is announced, or the timeout passes."""
-        event = self._events[task_type]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout_s)
-        event.clear()
+    def waiter(self, types: Iterable[str]) -> Waiter:
+        """Register interest in new work of these types. Register *before* looking for
+        work, so that work announced in between is not missed."""
+        waiter: Waiter = asyncio.get_running_loop().create_future()
+        for task_type in types:
+            self._waiters[task_type].append(waiter)
+        return waiter
+
+    async def wait(self, waiter: Waiter, timeout_s: float) -> None:
+        """Sleep until the waiter is woken or the timeout passes; then forget it."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        finally:
+            self.forget(waiter)
+
+    def forget(self, waiter: Waiter) -> None:
+        if not waiter.done():
+            waiter.cancel()
+        for task_type in [t for t, ws in self._waiters.items() if waiter in ws]:
+            remaining = [w for w in self._waiters[task_type] if w is not waiter]
+            if remaining:
+                self._waiters[task_type] = remaining
+            else:
+                del self._waiters[task_type]

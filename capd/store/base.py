@@ -110,6 +110,16 @@ class Ban:
     lifted_at: float | None
 
 
+@dataclass(frozen=True)
+class WorkerToken:
+    """A live worker token (the token itself is never stored, only its digest)."""
+
+    id: int
+    name: str
+    types: tuple[str, ...] | None  # None: every type
+    created_at: float
+
+
 class Store(Protocol):
     """Persistence primitives. Every method is atomic on its own."""
 
@@ -178,6 +188,11 @@ class Store(Protocol):
         charge) or an error code (release it). With ``owner``, only the holder of a live lease
         may complete. Returns the finished task, or None when nothing changed."""
 
+    async def extend_lease(self, task_id: int, owner: str, until: float,
+                           now: float) -> float | None:
+        """Move a live lease's end to ``until`` (never past the task's deadline); returns
+        the new end, or None when ``owner`` holds no live lease on the task."""
+
     async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
         """Open tasks whose deadline has passed."""
 
@@ -219,6 +234,21 @@ class Store(Protocol):
         """Refuse tasks through this proxy until ``until`` (keeps the later of two bans)."""
 
     async def proxy_banned(self, address: str, port: int, now: float) -> bool: ...
+
+    # workers
+    async def create_worker_token(self, token_hash: str, name: str,
+                                  types: tuple[str, ...] | None, now: float) -> int: ...
+
+    async def revoke_worker_token(self, token_hash: str, now: float) -> bool: ...
+
+    async def worker_token(self, token_hash: str) -> WorkerToken | None:
+        """The live token with this digest, if any."""
+
+    async def note_workers(self, types: list[str], now: float) -> None:
+        """Record that a worker asked for work of these types at ``now``."""
+
+    async def worker_seen_since(self, task_type: str, since: float) -> bool:
+        """Whether a worker asked for this type at or after ``since``."""
 
     # operator views
     async def stats(self, now: float) -> dict[str, Any]: ...

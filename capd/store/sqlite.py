@@ -26,6 +26,7 @@ from capd.store.base import (
     NewTask,
     Task,
     TaskState,
+    WorkerToken,
 )
 from capd.store.counters import MemoryCounters
 from capd.store.migrations import migration_scripts
@@ -81,6 +82,9 @@ class SQLiteStore:
         self._callers: dict[str, Caller | None] = {}
         self._ban_cache: dict[tuple[str, str, int | None], Ban | None] = {}
         self._final_tasks: dict[int, Task] = {}
+        self._worker_tokens: dict[str, WorkerToken | None] = {}
+        # last time a worker asked for each type; one serving process in SQLite mode
+        self._worker_seen: dict[str, float] = {}
 
     def _fresh(self) -> None:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -91,6 +95,7 @@ class SQLiteStore:
     def _invalidate(self) -> None:
         self._callers.clear()
         self._ban_cache.clear()
+        self._worker_tokens.clear()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -322,6 +327,14 @@ class SQLiteStore:
                               (task_id,)).fetchone()
         return _task(done)
 
+    async def extend_lease(self, task_id: int, owner: str, until: float,
+                           now: float) -> float | None:
+        row = self._db.execute(
+            "UPDATE tasks SET lease_until = MIN(?, deadline_at) WHERE id = ?"
+            " AND state = 'leased' AND lease_owner = ? AND lease_until > ?"
+            " RETURNING lease_until", (until, task_id, owner, now)).fetchone()
+        return float(row[0]) if row else None
+
     async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
         rows = self._db.execute(
             f"SELECT {_TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
@@ -432,6 +445,43 @@ class SQLiteStore:
         row = self._one("SELECT 1 FROM proxy_bans WHERE address = ? AND port = ? AND until > ?",
                         (address.lower(), port, now))
         return row is not None
+
+    # -- workers -----------------------------------------------------------------------------
+    async def create_worker_token(self, token_hash: str, name: str,
+                                  types: tuple[str, ...] | None, now: float) -> int:
+        self._invalidate()
+        cur = self._db.execute(
+            "INSERT INTO worker_tokens (token_hash, name, types, created_at) VALUES (?, ?, ?, ?)",
+            (token_hash, name, orjson.dumps(list(types)).decode() if types else None, now))
+        return int(cur.lastrowid or 0)
+
+    async def revoke_worker_token(self, token_hash: str, now: float) -> bool:
+        self._invalidate()
+        cur = self._db.execute("UPDATE worker_tokens SET revoked_at = ? WHERE token_hash = ?"
+                               " AND revoked_at IS NULL", (now, token_hash))
+        return cur.rowcount == 1
+
+    async def worker_token(self, token_hash: str) -> WorkerToken | None:
+        self._fresh()
+        if token_hash in self._worker_tokens:
+            return self._worker_tokens[token_hash]
+        row = self._one("SELECT id, name, types, created_at FROM worker_tokens"
+                        " WHERE token_hash = ? AND revoked_at IS NULL", (token_hash,))
+        token = None
+        if row is not None:
+            types = tuple(orjson.loads(row[2])) if row[2] else None
+            token = WorkerToken(row[0], row[1], types, row[3])
+        if len(self._worker_tokens) >= _CACHE_LIMIT:
+            self._worker_tokens.clear()
+        self._worker_tokens[token_hash] = token
+        return token
+
+    async def note_workers(self, types: list[str], now: float) -> None:
+        for task_type in types:
+            self._worker_seen[task_type] = max(now, self._worker_seen.get(task_type, 0.0))
+
+    async def worker_seen_since(self, task_type: str, since: float) -> bool:
+        return self._worker_seen.get(task_type, float("-inf")) >= since
 
     # -- operator views ----------------------------------------------------------------------
     async def stats(self, now: float) -> dict[str, Any]:
