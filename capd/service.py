@@ -21,6 +21,7 @@ from capd.domain.money import balance_number, format_cost, task_price_units
 from capd.domain.tasks import GuardLike, ValidationRules, validate_task
 from capd.errors import CapdError, InsufficientFunds
 from capd.metrics import Metrics
+from capd.outbound.proxycheck import ProxyChecker, ProxySpec
 from capd.solving.dispatch import Dispatcher
 from capd.store.base import Caller, NewTask, Store, Task, TaskState
 
@@ -65,7 +66,8 @@ def parse_task_id(raw: Any) -> int | None:
 class Service:
     def __init__(self, settings: Settings, store: Store, dispatcher: Dispatcher,
                  clock: Callable[[], float], metrics: Metrics, proxy_guard: GuardLike,
-                 callback_guard: GuardLike, new_id: Callable[[], int] = random_task_id) -> None:
+                 callback_guard: GuardLike, new_id: Callable[[], int] = random_task_id,
+                 proxy_checker: ProxyChecker | None = None) -> None:
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
@@ -74,6 +76,7 @@ class Service:
         self.proxy_guard = proxy_guard
         self.callback_guard = callback_guard
         self.new_id = new_id
+        self.proxy_checker = proxy_checker
         s = settings
         self.rules = ValidationRules(s.min_image_bytes, s.max_image_bytes, s.min_browser_major,
                                      s.min_safari_major)
@@ -128,6 +131,8 @@ class Service:
                                              now)
             raise CapdError("ERROR_ZERO_BALANCE")
         await self.dispatcher.check_capacity(ttype.name)
+        if checked.proxy is not None and self.proxy_checker is not None:
+            await self._preflight(checked.proxy, task, checked.website_host)
         options: dict[str, Any] = {"nocache": key.nocache}
         if checked.image_spec is not None:
             options["image"] = asdict(checked.image_spec)
@@ -145,6 +150,16 @@ class Service:
         self.metrics.inc("capd_tasks_created_total", type=ttype.name)
         self.dispatcher.notify(ttype.name)
         return task_id
+
+    async def _preflight(self, proxy: tuple[str, str, int], task: dict[str, Any],
+                         website_host: str | None) -> None:
+        """Check the task's proxy before queueing it (cached briefly by the checker)."""
+        assert self.proxy_checker is not None
+        login, password = task.get("proxyLogin"), task.get("proxyPassword")
+        spec = ProxySpec(proxy[0], proxy[1], proxy[2], login or None, password or None)
+        code = await self.proxy_checker.check(spec, website_host or "example.com")
+        if code is not None:
+            raise CapdError(code, "the proxy pre-flight check failed")
 
     async def _proxy_banned(self, address: str, port: int) -> bool:
         return await self.store.proxy_banned(address, port, self.clock())
@@ -231,3 +246,22 @@ class Service:
             if await self.finish_task(task.id, error_code=code) is not None:
                 count += 1
         return count
+
+    # -- 2captcha's reportbad / reportgood ------------------------------------------------
+    async def report_answer(self, body: dict[str, Any], ip: str, correct: bool) -> None:
+        """2captcha's res.php reports (spec §9), for a task of any type: a bad report is the
+        image report (refund) or token report that fits the task's type, with the same
+        rules as report_incorrect; a good report is accepted for the caller's own task
+        solved within the report window and changes nothing. Else ERROR_NO_SUCH_CAPCHA_ID."""
+        caller, _ = await self.authenticate(body.get("clientKey"), ip)
+        task = await self._own_task(body, ip, caller)
+        now = self.clock()
+        if correct:
+            if (task.state != TaskState.SOLVED or task.ended_at is None
+                    or now > task.ended_at + self.settings.report_window_s):
+                raise CapdError("ERROR_NO_SUCH_CAPCHA_ID", "not a solved task")
+            return
+        if not await self.store.report_task(task.id, caller.account_id,
+                                            refund=task.type in IMAGE_REPORT_TYPES, now=now,
+                                            window_s=self.settings.report_window_s):
+            raise CapdError("ERROR_NO_SUCH_CAPCHA_ID", "not a reportable solved task")

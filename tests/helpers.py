@@ -170,7 +170,9 @@ class LiveServer:
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return load_settings(environ={}, overrides={
-        "database_url": f"sqlite:///{tmp_path}/capd.db", "ocr_threads": 2, **overrides})
+        # no proxy pre-flight unless a test asks: tests send traffic only to loopback
+        "database_url": f"sqlite:///{tmp_path}/capd.db", "ocr_threads": 2,
+        "proxy_preflight": False, **overrides})
 
 
 class GatedRecogniser:

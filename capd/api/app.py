@@ -15,13 +15,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from capd.api import capmonster, workers
+from capd.api import capmonster, twocaptcha, workers
 from capd.api.capmonster import error_payload, json_response
 from capd.api.middleware import BodyLimitMiddleware, ClientAddressMiddleware
 from capd.api.openapi import openapi_document
 from capd.config import Settings
 from capd.metrics import Metrics
+from capd.outbound.callbacks import CallbackSender
 from capd.outbound.guard import AddressGuard
+from capd.outbound.proxycheck import ProxyChecker
 from capd.service import Service
 from capd.solving.builtin import BuiltinSolver
 from capd.solving.dispatch import Dispatcher
@@ -29,7 +31,7 @@ from capd.solving.ocr import load_recogniser
 from capd.solving.ocr.base import Recogniser
 from capd.solving.pool import OcrPool
 from capd.store import open_store
-from capd.store.base import Store
+from capd.store.base import Store, Task
 from capd.workers import WorkerDesk
 
 log = logging.getLogger("capd")
@@ -82,14 +84,27 @@ def create_app(settings: Settings, *, store: Store | None = None,
     metrics_registry = Metrics()
     dispatcher = Dispatcher(store, clock, settings.worker_seen_window_s,
                             dict(settings.queue_depth_limits), settings.queue_depth_limit)
-    service = Service(
-        settings, store, dispatcher, clock, metrics_registry,
-        proxy_guard or AddressGuard(settings.allow_private_proxies),
-        callback_guard or AddressGuard(settings.allow_private_callbacks))
+    proxy_guard = proxy_guard or AddressGuard(settings.allow_private_proxies)
+    callback_guard = callback_guard or AddressGuard(settings.allow_private_callbacks)
+    checker = None
+    if settings.proxy_preflight:
+        checker = ProxyChecker(proxy_guard, settings.proxy_check_timeout_s,
+                               settings.proxy_check_cache_s)
+    service = Service(settings, store, dispatcher, clock, metrics_registry, proxy_guard,
+                      callback_guard, proxy_checker=checker)
+    callbacks = CallbackSender(callback_guard, settings.callback_timeout_s,
+                               settings.callback_retries)
+
+    def send_callback(task: Task) -> None:
+        if task.callback_url:
+            callbacks.submit(task.callback_url, {**service.result_of(task), "taskId": task.id})
+
+    service.finish_listeners.append(send_callback)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.migrate()
+        await callbacks.start()
         background = [asyncio.create_task(_sweeper(service))]
         pool = None
         if settings.builtin_ocr:
@@ -108,6 +123,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
             for job in background:
                 job.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await callbacks.stop()
             if pool is not None:
                 pool.close()
             await store.close()
@@ -119,12 +135,13 @@ def create_app(settings: Settings, *, store: Store | None = None,
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/api/useragent/actual", user_agent, methods=["GET"]),
+        *twocaptcha.routes(),
         Route("/{path:path}", no_such_method, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     middleware = [
         Middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                   create_paths=capmonster.CREATE_PATHS),
+                   create_paths=capmonster.CREATE_PATHS, text_paths=twocaptcha.UPLOAD_PATHS),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.service = service

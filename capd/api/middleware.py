@@ -70,10 +70,12 @@ class BodyLimitMiddleware:
     counted as it streams (``BodyTooLarge`` raised to the reader).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, create_paths: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, create_paths: Iterable[str],
+                 text_paths: Iterable[str] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.create_paths = frozenset(create_paths)
+        self.text_paths = frozenset(text_paths)  # 2captcha's in.php answers in plain text
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,6 +106,14 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
+        if scope["path"].rstrip("/") in self.text_paths:
+            text = b"ERROR_TOO_BIG_CAPTCHA_FILESIZE"
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                    (b"content-length", str(len(text)).encode()),
+                                    (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": text})
+            return
         if scope["path"].rstrip("/") in self.create_paths:
             status, payload = 200, {"errorId": 1, "taskId": 0,
                                     "errorCode": "ERROR_TOO_BIG_CAPTCHA_FILESIZE",
