@@ -23,7 +23,8 @@ from capd.config import Settings, load_settings
 from capd.domain.keys import new_key
 from capd.domain.money import to_units
 from capd.solving.ocr.base import Recogniser
-from capd.store.sqlite import SQLiteStore
+from capd.store import open_store
+from capd.store.base import Store
 
 T = TypeVar("T")
 
@@ -76,7 +77,6 @@ class LiveServer:
 
     settings: Settings
     clock: FakeClock
-    db_path: Path
     url: str = ""
     client: httpx.Client = field(init=False)
     _server: uvicorn.Server | None = None
@@ -107,11 +107,11 @@ class LiveServer:
         if self._thread is not None:
             self._thread.join(timeout=15)
 
-    # -- admin helpers (a second connection to the same SQLite file) -----------------------
-    def _store(self) -> SQLiteStore:
-        return SQLiteStore(str(self.db_path))
+    # -- admin helpers (a second connection to the same database) ---------------------------
+    def _store(self) -> Store:
+        return open_store(self.settings.database_url)
 
-    def admin(self, fn: Callable[[SQLiteStore], Coroutine[Any, Any, T]]) -> T:
+    def admin(self, fn: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
         async def go() -> T:
             store = self._store()
             try:
@@ -124,7 +124,7 @@ class LiveServer:
     def new_account(self, balance: str = "10", name: str = "test") -> str:
         key = new_key()
 
-        async def create(store: SQLiteStore) -> None:
+        async def create(store: Store) -> None:
             account_id = await store.create_account(name, key, self.clock())
             if Decimal(balance):
                 await store.adjust_balance(account_id, to_units(Decimal(balance)), "topup",
@@ -159,7 +159,7 @@ class LiveServer:
 
     def ledger_consistent(self, key: str) -> tuple[int, int, int]:
         """(balance, reserved, ledger sum) of the account holding ``key``."""
-        async def read(store: SQLiteStore) -> tuple[int, int, int]:
+        async def read(store: Store) -> tuple[int, int, int]:
             account = await store.account_for_key(key)
             assert account is not None
             return account.balance_units, account.reserved_units, await store.ledger_sum(

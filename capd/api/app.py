@@ -40,10 +40,14 @@ SWEEP_INTERVAL_S = 1.0
 
 
 async def _sweeper(service: Service) -> None:
-    """Fail tasks past their deadline, once a second."""
+    """Fail tasks past their deadline, once a second; forget ended counters now and then."""
+    rounds = 0
     while True:
         try:
             await service.expire_overdue()
+            rounds += 1
+            if rounds % 60 == 0:
+                await service.store.sweep_counters(service.clock())
         except Exception:
             log.exception("deadline sweep failed")
         await asyncio.sleep(SWEEP_INTERVAL_S)
@@ -104,6 +108,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.migrate()
+        await store.subscribe(dispatcher.notify)
         await callbacks.start()
         background = [asyncio.create_task(_sweeper(service))]
         pool = None

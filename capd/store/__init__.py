@@ -25,5 +25,7 @@ def open_store(url: str) -> Store:
 
         return SQLiteStore(sqlite_path(url))
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("PostgreSQL support is not built yet (see the scale-out issue)")
+        from capd.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     raise ConfigError(f"database URL {url!r}: unsupported scheme (use sqlite:///path)")

@@ -128,6 +128,9 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    async def subscribe(self, on_task: Callable[[str], None]) -> None:
+        """Call ``on_task(type)`` when another node queues work (no-op for one process)."""
+
     # accounts and keys
     async def create_account(self, name: str, key: str, now: float) -> int:
         """Create an account holding ``key``; returns its id."""
@@ -207,6 +210,9 @@ class Store(Protocol):
     # limits and bans
     async def incr_counter(self, name: str, window_s: float, now: float) -> int:
         """Add one to a counter that resets ``window_s`` after its first hit; returns it."""
+
+    async def sweep_counters(self, now: float) -> int:
+        """Forget counters whose window has ended; returns how many."""
 
     async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
                       now: float, ends_at: float) -> int: ...

@@ -24,12 +24,15 @@ class MemoryCounters:
         self._data[name] = (count, ends)
         self._hits += 1
         if self._hits >= self._sweep_every:
-            self._sweep(now)
+            self.sweep(now)
         return count
 
-    def _sweep(self, now: float) -> None:
+    def sweep(self, now: float) -> int:
+        """Drop counters whose window has ended; returns how many."""
         self._hits = 0
+        before = len(self._data)
         self._data = {k: v for k, v in self._data.items() if v[1] > now}
+        return before - len(self._data)
 
     def __len__(self) -> int:
         return len(self._data)

@@ -139,6 +139,9 @@ class SQLiteStore:
     async def close(self) -> None:
         self._db.close()
 
+    async def subscribe(self, on_task: Callable[[str], None]) -> None:
+        """One serving process: the dispatcher hears of new work directly."""
+
     # -- accounts and keys -----------------------------------------------------------------
     async def create_account(self, name: str, key: str, now: float) -> int:
         self._invalidate()
@@ -292,9 +295,9 @@ class SQLiteStore:
                 f"  SELECT id FROM tasks WHERE type IN ({marks})"
                 f"   AND state IN ('queued', 'leased')"
                 f"   AND (state = 'queued' OR lease_until <= ?) AND deadline_at > ?"
-                f"  ORDER BY created_at LIMIT ?) RETURNING {_TASK_COLS}",
+                f"  ORDER BY created_at, id LIMIT ?) RETURNING {_TASK_COLS}",
                 (now + lease_s, owner, *types, now, now, limit)).fetchall()
-        return sorted((_task(r) for r in rows), key=lambda t: t.created_at)
+        return sorted((_task(r) for r in rows), key=lambda t: (t.created_at, t.id))
 
     async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
                           error_code: str | None = None, owner: str | None = None) -> Task | None:
@@ -367,6 +370,9 @@ class SQLiteStore:
     # -- limits and bans ---------------------------------------------------------------------
     async def incr_counter(self, name: str, window_s: float, now: float) -> int:
         return self._counters.incr(name, window_s, now)
+
+    async def sweep_counters(self, now: float) -> int:
+        return self._counters.sweep(now)
 
     async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
                       now: float, ends_at: float) -> int:

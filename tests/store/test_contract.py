@@ -12,25 +12,35 @@ import pytest
 
 from capd.errors import InsufficientFunds
 from capd.store.base import NewTask, Store, TaskState
+from capd.store.postgres import PostgresStore
 from capd.store.sqlite import SQLiteStore
 
 NOW = 1_800_000_000.0
-BACKENDS = ["sqlite"]
-
-
-def open_backend(name: str, tmp_path: Path) -> Store:
-    if name == "sqlite":
-        return SQLiteStore(str(tmp_path / "contract.db"))
-    raise AssertionError(name)
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
-def run(request: Any, tmp_path: Path) -> Iterator[Callable[[Callable[[Store], Awaitable[Any]]],
-                                                           Any]]:
+def location(request: Any, tmp_path: Path) -> tuple[str, str]:
+    """(backend, where): a fresh database of each backend."""
+    if request.param == "sqlite":
+        return "sqlite", str(tmp_path / "contract.db")
+    return "postgres", request.getfixturevalue("pg_url")
+
+
+def open_backend(location: tuple[str, str]) -> Store:
+    backend, where = location
+    if backend == "sqlite":
+        return SQLiteStore(where)
+    return PostgresStore(where)
+
+
+@pytest.fixture
+def run(location: tuple[str, str]) -> Iterator[Callable[[Callable[[Store], Awaitable[Any]]],
+                                                         Any]]:
     """Run an async test body against a freshly migrated store of each backend."""
     def go(body: Callable[[Store], Awaitable[Any]]) -> Any:
         async def main() -> Any:
-            store = open_backend(request.param, tmp_path)
+            store = open_backend(location)
             await store.migrate()
             try:
                 return await body(store)
@@ -256,13 +266,11 @@ def test_blocklist_matches_host_and_subdomains(run: Any) -> None:
     run(body)
 
 
-def test_writes_through_another_connection_are_seen_at_once(run: Any, tmp_path: Path,
-                                                            request: Any) -> None:
-    backend = request.node.callspec.params["run"]
-
+def test_writes_through_another_connection_are_seen_at_once(run: Any,
+                                                            location: tuple[str, str]) -> None:
     async def body(store: Store) -> None:
         account_id = await funded(store)
-        other = open_backend(backend, tmp_path)
+        other = open_backend(location)
         try:
             assert await store.caller_for_key("a" * 32) is not None  # now cached
             assert await store.active_ban("ip", "1.2.3.4", None, NOW) is None
