@@ -264,16 +264,18 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from capd.solving.pool import OcrPool
     from capd.solving.remote import RemoteOcrWorker, WorkerStopped
 
-    if not args.url.startswith(("http://", "https://")):
-        raise CliError(f"not an http(s) URL: {args.url!r}")
+    urls = [u.strip() for given in args.url for u in given.split(",") if u.strip()]
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise CliError(f"not an http(s) URL: {url!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     pool = OcrPool(load_recogniser(args.engine or settings.ocr_engine),
                    args.threads or settings.ocr_threads)
     rules = ValidationRules(settings.min_image_bytes, settings.max_image_bytes,
                             settings.min_browser_major, settings.min_safari_major)
-    worker = RemoteOcrWorker(args.url, args.token, pool, rules)
-    print(f"capd worker: {pool.size} OCR thread(s) leasing ImageToTextTask from {args.url}",
-          flush=True)
+    worker = RemoteOcrWorker(urls, args.token, pool, rules)
+    print(f"capd worker: {pool.size} OCR thread(s) leasing ImageToTextTask from"
+          f" {', '.join(urls)}", flush=True)
     try:
         asyncio.run(worker.run())
     except WorkerStopped as exc:
@@ -395,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_worker_token_revoke)
 
     wk = sub.add_parser("worker", help="run the built-in OCR against a capd server")
-    wk.add_argument("--url", required=True, help="the capd server, e.g. http://10.0.0.5:8080")
+    wk.add_argument("--url", required=True, action="append",
+                    help="a capd API node, e.g. http://10.0.0.5:8080; repeat (or separate with"
+                    " commas) to fail over between the nodes of one deployment")
     wk.add_argument("--token", required=True, help="a worker token (capd worker-token create)")
     wk.add_argument("--threads", type=int, default=0, help="OCR threads (default: cores)")
     wk.add_argument("--engine", help="recogniser engine (default: the ocr_engine setting)")

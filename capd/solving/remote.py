@@ -27,9 +27,13 @@ class WorkerStopped(Exception):
 
 
 class RemoteOcrWorker:
-    def __init__(self, url: str, token: str, pool: OcrPool, rules: ValidationRules,
+    def __init__(self, urls: list[str], token: str, pool: OcrPool, rules: ValidationRules,
                  wait_s: float = LEASE_WAIT_S) -> None:
-        self.url = url.rstrip("/")
+        if not urls:
+            raise ValueError("at least one server URL is needed")
+        # several API nodes of one deployment: on a connection failure, try the next
+        self.urls = [u.rstrip("/") for u in urls]
+        self._current = 0
         self.token = token
         self.pool = pool
         self.rules = rules
@@ -39,21 +43,25 @@ class RemoteOcrWorker:
 
     async def run(self) -> None:
         timeout = httpx.Timeout(self.wait_s + 15, connect=5)
-        async with httpx.AsyncClient(base_url=self.url, timeout=timeout) as client:
+        async with httpx.AsyncClient(timeout=timeout) as client:
             await asyncio.gather(*(self._loop(client) for _ in range(self.pool.size)))
 
     async def _post(self, client: httpx.AsyncClient, method: str,
                     body: dict[str, Any]) -> dict[str, Any]:
         attempt = 0
         while True:
+            url = self.urls[self._current % len(self.urls)]
             try:
-                response = await client.post(f"/worker/v1/{method}",
+                response = await client.post(f"{url}/worker/v1/{method}",
                                              json={"workerToken": self.token, **body})
                 answer: dict[str, Any] = response.json()
                 if answer.get("errorCode") == "ERROR_WORKER_TOKEN_INVALID":
                     raise WorkerStopped("the server refused the worker token")
                 return answer
             except (httpx.HTTPError, ValueError) as exc:
+                if isinstance(exc, httpx.TransportError) and url == self.urls[
+                        self._current % len(self.urls)]:
+                    self._current += 1  # this node is unreachable: fail over to the next
                 delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
                 log.warning("worker %s failed (%s); retrying in %s s", method,
                             type(exc).__name__, delay)
