@@ -86,5 +86,39 @@ def openapi_document() -> dict[str, Any]:
                                                     report_ok),
             "/reportIncorrectRecaptcha": _method("Alias of reportIncorrectTokenCaptcha",
                                                  with_task, report_ok),
+            **_worker_paths(),
         },
+    }
+
+
+def _worker_paths() -> dict[str, Any]:
+    """The worker protocol (spec §7)."""
+    token = {"type": "string", "description": "48 hex characters (capd worker-token create)"}
+    lease_id = {"type": "string", "description": "<taskId>.<secret>, from a lease"}
+    lease_item = {"type": "object", "required": ["leaseId", "taskId", "type", "task",
+                                                 "leaseExpiresAt", "deadlineAt"],
+                  "properties": {"leaseId": lease_id, "taskId": {"type": "integer"},
+                                 "type": {"type": "string"}, "task": {"type": "object"},
+                                 "leaseExpiresAt": {"type": "integer"},
+                                 "deadlineAt": {"type": "integer"},
+                                 "imageOptions": {"type": "object"}}}
+    return {
+        "/worker/v1/lease": _method("Lease tasks (long-poll)", {
+            "type": "object", "required": ["workerToken", "types"],
+            "properties": {"workerToken": token,
+                           "types": {"type": "array", "minItems": 1,
+                                     "items": {"type": "string", "enum": sorted(TASK_TYPES)}},
+                           "max": {"type": "integer", "minimum": 1, "maximum": 50},
+                           "waitSeconds": {"type": "number", "minimum": 0, "maximum": 30}}},
+            _ok({"leases": {"type": "array", "items": lease_item}}, ["leases"])),
+        "/worker/v1/extend": _method("Extend a lease", {
+            "type": "object", "required": ["workerToken", "leaseId", "seconds"],
+            "properties": {"workerToken": token, "leaseId": lease_id,
+                           "seconds": {"type": "number", "minimum": 1, "maximum": 300}}},
+            _ok({"leaseExpiresAt": {"type": "integer"}}, ["leaseExpiresAt"])),
+        "/worker/v1/complete": _method("Complete a leased task once", {
+            "type": "object", "required": ["workerToken", "leaseId"],
+            "properties": {"workerToken": token, "leaseId": lease_id,
+                           "solution": {"type": "object"}, "errorCode": {"type": "string"}}},
+            _ok({}, [])),
     }

@@ -78,13 +78,14 @@ class Limits:
     async def check_poll(self, task_id: int, account_id: int, ip: str, now: float) -> None:
         """At most N polls per task (a violation beyond), and at most M per second."""
         r = self.rules
-        polls = await self.store.incr_counter(f"polls:{task_id}", r.poll_window_s, now)
+        # one round trip for both tallies: the poll path is the hot path
+        polls, rate = await self.store.incr_counters(
+            [(f"polls:{task_id}", r.poll_window_s), (f"rate:{task_id}:{int(now)}", 1.0)], now)
         if polls > r.max_polls_per_task:
             await self.note_violation(account_id, ip, "more than the allowed polls of a task",
                                       now)
             raise CapdError("ERROR_TOO_MUCH_REQUESTS",
                             f"a task answers at most {r.max_polls_per_task} polls")
-        rate = await self.store.incr_counter(f"rate:{task_id}:{int(now)}", 1.0, now)
         if rate > r.max_polls_per_s:
             raise CapdError("ERROR_TOO_MUCH_REQUESTS",
                             f"poll a task at most {r.max_polls_per_s} times per second")

@@ -211,6 +211,9 @@ class Store(Protocol):
     async def incr_counter(self, name: str, window_s: float, now: float) -> int:
         """Add one to a counter that resets ``window_s`` after its first hit; returns it."""
 
+    async def incr_counters(self, counters: list[tuple[str, float]], now: float) -> list[int]:
+        """``incr_counter`` for several (name, window_s) at once, in one round trip."""
+
     async def sweep_counters(self, now: float) -> int:
         """Forget counters whose window has ended; returns how many."""
 

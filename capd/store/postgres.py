@@ -353,6 +353,19 @@ class PostgresStore:
             " RETURNING count", name, now, window_s)
         return int(value)
 
+    async def incr_counters(self, counters: list[tuple[str, float]], now: float) -> list[int]:
+        names = [name for name, _ in counters]
+        rows = await (await self._p()).fetch(
+            "INSERT INTO counters AS c (name, count, window_end)"
+            " SELECT n, 1, $2::float8 + w FROM unnest($1::text[], $3::float8[]) AS t(n, w)"
+            " ON CONFLICT (name) DO UPDATE SET"
+            "  count = CASE WHEN c.window_end <= $2 THEN 1 ELSE c.count + 1 END,"
+            "  window_end = CASE WHEN c.window_end <= $2 THEN excluded.window_end"
+            "   ELSE c.window_end END"
+            " RETURNING name, count", names, now, [float(w) for _, w in counters])
+        counts = {r[0]: int(r[1]) for r in rows}
+        return [counts[name] for name in names]
+
     async def sweep_counters(self, now: float) -> int:
         """Delete counters whose window has ended (called by the deadline sweeper)."""
         status = await (await self._p()).execute(

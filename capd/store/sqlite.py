@@ -371,6 +371,9 @@ class SQLiteStore:
     async def incr_counter(self, name: str, window_s: float, now: float) -> int:
         return self._counters.incr(name, window_s, now)
 
+    async def incr_counters(self, counters: list[tuple[str, float]], now: float) -> list[int]:
+        return [self._counters.incr(name, window_s, now) for name, window_s in counters]
+
     async def sweep_counters(self, now: float) -> int:
         return self._counters.sweep(now)
 

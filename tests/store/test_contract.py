@@ -232,6 +232,17 @@ def test_counters_reset_after_their_window(run: Any) -> None:
     run(body)
 
 
+def test_several_counters_in_one_call(run: Any) -> None:
+    async def body(store: Store) -> None:
+        assert await store.incr_counters([("a", 10), ("b", 1)], NOW) == [1, 1]
+        assert await store.incr_counters([("a", 10), ("b", 1)], NOW + 0.5) == [2, 2]
+        assert await store.incr_counters([("a", 10), ("b", 1)], NOW + 1) == [3, 1]
+        assert await store.incr_counter("a", 10, NOW + 2) == 4
+        assert await store.sweep_counters(NOW + 20) == 2
+        assert await store.incr_counter("a", 10, NOW + 20) == 1
+    run(body)
+
+
 def test_bans_are_scoped_extended_and_lifted(run: Any) -> None:
     async def body(store: Store) -> None:
         ban_id = await store.add_ban("ip", "1.2.3.4", None, "r", NOW, NOW + 600)

@@ -1,0 +1,156 @@
+"""capd's own text-captcha recogniser: a small CRNN trained on synthetic captchas of
+many styles (training/ in the repository), run with ONNX Runtime.
+
+Decoding is masked CTC exactly like the ddddocr engine (numeric, case folding, math);
+the confidence is the CTC path confidence mapped through an isotonic calibration fitted
+on held-out captchas (models/calibration.json), so that a recognizingThreshold of T
+keeps answers of which about T% or more are right.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from importlib import resources
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, UnidentifiedImageError
+
+from capd.domain.tasks import ImageSpec
+from capd.solving.ocr.base import Reading, UnreadableImage
+from capd.solving.ocr.post import alphabet_for, ctc_greedy, evaluate_expression
+
+INPUT_HEIGHT = 32
+INPUT_WIDTH = 128
+MAX_SOURCE_PIXELS = 4_000_000  # a 50 KB PNG can claim huge dimensions; refuse bombs
+# symbols the model may read as another column: the letter x is also "times"
+_ALIASES = {"*": "×"}
+
+
+def preprocess(img: Image.Image) -> np.ndarray:
+    """PIL image -> (1, 32, 128) float32, grey, per-image standardised. Shared with
+    training (training/ imports this), so both see identical pixels."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat.alpha_composite(rgba)
+        img = flat
+    gray = img.convert("L").resize((INPUT_WIDTH, INPUT_HEIGHT), Image.Resampling.BILINEAR)
+    arr = np.asarray(gray, dtype=np.float32) / 255.0
+    arr = (arr - arr.mean()) / max(float(arr.std()), 0.05)
+    return arr[np.newaxis, :, :]
+
+
+def _decode_image(image: bytes) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(image))
+        width, height = img.size
+        if width < 1 or height < 1 or width * height > MAX_SOURCE_PIXELS:
+            raise UnreadableImage(f"unusable image size {width}x{height}")
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+            SyntaxError) as exc:
+        raise UnreadableImage(str(exc)) from None
+    return img
+
+
+class Calibration:
+    """Piecewise-linear, non-decreasing map from raw CTC confidence to the probability
+    that the answer is right (isotonic regression knots)."""
+
+    def __init__(self, xs: list[float], ys: list[float]) -> None:
+        self.xs = np.asarray(xs, dtype=np.float64)
+        self.ys = np.asarray(ys, dtype=np.float64)
+
+    def __call__(self, raw: float) -> float:
+        if raw <= 0.0:
+            return 0.0
+        return float(np.clip(np.interp(raw, self.xs, self.ys), 0.0, 1.0))
+
+
+class CapdEngine:
+    """capd's CRNN with task-aware masked CTC decoding and calibrated confidence."""
+
+    name = "capd"
+
+    def __init__(self, model: bytes | None = None, calibrate: bool = True) -> None:
+        pkg = resources.files("capd.solving.ocr").joinpath("models")
+        if model is None:
+            model = pkg.joinpath("capd_crnn.onnx").read_bytes()
+        meta = json.loads(pkg.joinpath("charset.json").read_text())
+        opts = ort.SessionOptions()
+        # one thread per inference: the pool runs one inference per core instead
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self._charset: list[str] = ["", *meta["charset"]]  # column 0 is the CTC blank
+        self._index = {c: i for i, c in enumerate(self._charset) if c}
+        self._calibration: Calibration | None = None
+        if calibrate:
+            cal = json.loads(pkg.joinpath("calibration.json").read_text())
+            self._calibration = Calibration(cal["raw"], cal["calibrated"])
+        self._columns: dict[tuple[str, bool], tuple[np.ndarray, list[str], np.ndarray | None]] = {}
+
+    def _columns_for(self, alphabet: str, fold_case: bool
+                     ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+        """Model columns to keep (blank first), the symbol each emits, and for case folding
+        the position of each upper-case column's lower-case partner."""
+        key = (alphabet, fold_case)
+        cached = self._columns.get(key)
+        if cached is not None:
+            return cached
+        wanted: list[str] = []
+        emit: list[str] = []
+        for c in dict.fromkeys(alphabet):
+            col = _ALIASES.get(c, c)
+            if col in self._index and col not in wanted:
+                wanted.append(col)
+                emit.append(c)
+        extra: list[str] = []
+        if fold_case:
+            extra = [c.upper() for c in wanted if c.isalpha() and c.upper() in self._index
+                     and c.upper() != c]
+        symbols = ["", *emit, *extra]
+        cols = np.array([0] + [self._index[c] for c in wanted + extra], dtype=np.int64)
+        partner = None
+        if extra:
+            partner = np.array([symbols.index(c.lower()) for c in extra], dtype=np.int64)
+        result = (cols, symbols, partner)
+        self._columns[key] = result
+        return result
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw model output for a (N, 1, 32, 128) batch: (T, N, classes)."""
+        return self._session.run(None, {self._input: batch})[0]
+
+    def decode(self, frames: np.ndarray, spec: ImageSpec) -> tuple[str, float]:
+        """Masked greedy CTC over one image's (T, classes) logits: text, raw confidence."""
+        fold = not spec.case_sensitive and not spec.math and spec.numeric != 1
+        cols, symbols, partner = self._columns_for(alphabet_for(spec), fold)
+        sub = frames[:, cols].astype(np.float64)
+        sub = np.exp(sub - sub.max(axis=1, keepdims=True))
+        sub /= sub.sum(axis=1, keepdims=True)
+        if partner is not None:
+            # case-folded decoding: an upper-case letter's probability counts for its
+            # lower-case partner, which is the only spelling emitted
+            n_extra = len(partner)
+            sub[:, partner] += sub[:, -n_extra:]
+            sub = sub[:, :-n_extra]
+            symbols = symbols[:-n_extra]
+        return ctc_greedy(sub, symbols)
+
+    def finish(self, text: str, raw: float, spec: ImageSpec) -> Reading:
+        confidence = self._calibration(raw) if self._calibration else raw
+        if spec.math:
+            answer = evaluate_expression(text)
+            return Reading(answer or "", confidence if answer else 0.0)
+        return Reading(text, confidence if text else 0.0)
+
+    def read(self, image: bytes, spec: ImageSpec) -> Reading:
+        pixels = preprocess(_decode_image(image))[np.newaxis]
+        frames = self.logits(pixels)[:, 0, :]
+        text, raw = self.decode(frames, spec)
+        return self.finish(text, raw, spec)
