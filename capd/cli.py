@@ -289,6 +289,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     from capd.api.app import create_app
 
+    # migrate (and so reach the database) before serving: a bad URL is one clear line
+    asyncio.run(_with_store(settings, lambda store, s: store.migrate()))
     if args.demo:
         key = asyncio.run(_with_store(settings, _ensure_demo))
         print(f"demo API key (balance {settings.demo_balance} USD): {key}", flush=True)
@@ -410,6 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _safe_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return url
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -429,8 +441,15 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ConfigError) as exc:
         print(f"capd: error: {exc}", file=sys.stderr)
         return 1
-    except sqlite3.Error as exc:
-        print(f"capd: error: database {settings.database_url}: {exc}", file=sys.stderr)
+    except (sqlite3.Error, OSError) as exc:
+        print(f"capd: error: database {_safe_url(settings.database_url)}: {exc}",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # a driver's own errors (e.g. asyncpg's), never a traceback
+        if type(exc).__module__.split(".")[0] not in ("asyncpg",):
+            raise
+        print(f"capd: error: database {_safe_url(settings.database_url)}:"
+              f" {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -515,8 +515,16 @@ def test_config_file_from_capd_config_env(tmp_path: Path) -> None:
     assert _has_account(toml_db, key)
 
 
-@pytest.mark.parametrize("url", ["postgresql://localhost/capd", "mysql://x/y", "sqlite://",
-                                 "capd.db"])
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("url", [f"postgresql://capd@127.0.0.1:{_closed_port()}/capd",
+                                 "mysql://x/y", "sqlite://", "capd.db"])
 def test_unusable_database_url_fails_cleanly(tmp_path: Path, url: str) -> None:
     assert_fails_cleanly(run_capd("--db", url, "stats", cwd=tmp_path), prefix="capd: error:")
 

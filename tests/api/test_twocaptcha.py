@@ -218,6 +218,12 @@ def test_oversized_streamed_multipart_is_too_big(server: LiveServer, key: str) -
     assert response.text == "ERROR_TOO_BIG_CAPTCHA_FILESIZE"
 
 
+def test_unreadable_multipart_is_upload_error(server: LiveServer) -> None:
+    response = server.client.post("/in.php", content=b"--x\r\n", headers={
+        "content-type": "multipart/form-data"})  # no boundary
+    assert (response.status_code, response.text) == (200, "ERROR_UPLOAD")
+
+
 def test_unreadable_image_fails_unsolvable(server: LiveServer, key: str) -> None:
     task_id = task_id_of(submit(server, key, method="base64", body=b64(b"\x01" * 200)))
     assert wait_answer(server, key, task_id) == "ERROR_CAPTCHA_UNSOLVABLE"
