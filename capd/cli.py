@@ -269,6 +269,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
         if not url.startswith(("http://", "https://")):
             raise CliError(f"not an http(s) URL: {url!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise
     pool = OcrPool(load_recogniser(args.engine or settings.ocr_engine),
                    args.threads or settings.ocr_threads)
     rules = ValidationRules(settings.min_image_bytes, settings.max_image_bytes,

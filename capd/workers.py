@@ -11,6 +11,7 @@ import hashlib
 import math
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from capd.config import Settings
@@ -83,7 +84,10 @@ class WorkerDesk:
             view["imageOptions"] = task.options["image"]  # key options, e.g. a threshold
         return view
 
-    async def lease(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def lease(self, body: dict[str, Any],
+                    gone: Callable[[], Awaitable[bool]] | None = None) -> dict[str, Any]:
+        """Claim up to ``max`` tasks, waiting up to ``waitSeconds`` for work; ``gone`` tells
+        whether the worker hung up meanwhile (then nothing more is claimed for it)."""
         types = self._types(body) if "types" in body else None
         await self._token(body.get("workerToken"), types)
         if types is None:
@@ -93,6 +97,8 @@ class WorkerDesk:
         ends = time.monotonic() + wait_s
         owner = secrets.token_hex(12)
         while True:
+            if gone is not None and await gone():
+                return {"errorId": 0, "leases": []}
             await self.store.note_workers(types, self.clock())
             waiter = self.dispatcher.waiter(types)
             claimed = await self.store.claim_tasks(types, limit, owner,
@@ -108,8 +114,8 @@ class WorkerDesk:
         if not isinstance(lease_id, str) or "." not in lease_id:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
         raw_id, owner = lease_id.split(".", 1)
-        task = await self.store.get_task(int(raw_id)) if raw_id.isdigit() and len(
-            raw_id) < 19 else None
+        numeric = raw_id.isascii() and raw_id.isdigit()
+        task = await self.store.get_task(int(raw_id)) if numeric and len(raw_id) < 19 else None
         if (task is None or task.state != TaskState.LEASED or task.lease_owner != owner
                 or (task.lease_until or 0) <= self.clock()):
             raise CapdError("ERROR_LEASE_NOT_FOUND")
@@ -143,7 +149,8 @@ class WorkerDesk:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
         if error_code == "ERROR_PROXY_BANNED":
             address, port = task.payload.get("proxyAddress"), task.payload.get("proxyPort")
-            if isinstance(address, str) and isinstance(port, int | str) and str(port).isdigit():
+            if (isinstance(address, str) and isinstance(port, int | str)
+                    and str(port).isascii() and str(port).isdigit()):
                 await self.store.ban_proxy(address.strip(), int(port),
                                            self.clock() + self.settings.proxy_ban_s)
         return {"errorId": 0}

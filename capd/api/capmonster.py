@@ -18,7 +18,7 @@ from capd.service import Service
 
 log = logging.getLogger("capd.api")
 
-Handler = Callable[[Any, dict[str, Any], str], Awaitable[dict[str, Any]]]
+Handler = Callable[..., Awaitable[dict[str, Any]]]
 CREATE_PATHS = ("/createTask",)
 
 
@@ -41,11 +41,12 @@ async def read_json_object(request: Request) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def api_method(name: str, handler: Handler, not_json_code: str, target: str = "service"
-               ) -> Callable[[Request], Awaitable[Response]]:
+def api_method(name: str, handler: Handler, not_json_code: str, target: str = "service",
+               with_request: bool = False) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a handler: parse, call, render every outcome as HTTP 200 JSON (spec §1).
 
-    The handler receives ``app.state.<target>`` (the Service, or the worker desk)."""
+    The handler receives ``app.state.<target>`` (the Service, or the worker desk), and with
+    ``with_request`` also the request (a long-poll watches for the client going away)."""
     is_create = name == "createTask"
 
     async def endpoint(request: Request) -> Response:
@@ -55,7 +56,9 @@ def api_method(name: str, handler: Handler, not_json_code: str, target: str = "s
             body = await read_json_object(request)
             if body is None:
                 raise CapdError(not_json_code, "the body is not a JSON object")
-            payload = await handler(getattr(state, target), body, request.scope[CLIENT_IP])
+            args = (request,) if with_request else ()
+            payload = await handler(getattr(state, target), body, request.scope[CLIENT_IP],
+                                    *args)
             metrics.inc("capd_requests_total", method=name, outcome="ok")
             return json_response(payload)
         except CapdError as exc:

@@ -293,3 +293,29 @@ def test_image_tasks_can_be_leased_by_workers(make_server: Any) -> None:
     assert bad["errorCode"] == "ERROR_BAD_SOLUTION"
     assert complete(server, worker, item["leaseId"], solution={"text": "ab3k9"})["errorId"] == 0
     assert server.wait_result(key, task_id)["solution"] == {"text": "ab3k9"}
+
+
+def test_worker_that_hangs_up_mid_poll_gets_nothing_claimed(server: LiveServer, key: str,
+                                                            worker: str) -> None:
+    import socket
+
+    import orjson
+
+    served(server, worker, ["TurnstileTaskProxyless"])
+    body = orjson.dumps({"workerToken": worker, "types": ["TurnstileTaskProxyless"],
+                         "waitSeconds": 20})
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /worker/v1/lease HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(0.3)  # the poll is now waiting inside capd
+    # the worker is gone; new work must stay in the queue for a live worker
+    task_id = create(server, key, TURNSTILE)["taskId"]
+    deadline = time.monotonic() + 10
+    while True:
+        leases = lease(server, worker, ["TurnstileTaskProxyless"])["leases"]
+        if leases:
+            break
+        assert time.monotonic() < deadline, "the task stayed claimed for the dead worker"
+        time.sleep(0.2)
+    assert [item["taskId"] for item in leases] == [task_id]
