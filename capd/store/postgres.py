@@ -10,6 +10,7 @@ idle pollers on every node wake at once instead of polling the table.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,10 @@ from capd.store.migrations import migration_scripts
 log = logging.getLogger("capd.store")
 
 CHANNEL = "capd_tasks"
+# keys, whitelists and bans changed somewhere: every node drops its read caches at once
+INVALIDATE = "capd_invalidate"
+CACHE_TTL_S = 2.0  # a safety net under NOTIFY: no cached read outlives this
+_CACHE_LIMIT = 50_000
 _MIGRATION_LOCK = 0x63617064  # "capd": one node migrates at a time
 _TASK_COLS = (
     "id, account_id, type, payload, options, state, price_units, reserved_units, created_at,"
@@ -61,6 +66,12 @@ def _ban(row: Any) -> Ban:
     return Ban(*row)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's RESET ALL round trip: capd keeps no session state on
+    pooled connections (LISTEN has its own connection, locks are transaction-scoped), and
+    the reset doubled the round trips of every poll (measured in bench/bench_postgres.py)."""
+
+
 class PostgresStore:
     """Store backend on a PostgreSQL database (asyncpg connection pool)."""
 
@@ -74,12 +85,33 @@ class PostgresStore:
         self._listener: asyncpg.Connection | None = None
         # a finished task never changes what a poll reads: safe to keep on any node
         self._final_tasks: dict[int, Task] = {}
+        # Key and ban reads are cached only while this node listens for invalidations
+        # (a serving node); each entry also expires after CACHE_TTL_S.
+        self._caching = False
+        self._generation = 0
+        self._callers: dict[str, tuple[float, Caller | None]] = {}
+        self._ban_cache: dict[tuple[str, str, int | None], tuple[float, Ban | None]] = {}
 
     async def _p(self) -> asyncpg.Pool:
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.url, min_size=self._min,
-                                                   max_size=self._max)
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=self._min, max_size=self._max, reset=_keep_session,
+                max_inactive_connection_lifetime=0)
         return self._pool
+
+    def _invalidate(self, *_: Any) -> None:
+        self._generation += 1  # a read that started before this must not be cached
+        self._callers.clear()
+        self._ban_cache.clear()
+
+    def _stop_caching(self, *_: Any) -> None:
+        self._caching = False
+        self._invalidate()
+
+    async def _changed(self, conn: Any) -> None:
+        """Tell every node (this one included) that keys, whitelists or bans changed."""
+        self._invalidate()
+        await conn.execute("SELECT pg_notify($1, '')", INVALIDATE)
 
     # -- schema -----------------------------------------------------------------------------
     async def migrate(self) -> int:
@@ -110,6 +142,9 @@ class PostgresStore:
         """Call ``on_task(type)`` whenever any node queues work (LISTEN/NOTIFY)."""
         if self._listener is None:
             self._listener = await asyncpg.connect(self.url)
+            await self._listener.add_listener(INVALIDATE, self._invalidate)
+            self._listener.add_termination_listener(self._stop_caching)
+            self._caching = True
 
         def handler(conn: Any, pid: int, channel: str, payload: str) -> None:
             on_task(payload)
@@ -125,20 +160,41 @@ class PostgresStore:
                 name, now)
             await conn.execute("INSERT INTO api_keys (key, account_id, created_at)"
                                " VALUES ($1, $2, $3)", key, account_id, now)
+            await self._changed(conn)
         return int(account_id)
 
+    async def _write(self, sql: str, *args: Any) -> str:
+        """One statement that changes keys, whitelists or bans, announced to every node."""
+        pool = await self._p()
+        async with pool.acquire() as conn, conn.transaction():
+            status: str = await conn.execute(sql, *args)
+            await self._changed(conn)
+        return status
+
     async def add_key(self, account_id: int, key: str, now: float) -> None:
-        await (await self._p()).execute(
-            "INSERT INTO api_keys (key, account_id, created_at) VALUES ($1, $2, $3)",
-            key, account_id, now)
+        await self._write("INSERT INTO api_keys (key, account_id, created_at)"
+                          " VALUES ($1, $2, $3)", key, account_id, now)
 
     async def revoke_key(self, key: str, now: float) -> bool:
-        status = await (await self._p()).execute(
+        status = await self._write(
             "UPDATE api_keys SET revoked_at = $1 WHERE key = $2 AND revoked_at IS NULL",
             now, key)
         return bool(status.endswith(" 1"))
 
     async def caller_for_key(self, key: str) -> Caller | None:
+        if self._caching:
+            hit = self._callers.get(key)
+            if hit is not None and hit[0] > time.monotonic():
+                return hit[1]
+        generation = self._generation
+        caller = await self._read_caller(key)
+        if self._caching and generation == self._generation:
+            if len(self._callers) >= _CACHE_LIMIT:
+                self._callers.clear()
+            self._callers[key] = (time.monotonic() + CACHE_TTL_S, caller)
+        return caller
+
+    async def _read_caller(self, key: str) -> Caller | None:
         row = await (await self._p()).fetchrow(
             "SELECT k.account_id, COALESCE(array_agg(w.network) FILTER"
             " (WHERE w.network IS NOT NULL), '{}') FROM api_keys k"
@@ -170,13 +226,13 @@ class PostgresStore:
         return [r[0] for r in rows]
 
     async def whitelist_add(self, account_id: int, network: str) -> bool:
-        status = await (await self._p()).execute(
+        status = await self._write(
             "INSERT INTO whitelist (account_id, network) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             account_id, network)
         return bool(status.endswith(" 1"))
 
     async def whitelist_remove(self, account_id: int, network: str) -> bool:
-        status = await (await self._p()).execute(
+        status = await self._write(
             "DELETE FROM whitelist WHERE account_id = $1 AND network = $2", account_id, network)
         return bool(status.endswith(" 1"))
 
@@ -374,23 +430,38 @@ class PostgresStore:
 
     async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
                       now: float, ends_at: float) -> int:
-        value = await (await self._p()).fetchval(
-            "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            scope, ip, account_id, reason, now, ends_at)
+        pool = await self._p()
+        async with pool.acquire() as conn, conn.transaction():
+            value = await conn.fetchval(
+                "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                scope, ip, account_id, reason, now, ends_at)
+            await self._changed(conn)
         return int(value)
 
     async def active_ban(self, scope: str, ip: str, account_id: int | None,
                          now: float) -> Ban | None:
+        cache_key = (scope, ip, account_id)
+        if self._caching:
+            hit = self._ban_cache.get(cache_key)
+            if hit is not None and hit[0] > time.monotonic() and (
+                    hit[1] is None or hit[1].ends_at > now):
+                return hit[1]
+        generation = self._generation
         row = await (await self._p()).fetchrow(
             f"SELECT {_BAN_COLS} FROM bans WHERE ip = $1 AND scope = $2 AND ends_at > $3"
             f" AND lifted_at IS NULL AND account_id IS NOT DISTINCT FROM $4"
             f" ORDER BY ends_at DESC LIMIT 1", ip, scope, now, account_id)
-        return _ban(row) if row else None
+        ban = _ban(row) if row else None
+        if self._caching and generation == self._generation:
+            if len(self._ban_cache) >= _CACHE_LIMIT:
+                self._ban_cache.clear()
+            self._ban_cache[cache_key] = (time.monotonic() + CACHE_TTL_S, ban)
+        return ban
 
     async def extend_ban(self, ban_id: int, ends_at: float) -> None:
-        await (await self._p()).execute(
-            "UPDATE bans SET ends_at = GREATEST(ends_at, $1) WHERE id = $2", ends_at, ban_id)
+        await self._write("UPDATE bans SET ends_at = GREATEST(ends_at, $1) WHERE id = $2",
+                          ends_at, ban_id)
 
     async def bans(self, now: float, active_only: bool = True,
                    account_id: int | None = None) -> list[Ban]:
@@ -406,7 +477,7 @@ class PostgresStore:
         return [_ban(r) for r in rows]
 
     async def lift_ban(self, ban_id: int, now: float, by: str) -> bool:
-        status = await (await self._p()).execute(
+        status = await self._write(
             "UPDATE bans SET lifted_at = $1, lifted_by = $2 WHERE id = $3"
             " AND lifted_at IS NULL", now, by, ban_id)
         return bool(status.endswith(" 1"))

@@ -295,3 +295,51 @@ def test_writes_through_another_connection_are_seen_at_once(run: Any,
         finally:
             await other.close()
     run(body)
+
+
+def test_serving_node_sees_other_nodes_changes_within_moments(run: Any,
+                                                              location: tuple[str, str]) -> None:
+    """A serving node (it subscribes) may cache keys and bans; another node's revocation or
+    ban must still reach it at once (NOTIFY on PostgreSQL, data_version on SQLite)."""
+    async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+        for _ in range(100):  # 1 s: less than the 2 s cache expiry, so only NOTIFY passes
+            if await check():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the change never reached the serving node")
+
+    async def body(store: Store) -> None:
+        await store.subscribe(lambda task_type: None)
+        account_id = await funded(store)
+        other = open_backend(location)
+        try:
+            assert await store.caller_for_key("a" * 32) is not None  # cached now
+            assert await store.active_ban("ip", "1.2.3.4", None, NOW) is None
+            await other.revoke_key("a" * 32, NOW)
+            ban_id = await other.add_ban("ip", "1.2.3.4", None, "r", NOW, NOW + 600)
+
+            async def revoked() -> bool:
+                return await store.caller_for_key("a" * 32) is None
+
+            async def banned() -> bool:
+                return await store.active_ban("ip", "1.2.3.4", None, NOW) is not None
+
+            await eventually(revoked)
+            await eventually(banned)
+            await other.lift_ban(ban_id, NOW, "op")
+
+            async def lifted() -> bool:
+                return await store.active_ban("ip", "1.2.3.4", None, NOW) is None
+
+            await eventually(lifted)
+            await other.whitelist_add(account_id, "10.0.0.0/8")
+            await store.add_key(account_id, "b" * 32, NOW)
+
+            async def whitelisted() -> bool:
+                caller = await store.caller_for_key("b" * 32)
+                return caller is not None and caller.whitelist == ("10.0.0.0/8",)
+
+            await eventually(whitelisted)
+        finally:
+            await other.close()
+    run(body)
