@@ -57,7 +57,8 @@ def parse_task_id(raw: Any) -> int | None:
         return None
     if isinstance(raw, int):
         return raw if 0 < raw <= 2**63 - 1 else None
-    if isinstance(raw, str) and raw.strip().isdigit() and len(raw.strip()) <= 19:
+    if isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit() and len(
+            raw.strip()) <= 19:
         value = int(raw.strip())
         return value if value > 0 else None
     return None

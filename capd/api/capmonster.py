@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +21,12 @@ log = logging.getLogger("capd.api")
 
 Handler = Callable[..., Awaitable[dict[str, Any]]]
 CREATE_PATHS = ("/createTask",)
+# The store cannot answer (locked or full SQLite file, PostgreSQL down or refusing
+# connections): ERROR_SERVICE_UNAVAILABLE, which clients retry, not ERROR_INTERNAL.
+STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    sqlite3.OperationalError, OSError, TimeoutError, asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError)
 
 
 def json_response(payload: dict[str, Any], status: int = 200) -> Response:
@@ -74,8 +81,8 @@ def api_method(name: str, handler: Handler, not_json_code: str, target: str = "s
                 payload["taskId"] = 0
                 return json_response(payload)
             return json_response(payload, 413)
-        except sqlite3.OperationalError as exc:
-            log.warning("store unavailable during %s: %s", name, exc)
+        except STORE_UNAVAILABLE as exc:
+            log.warning("store unavailable during %s: %r", name, exc)
             metrics.inc("capd_requests_total", method=name, outcome="ERROR_SERVICE_UNAVAILABLE")
             return json_response(error_payload("ERROR_SERVICE_UNAVAILABLE"), 503)
         except Exception:

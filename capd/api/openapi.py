@@ -34,8 +34,21 @@ def _method(summary: str, request: dict[str, Any], success: dict[str, Any]) -> d
         "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
         "responses": {"200": {"description": "Every API outcome, success or error",
                               "content": {"application/json": {
-                                  "schema": {"oneOf": [success, _ERROR]}}}}},
+                                  "schema": {"oneOf": [success, _ERROR]}}}},
+                      **_TRANSPORT_ERRORS},
     }}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+# Answers that are not API outcomes (spec §1): clients retry 5xx.
+_TRANSPORT_ERRORS = {
+    "413": _error_response("Body over the 1 MiB limit (createTask answers it as 200)"),
+    "500": _error_response("ERROR_INTERNAL"),
+    "503": _error_response("ERROR_SERVICE_UNAVAILABLE: the store cannot answer now"),
+}
 
 
 def _task_schema() -> dict[str, Any]:
@@ -87,7 +100,39 @@ def openapi_document() -> dict[str, Any]:
             "/reportIncorrectRecaptcha": _method("Alias of reportIncorrectTokenCaptcha",
                                                  with_task, report_ok),
             **_worker_paths(),
+            **_twocaptcha_paths(),
         },
+    }
+
+
+def _twocaptcha_paths() -> dict[str, Any]:
+    """The 2captcha door (spec §9): query or form parameters; plain text answers
+    (``OK|…``, ``CAPCHA_NOT_READY``, ``ERROR_…``), or JSON with ``json=1``."""
+    def param(name: str, description: str = "") -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "description": description,
+                "schema": {"type": "string"}}
+
+    answer = {"type": "object", "required": ["status", "request"], "properties": {
+        "status": {"type": "integer", "enum": [0, 1]}, "request": {},
+        "error_text": {"type": "string"}}}
+    content = {"text/plain": {"schema": {"type": "string"}},
+               "application/json": {"schema": answer}}
+    responses = {code: {"description": text, "content": content} for code, text in (
+        ("200", "Every outcome, success or error"), ("500", "ERROR_INTERNAL"),
+        ("503", "ERROR_SERVICE_UNAVAILABLE"))}
+
+    def get(summary: str, names: list[str]) -> dict[str, Any]:
+        return {"get": {"summary": summary, "parameters": [param(n) for n in names],
+                        "responses": responses}}
+
+    return {
+        "/in.php": get("Submit a captcha (2captcha dialect)", [
+            "key", "method", "body", "json", "header_acao", "regsense", "numeric", "calc",
+            "phrase", "min_len", "max_len", "language", "soft_id", "googlekey", "sitekey",
+            "pageurl", "version", "enterprise", "invisible", "min_score", "action", "proxy",
+            "proxytype", "gt", "challenge", "captcha_id", "api_server", "userAgent"]),
+        "/res.php": get("Results, balance and reports (2captcha dialect)", [
+            "key", "action", "id", "ids", "json", "header_acao"]),
     }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -25,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from capd.api.capmonster import STORE_UNAVAILABLE
 from capd.api.middleware import CLIENT_IP, BodyTooLarge
 from capd.domain.keys import parse_client_key
 from capd.errors import BadParameter, CapdError
@@ -175,7 +175,7 @@ def int_param(params: Params, name: str, default: int = 0) -> int:
     if not raw:
         return default
     low, high = INT_RANGES[name]
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise BadParameter(name, f"not an integer {low}-{high}")
     return int(raw)
 
@@ -205,7 +205,7 @@ def proxy_fields(params: Params) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "proxyType": (params.get("proxytype") or "http").lower(),
         "proxyAddress": host.strip("[]"),
-        "proxyPort": int(port) if port.isdigit() else port,
+        "proxyPort": int(port) if port.isascii() and port.isdigit() else port,
     }
     if creds:
         login, _, password = creds.partition(":")
@@ -307,7 +307,7 @@ def create_body(params: Params) -> dict[str, Any]:
     int_param(params, "json")
     int_param(params, "header_acao")
     body: dict[str, Any] = {"clientKey": params.get("key"), "task": translate(params)}
-    if params.get("soft_id", "").isdigit():
+    if params.get("soft_id", "").isascii() and params.get("soft_id", "").isdigit():
         body["softId"] = int(params["soft_id"])
     return body
 
@@ -435,8 +435,8 @@ def endpoint(name: str, handler: Action, codes: dict[str, str]
         except UnreadableForm:
             answer = failure(UPLOAD_ERROR, "the multipart body cannot be read")
             outcome = UPLOAD_ERROR
-        except sqlite3.OperationalError as exc:
-            log.warning("store unavailable during %s: %s", name, exc)
+        except STORE_UNAVAILABLE as exc:
+            log.warning("store unavailable during %s: %r", name, exc)
             answer = failure("ERROR_SERVICE_UNAVAILABLE", status=503)
             outcome = answer.text
         except Exception:

@@ -50,7 +50,7 @@ def parse_client_key(raw: object) -> KeyOptions | None:
             nocache = True
         elif word.startswith(_THRESHOLD_PREFIX):
             value = word[len(_THRESHOLD_PREFIX):]
-            if not value.isdigit() or int(value) > 100:
+            if not (value.isascii() and value.isdigit()) or int(value) > 100:
                 return None
             threshold = int(value)
         elif word and re.fullmatch(r"[a-z0-9_\-]{1,64}", word):

@@ -280,7 +280,7 @@ async def _check_proxy(task: dict[str, Any], ttype: TaskType, fields: dict[str, 
     ptype = given.get("proxyType")
     address = given.get("proxyAddress")
     port = given.get("proxyPort")
-    if isinstance(port, str) and port.isdigit():
+    if isinstance(port, str) and port.isascii() and port.isdigit():
         port = int(port)
     if (not isinstance(ptype, str) or ptype.lower() not in PROXY_TYPES
             or not isinstance(address, str) or not address.strip() or len(address) > 255

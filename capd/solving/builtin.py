@@ -50,8 +50,12 @@ class BuiltinSolver:
             while True:
                 await self._free.acquire()
                 waiter = self.dispatcher.waiter([IMAGE_TYPE])
-                claimed = await self.store.claim_tasks([IMAGE_TYPE], 1, self.owner,
-                                                       self.lease_s, self.clock())
+                try:
+                    claimed = await self.store.claim_tasks([IMAGE_TYPE], 1, self.owner,
+                                                           self.lease_s, self.clock())
+                except Exception:  # a store outage must not end the solver for good
+                    log.exception("claiming image tasks failed; retrying")
+                    claimed = []
                 if not claimed:
                     self._free.release()
                     await self.dispatcher.wait(waiter, IDLE_RECHECK_S)
