@@ -5,7 +5,7 @@ from __future__ import annotations
 from capd.errors import ConfigError
 from capd.solving.ocr.base import Recogniser
 
-ENGINES = ("ddddocr",)
+ENGINES = ("ddddocr", "capd")
 
 
 def load_recogniser(name: str) -> Recogniser:
@@ -14,4 +14,8 @@ def load_recogniser(name: str) -> Recogniser:
         from capd.solving.ocr.ddddocr_engine import DdddOcrEngine
 
         return DdddOcrEngine()
+    if name == "capd":
+        from capd.solving.ocr.capd_engine import CapdEngine
+
+        return CapdEngine()
     raise ConfigError(f"unknown OCR engine {name!r}; known: {', '.join(ENGINES)}")
