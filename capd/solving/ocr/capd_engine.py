@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from capd.domain.tasks import ImageSpec
 from capd.solving.ocr.base import Reading, UnreadableImage
-from capd.solving.ocr.post import alphabet_for, ctc_greedy, evaluate_expression
+from capd.solving.ocr.post import MaskedDecoder, evaluate_expression
 
 INPUT_HEIGHT = 32
 INPUT_WIDTH = 128
@@ -87,40 +87,11 @@ class CapdEngine:
         self._session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self._charset: list[str] = ["", *meta["charset"]]  # column 0 is the CTC blank
-        self._index = {c: i for i, c in enumerate(self._charset) if c}
         self._calibration: Calibration | None = None
         if calibrate:
             cal = json.loads(pkg.joinpath("calibration.json").read_text())
             self._calibration = Calibration(cal["raw"], cal["calibrated"])
-        self._columns: dict[tuple[str, bool], tuple[np.ndarray, list[str], np.ndarray | None]] = {}
-
-    def _columns_for(self, alphabet: str, fold_case: bool
-                     ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-        """Model columns to keep (blank first), the symbol each emits, and for case folding
-        the position of each upper-case column's lower-case partner."""
-        key = (alphabet, fold_case)
-        cached = self._columns.get(key)
-        if cached is not None:
-            return cached
-        wanted: list[str] = []
-        emit: list[str] = []
-        for c in dict.fromkeys(alphabet):
-            col = _ALIASES.get(c, c)
-            if col in self._index and col not in wanted:
-                wanted.append(col)
-                emit.append(c)
-        extra: list[str] = []
-        if fold_case:
-            extra = [c.upper() for c in wanted if c.isalpha() and c.upper() in self._index
-                     and c.upper() != c]
-        symbols = ["", *emit, *extra]
-        cols = np.array([0] + [self._index[c] for c in wanted + extra], dtype=np.int64)
-        partner = None
-        if extra:
-            partner = np.array([symbols.index(c.lower()) for c in extra], dtype=np.int64)
-        result = (cols, symbols, partner)
-        self._columns[key] = result
-        return result
+        self._decoder = MaskedDecoder(self._charset, _ALIASES)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw model output for a (N, 1, 32, 128) batch: (T, N, classes)."""
@@ -128,19 +99,7 @@ class CapdEngine:
 
     def decode(self, frames: np.ndarray, spec: ImageSpec) -> tuple[str, float]:
         """Masked greedy CTC over one image's (T, classes) logits: text, raw confidence."""
-        fold = not spec.case_sensitive and not spec.math and spec.numeric != 1
-        cols, symbols, partner = self._columns_for(alphabet_for(spec), fold)
-        sub = frames[:, cols].astype(np.float64)
-        sub = np.exp(sub - sub.max(axis=1, keepdims=True))
-        sub /= sub.sum(axis=1, keepdims=True)
-        if partner is not None:
-            # case-folded decoding: an upper-case letter's probability counts for its
-            # lower-case partner, which is the only spelling emitted
-            n_extra = len(partner)
-            sub[:, partner] += sub[:, -n_extra:]
-            sub = sub[:, :-n_extra]
-            symbols = symbols[:-n_extra]
-        return ctc_greedy(sub, symbols)
+        return self._decoder.decode(frames, spec)
 
     def finish(self, text: str, raw: float, spec: ImageSpec) -> Reading:
         confidence = self._calibration(raw) if self._calibration else raw

@@ -72,3 +72,61 @@ def evaluate_expression(text: str) -> str | None:
     if b == 0 or a % b:
         return None
     return str(a // b)
+
+
+class MaskedDecoder:
+    """Greedy CTC over a model's output restricted to the task's alphabet (spec §6: numeric
+    and case are enforced while decoding, not by deleting characters afterwards).
+
+    ``charset[i]`` is the symbol of output column ``i``; column 0 is the CTC blank.
+    ``aliases`` maps an alphabet character to the model's spelling of it (``*`` → ``×``).
+    """
+
+    def __init__(self, charset: Sequence[str], aliases: dict[str, str] | None = None) -> None:
+        self._index = {c: i for i, c in enumerate(charset) if c and i}
+        self._aliases = aliases or {}
+        self._columns: dict[tuple[str, bool], tuple[np.ndarray, list[str], np.ndarray | None]] = {}
+
+    def _columns_for(self, alphabet: str, fold_case: bool
+                     ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+        """Columns to keep (blank first), the symbol each emits, and for case folding the
+        position of each upper-case column's lower-case partner."""
+        key = (alphabet, fold_case)
+        cached = self._columns.get(key)
+        if cached is not None:
+            return cached
+        wanted: list[str] = []
+        emit: list[str] = []
+        for c in dict.fromkeys(alphabet):
+            col = self._aliases.get(c, c)
+            if col in self._index and col not in wanted:
+                wanted.append(col)
+                emit.append(c)
+        extra: list[str] = []
+        if fold_case:
+            extra = [c.upper() for c in wanted if c.isalpha() and c.upper() in self._index
+                     and c.upper() != c]
+        symbols = ["", *emit, *extra]
+        cols = np.array([0] + [self._index[c] for c in wanted + extra], dtype=np.int64)
+        partner = None
+        if extra:
+            partner = np.array([symbols.index(c.lower()) for c in extra], dtype=np.int64)
+        result = (cols, symbols, partner)
+        self._columns[key] = result
+        return result
+
+    def decode(self, frames: np.ndarray, spec: ImageSpec) -> tuple[str, float]:
+        """Text and raw confidence from one image's (frames x classes) logits."""
+        fold = not spec.case_sensitive and not spec.math and spec.numeric != 1
+        cols, symbols, partner = self._columns_for(alphabet_for(spec), fold)
+        sub = frames[:, cols].astype(np.float64)
+        sub = np.exp(sub - sub.max(axis=1, keepdims=True))
+        sub /= sub.sum(axis=1, keepdims=True)
+        if partner is not None:
+            # case-folded decoding: an upper-case letter's probability counts for its
+            # lower-case partner, which is the only spelling emitted
+            n_extra = len(partner)
+            sub[:, partner] += sub[:, -n_extra:]
+            sub = sub[:, :-n_extra]
+            symbols = symbols[:-n_extra]
+        return ctc_greedy(sub, symbols)
