@@ -9,21 +9,19 @@ keeps answers of which about T% or more are right.
 
 from __future__ import annotations
 
-import io
 import json
 from importlib import resources
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from capd.domain.tasks import ImageSpec
-from capd.solving.ocr.base import Reading, UnreadableImage
+from capd.solving.ocr.base import Reading, open_image
 from capd.solving.ocr.post import MaskedDecoder, evaluate_expression
 
 INPUT_HEIGHT = 32
 INPUT_WIDTH = 128
-MAX_SOURCE_PIXELS = 4_000_000  # a 50 KB PNG can claim huge dimensions; refuse bombs
 # symbols the model may read as another column: the letter x is also "times"
 _ALIASES = {"*": "×"}
 
@@ -40,19 +38,6 @@ def preprocess(img: Image.Image) -> np.ndarray:
     arr = np.asarray(gray, dtype=np.float32) / 255.0
     arr = (arr - arr.mean()) / max(float(arr.std()), 0.05)
     return arr[np.newaxis, :, :]
-
-
-def _decode_image(image: bytes) -> Image.Image:
-    try:
-        img = Image.open(io.BytesIO(image))
-        width, height = img.size
-        if width < 1 or height < 1 or width * height > MAX_SOURCE_PIXELS:
-            raise UnreadableImage(f"unusable image size {width}x{height}")
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
-            SyntaxError) as exc:
-        raise UnreadableImage(str(exc)) from None
-    return img
 
 
 class Calibration:
@@ -109,7 +94,7 @@ class CapdEngine:
         return Reading(text, confidence if text else 0.0)
 
     def read(self, image: bytes, spec: ImageSpec) -> Reading:
-        pixels = preprocess(_decode_image(image))[np.newaxis]
+        pixels = preprocess(open_image(image))[np.newaxis]
         frames = self.logits(pixels)[:, 0, :]
         text, raw = self.decode(frames, spec)
         return self.finish(text, raw, spec)

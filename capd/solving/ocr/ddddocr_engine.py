@@ -8,20 +8,18 @@ that per-character probabilities give a confidence.
 
 from __future__ import annotations
 
-import io
 from importlib import resources
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from capd.domain.tasks import ImageSpec
-from capd.solving.ocr.base import Reading, UnreadableImage
+from capd.solving.ocr.base import Reading, open_image
 from capd.solving.ocr.post import MaskedDecoder, evaluate_expression
 
 INPUT_HEIGHT = 64
 MAX_INPUT_WIDTH = 2048
-MAX_SOURCE_PIXELS = 4_000_000  # a 50 KB PNG can claim huge dimensions; refuse bombs
 
 
 class DdddOcrEngine:
@@ -43,15 +41,8 @@ class DdddOcrEngine:
         self._decoder = MaskedDecoder(list(CHARSET_OLD))
 
     def _pixels(self, image: bytes) -> np.ndarray:
-        try:
-            img = Image.open(io.BytesIO(image))
-            width, height = img.size
-            if width < 1 or height < 1 or width * height > MAX_SOURCE_PIXELS:
-                raise UnreadableImage(f"unusable image size {width}x{height}")
-            img.load()
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
-                SyntaxError) as exc:
-            raise UnreadableImage(str(exc)) from None
+        img = open_image(image)
+        width, height = img.size
         target_w = max(1, min(MAX_INPUT_WIDTH, round(width * INPUT_HEIGHT / height)))
         gray = img.resize((target_w, INPUT_HEIGHT), Image.Resampling.LANCZOS).convert("L")
         arr = np.asarray(gray, dtype=np.float32) / 255.0
