@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -690,9 +690,9 @@ def print_summary(report: dict[str, Any]) -> None:
     log("\n".join(lines))
 
 
-def save_report(report: dict[str, Any]) -> Path:
+def save_report(report: dict[str, Any], name: str = "bench_core") -> Path:
     RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"bench_core-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = RESULTS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return path
 
@@ -812,25 +812,34 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def bench_main(name: str, argv: list[str] | None,
+               parse: Callable[[list[str] | None], argparse.Namespace],
+               body: Callable[[argparse.Namespace, Processes, Path], dict[str, Any]],
+               summarise: Callable[[dict[str, Any]], None]) -> int:
+    """The shared command-line frame of the benchmarks: run in a temp folder, stop every
+    process on any exit, print the summary, save the JSON."""
+    args = parse(argv)
     procs = Processes()
     try:
-        with exit_on_sigterm(), tempfile.TemporaryDirectory(prefix="capd-bench-") as tmp:
+        with exit_on_sigterm(), tempfile.TemporaryDirectory(prefix=f"capd-{name}-") as tmp:
             try:
-                report = run(args, procs, Path(tmp))
+                report = body(args, procs, Path(tmp))
             finally:
                 procs.stop_all()
-        print_summary(report)
+        summarise(report)
         if not args.no_save:
-            log(f"written to {save_report(report)}")
+            log(f"written to {save_report(report, name)}")
         return 0
     except BenchError as exc:
-        print(f"bench_core: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("bench_core: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main("bench_core", argv, parse_args, run, print_summary)
 
 
 if __name__ == "__main__":

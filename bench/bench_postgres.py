@@ -67,7 +67,6 @@ from bench.bench_core import (
     NO_LIMIT,
     POST_LUA,
     RESULT_TTL_S,
-    RESULTS_DIR,
     WRK_CONNECTIONS,
     WRK_THREADS,
     WRK_WARMUP_S,
@@ -92,6 +91,7 @@ from bench.bench_core import (
     percentile,
     poll_outcomes,
     process_cpu_s,
+    save_report,
     server_solve_ms,
     solve_one,
     wait_healthy,
@@ -997,13 +997,6 @@ def print_summary(report: dict[str, Any]) -> None:
     log("\n".join(lines))
 
 
-def save_report(report: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"bench_postgres-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return path
-
-
 # -- main -------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.bench_postgres",
@@ -1210,7 +1203,7 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(report)
         if not args.no_save:
             saved = {**report, "profile": _jsonable_profile(report.get("profile"))}
-            path = save_report(saved)
+            path = save_report(saved, "bench_postgres")
             log(f"written to {path}")
             for c, prof in (report.get("profile") or {}).items():
                 if isinstance(prof, dict) and "pyspy_raw" in prof:

@@ -45,8 +45,6 @@ import os
 import sqlite3
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -59,16 +57,15 @@ from bench.bench_core import (
     JSON_HEADERS,
     NO_LIMIT,
     RESULT_TTL_S,
-    RESULTS_DIR,
     BenchError,
     Captcha,
     Processes,
     Solve,
     bench_bare,
+    bench_main,
     capd_cmd,
     clean_env,
     create_account,
-    exit_on_sigterm,
     free_port,
     is_correct,
     log,
@@ -466,13 +463,6 @@ def print_summary(report: dict[str, Any]) -> None:
     log("\n".join(lines))
 
 
-def save_report(report: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"bench_workers-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return path
-
-
 # -- main ------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.bench_workers",
@@ -529,24 +519,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    procs = Processes()
-    try:
-        with exit_on_sigterm(), tempfile.TemporaryDirectory(prefix="capd-bench-w-") as tmp:
-            try:
-                report = run(args, procs, Path(tmp))
-            finally:
-                procs.stop_all()
-        print_summary(report)
-        if not args.no_save:
-            log(f"written to {save_report(report)}")
-        return 0
-    except BenchError as exc:
-        print(f"bench_workers: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench_workers: interrupted", file=sys.stderr)
-        return 130
+    return bench_main("bench_workers", argv, parse_args, run, print_summary)
 
 
 if __name__ == "__main__":
