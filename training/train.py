@@ -1,23 +1,31 @@
-"""Train the CRNN on an endless stream of synthetic captchas, for a wall-clock budget.
+"""Train the CRNN for a wall-clock budget.
 
-    python -m training.train --budget-min 50
+    python -m training.train --data training/out/data --budget-min 95
 
-One DataLoader worker process generates batches (seeded from config.SEEDS["train"]);
-the main process trains with one thread. The learning rate follows a warm-up + cosine
-schedule over the *time* budget, so the run always ends annealed; the checkpoint is
-written every few minutes and at the end (training/out/model.pt), the log to stdout.
+With --data, batches come from the shards training/gen.py wrote (shuffled each epoch
+with a seeded generator, then augmented on the fly: a random affine warp, sometimes
+inverted, sometimes noisy), and training uses every core. Without it, one DataLoader
+worker process generates an endless stream (seeded from config.SEEDS["train"]) and the
+main process trains with one thread, which on a small CPU starves the model.
+
+The learning rate follows a warm-up + cosine schedule over the *time* budget, so the
+run always ends annealed; the checkpoint is written every few minutes and at the end
+(training/out/model.pt), the log to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import os
 import random
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -56,6 +64,65 @@ class SynthStream(IterableDataset):
                    torch.tensor(lens, dtype=torch.long))
 
 
+class ShardData:
+    """Every shard in memory as uint8; epochs of shuffled, augmented batches."""
+
+    def __init__(self, directory: str, batch: int, seed: int) -> None:
+        paths = sorted(glob.glob(os.path.join(directory, "shard_*.npz")))
+        if not paths:
+            raise SystemExit(f"no shards in {directory}: run python -m training.gen first")
+        greys, self.targets = [], []
+        for p in paths:
+            with np.load(p) as z:
+                greys.append(z["grey"])
+                self.targets += [encode(str(lab)) for lab in z["label"]]
+        self.grey = torch.from_numpy(np.concatenate(greys))
+        self.batch = batch
+        self.gen = torch.Generator().manual_seed(seed)
+        print(f"data: {len(self.targets)} images from {len(paths)} shards", flush=True)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        while True:
+            order = torch.randperm(len(self.targets), generator=self.gen)
+            for i in range(0, len(order) - self.batch + 1, self.batch):
+                idx = order[i:i + self.batch]
+                ys = [self.targets[j] for j in idx.tolist()]
+                yield (augment(self.grey[idx], self.gen),
+                       torch.tensor([c for y in ys for c in y], dtype=torch.long),
+                       torch.tensor([len(y) for y in ys], dtype=torch.long))
+
+
+def augment(grey: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """uint8 (B, 32, 128) -> standardised float (B, 1, 32, 128), with a random affine
+    warp (70%), inversion (10%) and Gaussian noise (30%) per image."""
+    x = grey.float().unsqueeze(1) / 255.0
+    b = x.shape[0]
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=gen)
+
+    on = (torch.rand(b, generator=gen) < 0.7).float()
+    theta = torch.zeros(b, 2, 3)
+    # output -> input coordinates: a scale above 1 shrinks the text; keep zoom-in and
+    # shifts small so no character is pushed out of the frame
+    theta[:, 0, 0] = 1 + on * u(-0.03, 0.12)
+    theta[:, 0, 1] = on * u(-0.12, 0.12)
+    theta[:, 0, 2] = on * u(-0.03, 0.03)
+    theta[:, 1, 0] = on * u(-0.03, 0.03)
+    theta[:, 1, 1] = 1 + on * u(-0.04, 0.12)
+    theta[:, 1, 2] = on * u(-0.06, 0.06)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    inv = (torch.rand(b, 1, 1, 1, generator=gen) < 0.1).float()
+    x = inv * (1 - x) + (1 - inv) * x
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True).clamp_min(0.05)
+    x = (x - mean) / std
+    noisy = (torch.rand(b, 1, 1, 1, generator=gen) < 0.3).float()
+    sigma = u(0.0, 0.35).view(b, 1, 1, 1)
+    return x + noisy * sigma * torch.randn(x.shape, generator=gen)
+
+
 def greedy(logits: torch.Tensor) -> list[str]:
     best = logits.argmax(2).T.tolist()  # N, T
     out = []
@@ -92,9 +159,13 @@ def main() -> None:
                     help="continue from --out (a second, shorter cosine cycle: pass a lower "
                          "--lr); the sample stream then starts from --seed-offset")
     ap.add_argument("--seed-offset", type=int, default=0)
+    ap.add_argument("--data", default="",
+                    help="train on the shards training/gen.py wrote in this folder")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (default: every core with --data, else 1)")
     args = ap.parse_args()
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads or ((os.cpu_count() or 1) if args.data else 1))
     torch.manual_seed(config.SEEDS["torch"])
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     budget = args.budget_min * 60.0
@@ -111,9 +182,13 @@ def main() -> None:
         print(f"resumed from {args.out} at step {step0}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=config.WEIGHT_DECAY)
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
-    stream = SynthStream(config.SEEDS["train"] + args.seed_offset, args.batch)
-    loader = DataLoader(stream, batch_size=None,
-                        num_workers=1, prefetch_factor=6, persistent_workers=True)
+    loader: ShardData | DataLoader
+    if args.data:
+        loader = ShardData(args.data, args.batch, config.SEEDS["torch"] + args.seed_offset)
+    else:
+        stream = SynthStream(config.SEEDS["train"] + args.seed_offset, args.batch)
+        loader = DataLoader(stream, batch_size=None,
+                            num_workers=1, prefetch_factor=6, persistent_workers=True)
     vx, vlabels = val_set()
     print(f"params {sum(p.numel() for p in model.parameters())} budget {budget:.0f}s",
           flush=True)

@@ -26,18 +26,31 @@ INPUT_WIDTH = 128
 _ALIASES = {"*": "×"}
 
 
-def preprocess(img: Image.Image) -> np.ndarray:
-    """PIL image -> (1, 32, 128) float32, grey, per-image standardised. Shared with
-    training (training/ imports this), so both see identical pixels."""
+def grey_input(img: Image.Image) -> np.ndarray:
+    """PIL image -> (32, 128) uint8 grey, transparency flattened onto white. Training
+    caches exactly these pixels (training/gen.py imports this)."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         flat.alpha_composite(rgba)
         img = flat
     gray = img.convert("L").resize((INPUT_WIDTH, INPUT_HEIGHT), Image.Resampling.BILINEAR)
-    arr = np.asarray(gray, dtype=np.float32) / 255.0
-    arr = (arr - arr.mean()) / max(float(arr.std()), 0.05)
-    return arr[np.newaxis, :, :]
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def standardise(grey: np.ndarray) -> np.ndarray:
+    """uint8 grey (..., 32, 128) -> float32 (..., 1, 32, 128), per-image zero mean and
+    unit deviation (floored), the network's input."""
+    arr = grey.astype(np.float32) / 255.0
+    mean = arr.mean(axis=(-2, -1), keepdims=True)
+    std = np.maximum(arr.std(axis=(-2, -1), keepdims=True), 0.05)
+    return ((arr - mean) / std)[..., np.newaxis, :, :]
+
+
+def preprocess(img: Image.Image) -> np.ndarray:
+    """PIL image -> (1, 32, 128) float32, the network's input. Shared with training
+    (training/ imports it), so both see identical pixels."""
+    return standardise(grey_input(img))
 
 
 class Calibration:
