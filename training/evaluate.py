@@ -4,7 +4,11 @@
     python -m training.evaluate --calibrate   # first fit models/calibration.json
 
 Test images use font families and seeds that training never used (training/config.py):
-held out by construction. Per style the task options are the natural ones: digits-only
+held out by construction. Two more styles come from captcha generator packages the
+training set never drew from (`ext_wheezy`: wheezy.captcha with the test fonts;
+`ext_multicolor`: multicolorcaptcha with its own bundled fonts), when installed: the
+check that capd was not tuned to its own generator. They are reported as their own
+rows and an UNSEEN_GEN row. Per style the task options are the natural ones: digits-only
 captchas are read with numeric=1, arithmetic ones with math=true (the answer is scored),
 the rest with case=true (case-sensitive score) and case=false (case-insensitive score).
 """
@@ -47,6 +51,52 @@ def build_set(split: str, per_style: int, seed: int, styles=STYLES) -> list[Item
             im.save(buf, "PNG")
             items.append(Item(style, buf.getvalue(), label, answer))
     return items
+
+
+EXTERNAL = ("ext_wheezy", "ext_multicolor")
+
+
+def build_external(per_style: int, seed: int) -> list[Item]:
+    """Captchas from generator packages training never used. Both draw from the global
+    `random` module, which is seeded per style. Missing packages are skipped."""
+    import string
+
+    items = []
+    try:
+        from wheezy.captcha import image as wz
+    except ImportError:
+        print("wheezy.captcha not installed: ext_wheezy skipped")
+    else:
+        random.seed(seed)
+        fonts = usable_fonts(config.fonts_for("test"))
+        pool = string.ascii_letters + string.digits
+        for _ in range(per_style):
+            draw = wz.captcha(width=random.choice([160, 200, 240]), height=75, drawings=[
+                wz.background(random.choice(["#EEEECC", "#FFFFFF", "#DDEEFF"])),
+                wz.text(fonts=[random.choice(fonts)], font_sizes=(50, 56, 62),
+                        color=random.choice(["#5C87B2", "#333333", "#AA3322"]),
+                        drawings=[wz.warp(), wz.rotate(), wz.offset()]),
+                wz.curve(), wz.noise(), wz.smooth()])
+            text = "".join(random.choice(pool) for _ in range(random.randint(4, 6)))
+            items.append(_item("ext_wheezy", draw(list(text)), text, text))
+    try:
+        from multicolorcaptcha import CaptchaGenerator
+    except ImportError:
+        print("multicolorcaptcha not installed: ext_multicolor skipped")
+    else:
+        random.seed(seed + 1)
+        gen = CaptchaGenerator(1)
+        for _ in range(per_style):
+            c = gen.gen_captcha_image(difficult_level=random.randint(0, 2), chars_mode="ascii",
+                                      multicolor=random.random() < 0.5, margin=False)
+            items.append(_item("ext_multicolor", c.image, c.characters, c.characters))
+    return items
+
+
+def _item(style: str, im, label: str, answer: str) -> Item:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return Item(style, buf.getvalue(), label, answer)
 
 
 def specs_for(style: str) -> list[tuple[str, ImageSpec]]:
@@ -119,8 +169,13 @@ def summarise(recs: list[dict]) -> dict:
         return errs / max(1, chars)
 
     rows = {}
-    for style in list(dict.fromkeys(r["style"] for r in recs)) + ["OVERALL"]:
-        rs = recs if style == "OVERALL" else [r for r in recs if r["style"] == style]
+    styles = list(dict.fromkeys(r["style"] for r in recs))
+    groups = {s: [r for r in recs if r["style"] == s] for s in styles}
+    groups["OVERALL"] = [r for r in recs if r["style"] not in EXTERNAL]
+    unseen = [r for r in recs if r["style"] in EXTERNAL]
+    if unseen:
+        groups["UNSEEN_GEN"] = unseen
+    for style, rs in groups.items():
         ms = sorted(r["ms"] for r in rs)
         rows[style] = {
             "n": len(rs),
@@ -212,6 +267,9 @@ def main() -> None:
     items = build_set("test", args.per_style, config.SEEDS["test"])
     print(f"held-out test set: {len(items)} images, {len(STYLES)} styles, "
           f"{len(usable_fonts(config.fonts_for('test')))} test font files")
+    ext = build_external(args.per_style, config.SEEDS["test"] + 77)
+    print(f"unseen generators: {len(ext)} images (not in OVERALL)")
+    items += ext
     results = {}
     for name in args.engines.split(","):
         if name == "capd":
@@ -233,6 +291,11 @@ def main() -> None:
         print(f"\ncapd / ddddocr exact_ci: {a['exact_ci']:.3f} / {b['exact_ci']:.3f} = "
               f"{a['exact_ci'] / max(b['exact_ci'], 1e-9):.2f}x; median ms "
               f"{a['ms_median']:.2f} vs {b['ms_median']:.2f}")
+        if "UNSEEN_GEN" in results["capd"]["rows"]:
+            a = results["capd"]["rows"]["UNSEEN_GEN"]
+            b = results["ddddocr"]["rows"]["UNSEEN_GEN"]
+            print(f"unseen generators exact_ci: {a['exact_ci']:.3f} / {b['exact_ci']:.3f} = "
+                  f"{a['exact_ci'] / max(b['exact_ci'], 1e-9):.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
