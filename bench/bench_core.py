@@ -489,6 +489,23 @@ def bench_bare(captchas: list[Captcha], passes: int) -> dict[str, Any]:
     return result
 
 
+def solve_pass(client: httpx.Client, key: str, captchas: list[Captcha],
+               poll_s: float) -> tuple[list[Solve], Counter[str], int]:
+    """Solve the captchas one after another: (solves, error codes counted, how many of
+    the solves were read right)."""
+    solves: list[Solve] = []
+    errors: Counter[str] = Counter()
+    correct = 0
+    for captcha in captchas:
+        solve = solve_one(client, key, captcha, poll_s)
+        if solve.answer.get("errorId"):
+            errors[str(solve.answer.get("errorCode"))] += 1
+            continue
+        solves.append(solve)
+        correct += is_correct(solve.answer["solution"]["text"], captcha.text)
+    return solves, errors, correct
+
+
 def bench_light(capd_url: str, db_path: Path, key: str, captchas: list[Captcha], passes: int,
                 poll_s: float) -> dict[str, Any]:
     log(f"\n== ImageToText, light load: one client, {len(captchas)} images x {passes},"
@@ -500,13 +517,10 @@ def bench_light(capd_url: str, db_path: Path, key: str, captchas: list[Captcha],
         solve_one(client, key, captchas[0], poll_s)  # warm-up, discarded
         ocr0 = ocr_seconds(client)
         for _ in range(passes):
-            for captcha in captchas:
-                solve = solve_one(client, key, captcha, poll_s)
-                if solve.answer.get("errorId"):
-                    errors[str(solve.answer.get("errorCode"))] += 1
-                    continue
-                solves.append(solve)
-                correct += is_correct(solve.answer["solution"]["text"], captcha.text)
+            got, errs, right = solve_pass(client, key, captchas, poll_s)
+            solves += got
+            errors += errs
+            correct += right
         ocr1 = ocr_seconds(client)
     e2e = [s.e2e_ms for s in solves]
     n_ocr = ocr1[1] - ocr0[1]

@@ -81,7 +81,6 @@ from bench.bench_core import (
     ensure_wrk,
     exit_on_sigterm,
     free_port,
-    is_correct,
     log,
     machine_info,
     make_captchas,
@@ -94,6 +93,7 @@ from bench.bench_core import (
     save_report,
     server_solve_ms,
     solve_one,
+    solve_pass,
     wait_healthy,
     wrk_version,
 )
@@ -487,20 +487,11 @@ def summarise_polls(results: list[dict[str, Measure]]) -> dict[str, Any]:
 # -- phase 2: ImageToText at light load -------------------------------------------------------
 def light_pass(url: str, key: str, captchas: list[Captcha],
                poll_s: float) -> tuple[list[Solve], Counter[str], int, tuple[float, int]]:
-    """One pass over the captchas, one client, bench_core's solve_one; also the OCR
+    """One pass over the captchas, one client, bench_core's solve_pass; also the OCR
     histogram's (sum, count) increase meanwhile."""
-    solves: list[Solve] = []
-    errors: Counter[str] = Counter()
-    correct = 0
     with httpx.Client(base_url=url, timeout=30, trust_env=False) as client:
         ocr0 = ocr_seconds(client)
-        for captcha in captchas:
-            solve = solve_one(client, key, captcha, poll_s)
-            if solve.answer.get("errorId"):
-                errors[str(solve.answer.get("errorCode"))] += 1
-                continue
-            solves.append(solve)
-            correct += is_correct(solve.answer["solution"]["text"], captcha.text)
+        solves, errors, correct = solve_pass(client, key, captchas, poll_s)
         ocr1 = ocr_seconds(client)
     return solves, errors, correct, (ocr1[0] - ocr0[0], ocr1[1] - ocr0[1])
 
