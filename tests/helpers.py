@@ -82,23 +82,35 @@ class LiveServer:
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
 
+    port: int = 0
+
     def start(self, recogniser: Recogniser | None, **app_kwargs: Any) -> None:
         app = create_app(self.settings, recogniser=recogniser, clock=self.clock, **app_kwargs)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, loop="asyncio",
                                 lifespan="on", log_level="warning", access_log=False,
-                                proxy_headers=False)
+                                proxy_headers=False, **self._tls_options())
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("capd test server did not start")
+                raise RuntimeError(f"capd test server ({self._scheme()}) did not start")
             time.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.client = httpx.Client(base_url=self.url, timeout=10)
+        self.port = int(self._server.servers[0].sockets[0].getsockname()[1])
+        self.url = f"{self._scheme()}://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=self.url, timeout=10, **self._client_options())
         self.app = app
+
+    # plain http here; tests/compat's TlsLiveServer overrides these three
+    def _scheme(self) -> str:
+        return "http"
+
+    def _tls_options(self) -> dict[str, Any]:
+        return {}
+
+    def _client_options(self) -> dict[str, Any]:
+        return {}
 
     def stop(self) -> None:
         self.client.close()

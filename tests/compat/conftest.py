@@ -8,17 +8,13 @@ override available, explained where it is made.
 from __future__ import annotations
 
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 
-from capd.api.app import create_app
 from capd.solving.ocr.base import Recogniser
 from tests.helpers import FakeClock, LiveServer, make_settings
 
@@ -64,25 +60,15 @@ def no_outside_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
 class TlsLiveServer(LiveServer):
     """LiveServer over https, with the test certificate in ``certs/``."""
 
-    def start(self, recogniser: Recogniser | None, **app_kwargs: Any) -> None:
-        app = create_app(self.settings, recogniser=recogniser, clock=self.clock, **app_kwargs)
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, loop="asyncio",
-                                lifespan="on", log_level="warning", access_log=False,
-                                proxy_headers=False, ssl_certfile=str(CERTS / "server.pem"),
-                                ssl_keyfile=str(CERTS / "server-key.pem"))
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("capd TLS test server did not start")
-            time.sleep(0.01)
-        self.port = int(self._server.servers[0].sockets[0].getsockname()[1])
-        self.url = f"https://127.0.0.1:{self.port}"
-        context = ssl.create_default_context(cafile=str(CA_BUNDLE))
-        self.client = httpx.Client(base_url=self.url, timeout=10, verify=context)
-        self.app = app
+    def _scheme(self) -> str:
+        return "https"
+
+    def _tls_options(self) -> dict[str, Any]:
+        return {"ssl_certfile": str(CERTS / "server.pem"),
+                "ssl_keyfile": str(CERTS / "server-key.pem")}
+
+    def _client_options(self) -> dict[str, Any]:
+        return {"verify": ssl.create_default_context(cafile=str(CA_BUNDLE))}
 
 
 @pytest.fixture
