@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import sqlite3
 import sys
 import time
@@ -249,17 +250,16 @@ def _cli_hint() -> str:
 
 def serve_banner(url: str, database_url: str, demo_key: str | None, cli: str) -> str:
     """What ``capd serve`` prints once it answers requests: where, and what to try next."""
-    key = demo_key or "<key>"
     lines = [
         f"capd serving on {url} ({_safe_url(database_url)})",
         "next steps:",
-        f"  curl -s {url}/getBalance -d '{{\"clientKey\":\"{key}\"}}'",
-        "  solve the sample captcha: see the quick start in README.md (examples/sample.png)",
-        f"  API contract: README.md and docs/; machine-readable: {url}/openapi.json",
+        f"  curl -s {url}/getBalance -d '{{\"clientKey\":\"{demo_key or '<key>'}\"}}'",
+        "  solve the sample captcha: the quick start in README.md (examples/sample.png)",
+        f"  the API: README.md and docs/; machine-readable: {url}/openapi.json",
         f"  operator CLI: {cli} --help   (e.g. {cli} account create --balance 5)",
     ]
     if demo_key is None:
-        lines.insert(2, f"  make an account and key: {cli} account create --balance 5")
+        lines.insert(2, f"  no key yet: {cli} account create --balance 5 prints one")
     return "\n".join(lines)
 
 
@@ -276,8 +276,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
             settings, lambda admin: admin.ensure_demo_key(settings.demo_balance)))
         print(f"demo API key (balance {settings.demo_balance} USD): {demo_key}", flush=True)
     app = create_app(settings)
+    cli = _cli_hint()  # the same database and settings as this server
+    cli += f" --db {shlex.quote(_safe_url(args.db))}" if args.db else ""
+    cli += f" --config {shlex.quote(args.config)}" if args.config else ""
     banner = serve_banner(_base_url(args.host, args.port), settings.database_url, demo_key,
-                          _cli_hint())
+                          cli)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:

@@ -840,7 +840,8 @@ def test_serve_prints_a_banner_once_it_answers(tmp_path: Path) -> None:
     assert f"capd serving on http://127.0.0.1:{port} (sqlite:///" in text
     assert (f"curl -s http://127.0.0.1:{port}/getBalance -d '{{\"clientKey\":\"{demo_key}\"}}'"
             in text), text
-    assert "-m capd --help" in text, text  # how to call the CLI again
+    # how to call the CLI again, on the same database
+    assert f"-m capd --db sqlite:///{tmp_path}/capd.db --help" in text, text
 
 
 def test_serve_banner_names_the_venv_script_under_run(tmp_path: Path,
