@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -36,15 +36,37 @@ __all__ = ["CREATE_PATHS", "METHODS", "error_payload", "json_response", "result_
 Body = dict[str, Any]
 Handler = Callable[[Service, Body, str], Awaitable[Response]]
 CREATE_PATHS = ("/createTask",)
+RENDERED_KEPT = 10_000  # final getTaskResult answers kept rendered
+
+
+class JsonBytes(Response):
+    """An already serialised JSON answer (the poll path builds its headers directly)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.background = None
+        self.raw_headers = [(b"content-length", str(len(body)).encode()),
+                            (b"content-type", b"application/json")]
+
+
 _PROCESSING = orjson.dumps({"errorId": 0, "status": "processing"})
-_JSON = "application/json"
 
 
 async def read_json_object(request: Request) -> Body | None:
     """The body as a JSON object, or None when it is not one (any Content-Type)."""
-    raw = await request.body()
+    chunks: list[bytes] = []
+    while True:  # request.body() without its async generator: this is the hot path
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
     try:
-        data = orjson.loads(raw)
+        data = orjson.loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
     except orjson.JSONDecodeError:
         return None
     return data if isinstance(data, dict) else None
@@ -80,14 +102,25 @@ async def create_task(service: Service, body: Body, ip: str) -> Response:
     return json_response({"errorId": 0, "taskId": created.task_id})
 
 
+_rendered: dict[int, tuple[TaskResult, bytes]] = {}
+
+
 async def get_task_result(service: Service, body: Body, ip: str) -> Response:
     result = await service.get_task_result(TaskResultRequest(
         client_key(body), ip, parse_task_id(body.get("taskId"))))
     if result.state == ResultState.FAILED:
         raise CapdError(result.error_code or "ERROR_CAPTCHA_UNSOLVABLE")
     if result.state == ResultState.PROCESSING:
-        return Response(_PROCESSING, media_type=_JSON)
-    return json_response(result_payload(result))
+        return JsonBytes(_PROCESSING)
+    # a final result is the same object each poll (see TaskResult): render it once
+    hit = _rendered.get(result.task_id)
+    if hit is not None and hit[0] is result:
+        return JsonBytes(hit[1])
+    if len(_rendered) >= RENDERED_KEPT:
+        _rendered.clear()
+    rendered = orjson.dumps(result_payload(result))
+    _rendered[result.task_id] = (result, rendered)
+    return JsonBytes(rendered)
 
 
 async def get_balance(service: Service, body: Body, ip: str) -> Response:
@@ -104,9 +137,10 @@ def report(kind: ReportKind) -> Handler:
     return handler
 
 
+# getTaskResult first: routes are matched in order, and it is by far the most called
 METHODS: dict[str, tuple[Handler, str]] = {
-    "createTask": (create_task, "ERROR_TASK_ABSENT"),
     "getTaskResult": (get_task_result, "ERROR_KEY_DOES_NOT_EXIST"),
+    "createTask": (create_task, "ERROR_TASK_ABSENT"),
     "getBalance": (get_balance, "ERROR_KEY_DOES_NOT_EXIST"),
     "reportIncorrectImageCaptcha": (report(ReportKind.IMAGE), "ERROR_KEY_DOES_NOT_EXIST"),
     "reportIncorrectTokenCaptcha": (report(ReportKind.TOKEN), "ERROR_KEY_DOES_NOT_EXIST"),

@@ -94,17 +94,17 @@ def validation_rules(s: Settings) -> ValidationRules:
                            s.min_safari_major)
 
 
-_PROCESSING = TaskResult(ResultState.PROCESSING)
+FINAL_RESULTS_KEPT = 10_000  # final results remembered for polls (a few MB at most)
 
 
 def result_of(task: Task) -> TaskResult:
     """A task's outcome as getTaskResult (and a callback) tells it."""
     if task.state in (TaskState.QUEUED, TaskState.LEASED):
-        return _PROCESSING
+        return TaskResult(task.id, ResultState.PROCESSING)
     if task.state == TaskState.FAILED:
-        return TaskResult(ResultState.FAILED,
+        return TaskResult(task.id, ResultState.FAILED,
                           error_code=task.error_code or "ERROR_CAPTCHA_UNSOLVABLE")
-    return TaskResult(ResultState.READY, solution=task.solution,
+    return TaskResult(task.id, ResultState.READY, solution=task.solution,
                       cost=from_units(task.cost_units), ip=task.client_ip,
                       created_at=task.created_at, ended_at=task.ended_at or task.created_at,
                       solve_count=1)
@@ -128,6 +128,8 @@ class Service:
         self.rules = validation_rules(settings)
         self.policy = policy or Policy(store, limit_rules(settings), clock)
         self.finish_listeners: list[Callable[[Task], Any]] = []
+        # final outcomes never change: polled again and again, each is built once
+        self._final_results: dict[int, TaskResult] = {}
 
     # -- who is calling ---------------------------------------------------------------------
     async def authenticate(self, who: Credentials) -> tuple[Caller, KeyOptions]:
@@ -231,9 +233,14 @@ class Service:
             await self.policy.note_violation(caller.account_id, req.ip, UNKNOWN_TASK)
             raise CapdError("ERROR_NO_SUCH_CAPCHA_ID", "the result has expired")
         await self.policy.check_poll(task.id, caller.account_id, req.ip)
-        return result_of(task)
-
-    result_of = staticmethod(result_of)
+        if task.state in (TaskState.QUEUED, TaskState.LEASED):
+            return result_of(task)
+        result = self._final_results.get(task.id)
+        if result is None:
+            if len(self._final_results) >= FINAL_RESULTS_KEPT:
+                self._final_results.clear()
+            result = self._final_results[task.id] = result_of(task)
+        return result
 
     # -- getBalance and reports -------------------------------------------------------------
     async def get_balance(self, req: BalanceRequest) -> Balance:

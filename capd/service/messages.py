@@ -112,8 +112,12 @@ class ResultState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TaskResult:
-    """A task's outcome as a client sees it (getTaskResult, callbacks, res.php)."""
+    """A task's outcome as a client sees it (getTaskResult, callbacks, res.php).
 
+    A final result (READY or FAILED) never changes: the service hands out the same object
+    for the same task while it remembers it, so a door may cache what it rendered."""
+
+    task_id: int
     state: ResultState
     solution: dict[str, Any] | None = None
     cost: Decimal = Decimal(0)  # USD charged; zero until solved
