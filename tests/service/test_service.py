@@ -256,3 +256,14 @@ def test_good_report_changes_nothing(w: World) -> None:
 def test_user_agent_of_a_current_browser_is_accepted(w: World) -> None:
     run(w.store.note_workers(["RecaptchaV2TaskProxyless"], w.clock()))
     assert create(w, w.account(), recaptcha(userAgent=CHROME_UA)) > 0
+
+
+def test_final_result_is_one_object_across_polls(w: World) -> None:
+    key = w.account()
+    task_id = create(w, key, image_task())
+    first = run(w.service.get_task_result(TaskResultRequest(key, PUBLIC_IP, task_id)))
+    run(w.service.finish_task(task_id, solution={"text": "abc"}))
+    ready = [run(w.service.get_task_result(TaskResultRequest(key, PUBLIC_IP, task_id)))
+             for _ in range(2)]
+    assert first.state == ResultState.PROCESSING
+    assert ready[0] is ready[1] and ready[0].task_id == task_id
