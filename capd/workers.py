@@ -3,26 +3,33 @@
 A lease id is ``<taskId>.<secret>``: the secret is drawn per lease call and stored as the
 task's lease owner, so only the holder of a live lease can extend or complete it, and a
 task leased again after expiry has a new id (the old one answers ERROR_LEASE_NOT_FOUND).
+
+The desk takes typed requests (``capd/api/workers.py`` parses the JSON) and answers
+records or raises CapdError. Store, dispatcher, clocks, secrets and settings are injected.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from capd.config import Settings
-from capd.constants import MAX_LEASE_BATCH, MAX_LEASE_EXTEND_S, MAX_LEASE_WAIT_S
 from capd.domain.catalogue import TASK_TYPES
 from capd.domain.solutions import WORKER_FAILURE_CODES, check_solution
 from capd.errors import BadParameter, CapdError
-from capd.service import Service
-from capd.store.base import Task, TaskState, WorkerToken
+from capd.service.messages import Parsed
+from capd.solving.dispatch import Dispatcher
+from capd.store.base import Store, Task, TaskState, WorkerToken
 
 _TOKEN_HEX_CHARS = 48  # longer than a 32-hex client key: the two can never be confused
+LEASE_RECHECK_S = 1.0  # a long-poll looks at the queue at least this often
+
+Finisher = Callable[..., Awaitable[Task | None]]
+Gone = Callable[[], Awaitable[bool]]
 
 
 def new_worker_token() -> str:
@@ -33,25 +40,77 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
-    value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            low <= value <= high):
-        raise BadParameter(name, f"not a number in {low:g}-{high:g}")
-    return float(value)
+def new_lease_secret() -> str:
+    return secrets.token_hex(12)
+
+
+# -- requests and answers --------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """lease: ``types`` (None when absent), ``limit`` tasks, waiting up to ``wait_s``."""
+
+    token: str | None
+    types: Parsed[list[str] | None]
+    limit: Parsed[int]
+    wait_s: Parsed[float]
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendRequest:
+    """extend: ``seconds`` from now (None: the configured lease length)."""
+
+    token: str | None
+    lease_id: str | None
+    seconds: Parsed[float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteRequest:
+    """complete: exactly one of ``solution`` and ``error_code``, as sent."""
+
+    token: str | None
+    lease_id: str | None
+    solution: Any = None
+    error_code: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One leased task as a worker receives it."""
+
+    lease_id: str
+    task_id: int
+    type: str
+    task: dict[str, Any]  # the task object as the client sent it, proxy included
+    expires_at: float  # unix seconds
+    deadline_at: float
+    image_options: dict[str, Any] | None = None  # key options, e.g. a threshold
+
+
+def known_types(types: list[str]) -> list[str]:
+    """The types, each once, in order; ERROR_BAD_PARAMETERS naming an unknown one."""
+    unknown = [t for t in types if t not in TASK_TYPES]
+    if unknown:
+        raise BadParameter("types", f"naming an unknown type {unknown[0][:64]!r}")
+    return list(dict.fromkeys(types))
 
 
 class WorkerDesk:
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.store = service.store
-        self.dispatcher = service.dispatcher
-        self.clock = service.clock
-        self.settings: Settings = service.settings
+    def __init__(self, store: Store, dispatcher: Dispatcher, clock: Callable[[], float],
+                 settings: Settings, finish: Finisher,
+                 new_secret: Callable[[], str] = new_lease_secret,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.settings = settings
+        self.finish = finish  # Service.finish_task: capture/release, metrics, callbacks
+        self.new_secret = new_secret
+        self.monotonic = monotonic
 
-    async def _token(self, raw: Any, types: list[str] | None = None) -> WorkerToken:
+    async def _token(self, raw: str | None, types: list[str] | None = None) -> WorkerToken:
         token = None
-        if isinstance(raw, str) and len(raw) == _TOKEN_HEX_CHARS:
+        if raw is not None and len(raw) == _TOKEN_HEX_CHARS:
             token = await self.store.worker_token(token_digest(raw))
         if token is None:
             raise CapdError("ERROR_WORKER_TOKEN_INVALID")
@@ -63,55 +122,38 @@ class WorkerDesk:
         return token
 
     @staticmethod
-    def _types(body: dict[str, Any]) -> list[str]:
-        types = body.get("types")
-        if not isinstance(types, list) or not types or not all(
-                isinstance(t, str) for t in types):
-            raise BadParameter("types", "not a non-empty list of task type names")
-        unknown = [t for t in types if t not in TASK_TYPES]
-        if unknown:
-            raise BadParameter("types", f"naming an unknown type {unknown[0][:64]!r}")
-        return list(dict.fromkeys(types))
+    def _lease_view(task: Task, owner: str) -> Lease:
+        return Lease(f"{task.id}.{owner}", task.id, task.type, task.payload,
+                     task.lease_until or 0, task.deadline_at, task.options.get("image"))
 
-    def _lease_view(self, task: Task, owner: str) -> dict[str, Any]:
-        view: dict[str, Any] = {
-            "leaseId": f"{task.id}.{owner}", "taskId": task.id, "type": task.type,
-            "task": task.payload,
-            "leaseExpiresAt": math.floor(task.lease_until or 0),
-            "deadlineAt": math.floor(task.deadline_at),
-        }
-        if "image" in task.options:
-            view["imageOptions"] = task.options["image"]  # key options, e.g. a threshold
-        return view
-
-    async def lease(self, body: dict[str, Any],
-                    gone: Callable[[], Awaitable[bool]] | None = None) -> dict[str, Any]:
-        """Claim up to ``max`` tasks, waiting up to ``waitSeconds`` for work; ``gone`` tells
+    async def lease(self, req: LeaseRequest, gone: Gone | None = None) -> list[Lease]:
+        """Claim up to ``limit`` tasks, waiting up to ``wait_s`` for work; ``gone`` tells
         whether the worker hung up meanwhile (then nothing more is claimed for it)."""
-        types = self._types(body) if "types" in body else None
-        await self._token(body.get("workerToken"), types)
+        types = req.types.get()
+        if types is not None:
+            types = known_types(types)
+        await self._token(req.token, types)
         if types is None:
             raise BadParameter("types", "missing")
-        limit = int(_number(body, "max", 1, 1, MAX_LEASE_BATCH))
-        wait_s = _number(body, "waitSeconds", 0, 0, MAX_LEASE_WAIT_S)
-        ends = time.monotonic() + wait_s
-        owner = secrets.token_hex(12)
+        limit = req.limit.get()
+        wait_s = req.wait_s.get()
+        ends = self.monotonic() + wait_s
+        owner = self.new_secret()
         while True:
             if gone is not None and await gone():
-                return {"errorId": 0, "leases": []}
+                return []
             await self.store.note_workers(types, self.clock())
             waiter = self.dispatcher.waiter(types)
             claimed = await self.store.claim_tasks(types, limit, owner,
                                                    self.settings.worker_lease_s, self.clock())
-            remaining = ends - time.monotonic()
+            remaining = ends - self.monotonic()
             if claimed or remaining <= 0:
                 self.dispatcher.forget(waiter)
-                return {"errorId": 0, "leases": [self._lease_view(t, owner) for t in claimed]}
-            await self.dispatcher.wait(waiter, min(remaining, 1.0))
+                return [self._lease_view(t, owner) for t in claimed]
+            await self.dispatcher.wait(waiter, min(remaining, LEASE_RECHECK_S))
 
-    async def _live_lease(self, body: dict[str, Any]) -> tuple[Task, str]:
-        lease_id = body.get("leaseId")
-        if not isinstance(lease_id, str) or "." not in lease_id:
+    async def _live_lease(self, lease_id: str | None) -> tuple[Task, str]:
+        if lease_id is None or "." not in lease_id:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
         raw_id, owner = lease_id.split(".", 1)
         numeric = raw_id.isascii() and raw_id.isdigit()
@@ -121,30 +163,36 @@ class WorkerDesk:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
         return task, owner
 
-    async def extend(self, body: dict[str, Any]) -> dict[str, Any]:
-        await self._token(body.get("workerToken"))
-        seconds = _number(body, "seconds", self.settings.worker_lease_s, 1, MAX_LEASE_EXTEND_S)
-        task, owner = await self._live_lease(body)
-        await self._token(body.get("workerToken"), [task.type])
+    async def extend(self, req: ExtendRequest) -> float:
+        """Move a live lease's end ``seconds`` from now (never past the task's deadline);
+        returns the new end (unix seconds)."""
+        await self._token(req.token)
+        seconds = req.seconds.get()
+        if seconds is None:
+            seconds = self.settings.worker_lease_s
+        task, owner = await self._live_lease(req.lease_id)
+        await self._token(req.token, [task.type])
         now = self.clock()
         until = await self.store.extend_lease(task.id, owner, now + seconds, now)
         if until is None:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
-        return {"errorId": 0, "leaseExpiresAt": math.floor(until)}
+        return until
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        await self._token(body.get("workerToken"))
-        solution, error_code = body.get("solution"), body.get("errorCode")
+    async def complete(self, req: CompleteRequest) -> None:
+        """Complete a live lease once, with a solution of the type's shape or one of the
+        worker failure codes; a proxy reported banned is refused for a while."""
+        await self._token(req.token)
+        solution, error_code = req.solution, req.error_code
         if (solution is None) == (error_code is None):
             raise BadParameter("solution", "needed, or else errorCode (exactly one)")
-        if error_code is not None and error_code not in WORKER_FAILURE_CODES:
+        if error_code is not None and (not isinstance(error_code, str)
+                                       or error_code not in WORKER_FAILURE_CODES):
             raise BadParameter("errorCode", "not one of the worker failure codes")
-        task, owner = await self._live_lease(body)
-        await self._token(body.get("workerToken"), [task.type])
+        task, owner = await self._live_lease(req.lease_id)
+        await self._token(req.token, [task.type])
         if solution is not None:
             solution = check_solution(TASK_TYPES[task.type], solution)
-        done = await self.service.finish_task(task.id, solution=solution,
-                                              error_code=error_code, owner=owner)
+        done = await self.finish(task.id, solution=solution, error_code=error_code, owner=owner)
         if done is None:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
         if error_code == "ERROR_PROXY_BANNED":
@@ -153,4 +201,3 @@ class WorkerDesk:
                     and str(port).isascii() and str(port).isdigit()):
                 await self.store.ban_proxy(address.strip(), int(port),
                                            self.clock() + self.settings.proxy_ban_s)
-        return {"errorId": 0}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -7,6 +8,8 @@ import pytest
 
 from capd.solving.ocr.base import Recogniser
 from capd.solving.ocr.ddddocr_engine import DdddOcrEngine
+from capd.store import open_store
+from capd.store.base import Store
 from tests.helpers import FakeClock, LiveServer, make_settings
 from tests.pgcluster import PgCluster, wait_until_ready
 
@@ -36,6 +39,16 @@ def engine() -> Recogniser:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path: Any) -> Iterator[Store]:
+    """A fresh, migrated store for direct unit tests (no server): the one place that picks
+    the backend of tests/service and friends."""
+    opened = open_store(f"sqlite:///{tmp_path}/unit.db")
+    asyncio.run(opened.migrate())
+    yield opened
+    asyncio.run(opened.close())
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -17,15 +17,16 @@ from starlette.routing import Route
 
 from capd.api import capmonster, twocaptcha, workers
 from capd.api.accesslog import access_log_middleware
-from capd.api.capmonster import error_payload, json_response
+from capd.api.errors import exception_handlers, json_response
 from capd.api.middleware import BodyLimitMiddleware, ClientAddressMiddleware
 from capd.api.openapi import openapi_document
 from capd.config import Settings
+from capd.errors import CapdError
 from capd.metrics import Metrics
 from capd.outbound.callbacks import CallbackSender
 from capd.outbound.guard import AddressGuard
 from capd.outbound.proxycheck import ProxyChecker
-from capd.service import Service
+from capd.service import Service, result_of
 from capd.solving.builtin import BuiltinSolver
 from capd.solving.dispatch import Dispatcher
 from capd.solving.ocr import load_recogniser
@@ -78,7 +79,7 @@ async def user_agent(request: Request) -> Response:
 
 
 async def no_such_method(request: Request) -> Response:
-    return json_response(error_payload("ERROR_NO_SUCH_METHOD"))
+    raise CapdError("ERROR_NO_SUCH_METHOD")
 
 
 def create_app(settings: Settings, *, store: Store | None = None,
@@ -87,8 +88,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     """Build the ASGI app. Nothing is opened until the app's lifespan starts."""
     store = store or open_store(settings.database_url)
     metrics_registry = Metrics()
-    dispatcher = Dispatcher(store, clock, settings.worker_seen_window_s,
-                            dict(settings.queue_depth_limits), settings.queue_depth_limit)
+    dispatcher = Dispatcher(store, clock, settings)
     proxy_guard = proxy_guard or AddressGuard(settings.allow_private_proxies)
     callback_guard = callback_guard or AddressGuard(settings.allow_private_callbacks)
     checker = None
@@ -102,7 +102,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
 
     def send_callback(task: Task) -> None:
         if task.callback_url:
-            callbacks.submit(task.callback_url, {**service.result_of(task), "taskId": task.id})
+            callbacks.submit(task.callback_url,
+                             {**capmonster.result_payload(result_of(task)), "taskId": task.id})
 
     service.finish_listeners.append(send_callback)
 
@@ -150,9 +151,10 @@ def create_app(settings: Settings, *, store: Store | None = None,
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                    create_paths=capmonster.CREATE_PATHS, text_paths=twocaptcha.UPLOAD_PATHS),
     ]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers=exception_handlers())
     app.state.service = service
-    app.state.desk = WorkerDesk(service)
+    app.state.desk = WorkerDesk(store, dispatcher, clock, settings, service.finish_task)
     app.state.ready = False
     app.state.openapi = openapi_document()
     return app

@@ -1,131 +1,171 @@
-"""The CapMonster Cloud / anti-captcha v2 JSON front door (spec §1-3)."""
+"""The CapMonster Cloud / anti-captcha v2 JSON front door (spec §1-3).
+
+Parse the JSON body into a typed request, call the service, render the result. Failures
+are raised and rendered once, by ``capd.api.errors``, in this door's dialect.
+"""
 
 from __future__ import annotations
 
-import logging
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from capd.api.middleware import CLIENT_IP, BodyTooLarge
-from capd.errors import CATALOGUE, CapdError
-from capd.service import Service
+from capd.api.errors import JsonDialect, error_payload, json_response, use_dialect
+from capd.api.middleware import CLIENT_IP
+from capd.domain.money import cost_text
+from capd.errors import CapdError
+from capd.service import (
+    BalanceRequest,
+    CreateTaskRequest,
+    ReportKind,
+    ReportRequest,
+    ResultState,
+    Service,
+    TaskResult,
+    TaskResultRequest,
+    parse_task_id,
+)
 
-log = logging.getLogger("capd.api")
+__all__ = ["CREATE_PATHS", "METHODS", "error_payload", "json_response", "result_payload",
+           "routes"]
 
-Handler = Callable[..., Awaitable[dict[str, Any]]]
+Body = dict[str, Any]
+Handler = Callable[[Service, Body, str], Awaitable[Response]]
 CREATE_PATHS = ("/createTask",)
-# The store cannot answer (locked or full SQLite file, PostgreSQL down or refusing
-# connections): ERROR_SERVICE_UNAVAILABLE, which clients retry, not ERROR_INTERNAL.
-STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    sqlite3.OperationalError, OSError, TimeoutError, asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError)
+RENDERED_KEPT = 10_000  # final getTaskResult answers kept rendered
 
 
-def json_response(payload: dict[str, Any], status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status, media_type="application/json")
+class JsonBytes(Response):
+    """An already serialised JSON answer (the poll path builds its headers directly)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.background = None
+        self.raw_headers = [(b"content-length", str(len(body)).encode()),
+                            (b"content-type", b"application/json")]
 
 
-def error_payload(code: str, description: str | None = None) -> dict[str, Any]:
-    return {"errorId": 1, "errorCode": code,
-            "errorDescription": description or CATALOGUE.get(code, code)}
+_PROCESSING = orjson.dumps({"errorId": 0, "status": "processing"})
 
 
-async def read_json_object(request: Request) -> dict[str, Any] | None:
+async def read_json_object(request: Request) -> Body | None:
     """The body as a JSON object, or None when it is not one (any Content-Type)."""
-    raw = await request.body()
+    chunks: list[bytes] = []
+    while True:  # request.body() without its async generator: this is the hot path
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
     try:
-        data = orjson.loads(raw)
+        data = orjson.loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
     except orjson.JSONDecodeError:
         return None
     return data if isinstance(data, dict) else None
 
 
-def api_method(name: str, handler: Handler, not_json_code: str, target: str = "service",
-               with_request: bool = False) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a handler: parse, call, render every outcome as HTTP 200 JSON (spec §1).
+def client_key(body: Body) -> str | None:
+    key = body.get("clientKey")
+    return key if isinstance(key, str) else None
 
-    The handler receives ``app.state.<target>`` (the Service, or the worker desk), and with
-    ``with_request`` also the request (a long-poll watches for the client going away)."""
-    is_create = name == "createTask"
+
+def result_payload(result: TaskResult) -> dict[str, Any]:
+    """A task's outcome as getTaskResult answers it (and a callback posts it)."""
+    if result.state == ResultState.PROCESSING:
+        return {"errorId": 0, "status": "processing"}
+    if result.state == ResultState.FAILED:
+        code = result.error_code or "ERROR_CAPTCHA_UNSOLVABLE"
+        return error_payload(code, CapdError(code).description)
+    return {
+        "errorId": 0, "status": "ready", "solution": result.solution,
+        "cost": cost_text(result.cost), "ip": result.ip,
+        "createTime": int(result.created_at), "endTime": int(result.ended_at),
+        "solveCount": result.solve_count,
+    }
+
+
+# -- the methods: body -> request -> service -> answer ------------------------------------------
+async def create_task(service: Service, body: Body, ip: str) -> Response:
+    task = body.get("task")
+    if not isinstance(task, dict):  # spec §5 step 1, before the key
+        raise CapdError("ERROR_TASK_ABSENT")
+    created = await service.create_task(CreateTaskRequest(
+        client_key(body), ip, task, body.get("callbackUrl")))
+    return json_response({"errorId": 0, "taskId": created.task_id})
+
+
+_rendered: dict[int, tuple[TaskResult, bytes]] = {}
+
+
+async def get_task_result(service: Service, body: Body, ip: str) -> Response:
+    result = await service.get_task_result(TaskResultRequest(
+        client_key(body), ip, parse_task_id(body.get("taskId"))))
+    if result.state == ResultState.FAILED:
+        raise CapdError(result.error_code or "ERROR_CAPTCHA_UNSOLVABLE")
+    if result.state == ResultState.PROCESSING:
+        return JsonBytes(_PROCESSING)
+    # a final result is the same object each poll (see TaskResult): render it once
+    hit = _rendered.get(result.task_id)
+    if hit is not None and hit[0] is result:
+        return JsonBytes(hit[1])
+    if len(_rendered) >= RENDERED_KEPT:
+        _rendered.clear()
+    rendered = orjson.dumps(result_payload(result))
+    _rendered[result.task_id] = (result, rendered)
+    return JsonBytes(rendered)
+
+
+async def get_balance(service: Service, body: Body, ip: str) -> Response:
+    balance = await service.get_balance(BalanceRequest(client_key(body), ip))
+    return json_response({"errorId": 0, "balance": float(balance.amount)})
+
+
+def report(kind: ReportKind) -> Handler:
+    async def handler(service: Service, body: Body, ip: str) -> Response:
+        await service.report(ReportRequest(client_key(body), ip,
+                                           parse_task_id(body.get("taskId")), kind))
+        return json_response({"errorId": 0, "status": "success"})
+
+    return handler
+
+
+# getTaskResult first: routes are matched in order, and it is by far the most called
+METHODS: dict[str, tuple[Handler, str]] = {
+    "getTaskResult": (get_task_result, "ERROR_KEY_DOES_NOT_EXIST"),
+    "createTask": (create_task, "ERROR_TASK_ABSENT"),
+    "getBalance": (get_balance, "ERROR_KEY_DOES_NOT_EXIST"),
+    "reportIncorrectImageCaptcha": (report(ReportKind.IMAGE), "ERROR_KEY_DOES_NOT_EXIST"),
+    "reportIncorrectTokenCaptcha": (report(ReportKind.TOKEN), "ERROR_KEY_DOES_NOT_EXIST"),
+    "reportIncorrectRecaptcha": (report(ReportKind.TOKEN), "ERROR_KEY_DOES_NOT_EXIST"),
+}
+
+
+def api_method(name: str, handler: Handler, not_json_code: str
+               ) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint of one method: this door's dialect, the JSON body, the call, the
+    success metric. A body that is not a JSON object answers ``not_json_code`` (spec §1)."""
+    dialect = JsonDialect(name, create=name == "createTask")
 
     async def endpoint(request: Request) -> Response:
-        state = request.app.state
-        metrics = state.service.metrics
-        try:
-            body = await read_json_object(request)
-            if body is None:
-                raise CapdError(not_json_code, "the body is not a JSON object")
-            args = (request,) if with_request else ()
-            payload = await handler(getattr(state, target), body, request.scope[CLIENT_IP],
-                                    *args)
-            metrics.inc("capd_requests_total", method=name, outcome="ok")
-            return json_response(payload)
-        except CapdError as exc:
-            metrics.inc("capd_requests_total", method=name, outcome=exc.code)
-            payload = error_payload(exc.code, exc.description)
-            if is_create:
-                payload["taskId"] = 0
-            return json_response(payload)
-        except BodyTooLarge:
-            metrics.inc("capd_requests_total", method=name, outcome="body_too_large")
-            payload = error_payload("ERROR_TOO_BIG_CAPTCHA_FILESIZE")
-            if is_create:
-                payload["taskId"] = 0
-                return json_response(payload)
-            return json_response(payload, 413)
-        except STORE_UNAVAILABLE as exc:
-            log.warning("store unavailable during %s: %r", name, exc)
-            metrics.inc("capd_requests_total", method=name, outcome="ERROR_SERVICE_UNAVAILABLE")
-            return json_response(error_payload("ERROR_SERVICE_UNAVAILABLE"), 503)
-        except Exception:
-            log.exception("internal error in %s", name)
-            metrics.inc("capd_requests_total", method=name, outcome="ERROR_INTERNAL")
-            return json_response(error_payload("ERROR_INTERNAL"), 500)
+        scope = request.scope
+        use_dialect(scope, dialect)
+        body = await read_json_object(request)
+        if body is None:
+            raise CapdError(not_json_code, "the body is not a JSON object")
+        service: Service = request.app.state.service
+        response = await handler(service, body, scope[CLIENT_IP])
+        service.metrics.inc("capd_requests_total", method=name, outcome="ok")
+        return response
 
     return endpoint
-
-
-async def create_task(service: Service, body: dict[str, Any], ip: str) -> dict[str, Any]:
-    return {"errorId": 0, "taskId": await service.create_task(body, ip)}
-
-
-async def get_task_result(service: Service, body: dict[str, Any], ip: str) -> dict[str, Any]:
-    result = await service.get_task_result(body, ip)
-    if result["errorId"]:
-        raise CapdError(result["errorCode"])
-    return result
-
-
-async def get_balance(service: Service, body: dict[str, Any], ip: str) -> dict[str, Any]:
-    return {"errorId": 0, "balance": await service.get_balance(body, ip)}
-
-
-async def report_image(service: Service, body: dict[str, Any], ip: str) -> dict[str, Any]:
-    await service.report_incorrect(body, ip, image=True)
-    return {"errorId": 0, "status": "success"}
-
-
-async def report_token(service: Service, body: dict[str, Any], ip: str) -> dict[str, Any]:
-    await service.report_incorrect(body, ip, image=False)
-    return {"errorId": 0, "status": "success"}
-
-
-METHODS: dict[str, tuple[Handler, str]] = {
-    "createTask": (create_task, "ERROR_TASK_ABSENT"),
-    "getTaskResult": (get_task_result, "ERROR_KEY_DOES_NOT_EXIST"),
-    "getBalance": (get_balance, "ERROR_KEY_DOES_NOT_EXIST"),
-    "reportIncorrectImageCaptcha": (report_image, "ERROR_KEY_DOES_NOT_EXIST"),
-    "reportIncorrectTokenCaptcha": (report_token, "ERROR_KEY_DOES_NOT_EXIST"),
-    "reportIncorrectRecaptcha": (report_token, "ERROR_KEY_DOES_NOT_EXIST"),
-}
 
 
 def routes() -> list[Route]:

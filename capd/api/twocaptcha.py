@@ -1,16 +1,16 @@
 """The 2captcha / rucaptcha form front door: ``/in.php`` and ``/res.php`` (spec §9).
 
-A thin transport: read the form or query parameters, translate them into the same
-CapMonster-shaped body the JSON door hands to the Service, and render the answer in
-2captcha's dialect — plain text (``OK|…``, ``CAPCHA_NOT_READY``, ``ERROR_…``) or, with
-``json=1``, ``{"status": 1|0, "request": "…"}``. Same accounts, balances, bans and limits
-as the JSON API, because it is the same Service.
+A thin transport: read the form or query parameters, build the service's typed requests
+from them (an in.php method becomes the task object of the matching type), and render
+the results in 2captcha's dialect — plain text (``OK|…``, ``CAPCHA_NOT_READY``,
+``ERROR_…``) or, with ``json=1``, ``{"status": 1|0, "request": "…"}``. Failures are
+raised and rendered once, by ``capd.api.errors``, through this door's ``TwoCaptchaDialect``.
+Same accounts, balances, bans and limits as the JSON API, because it is the same Service.
 """
 
 from __future__ import annotations
 
 import base64
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,13 +24,23 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from capd.api.capmonster import STORE_UNAVAILABLE
-from capd.api.middleware import CLIENT_IP, BodyTooLarge
+from capd.api.errors import Failure, FailureKind, UnreadableBody, use_dialect
+from capd.api.middleware import CLIENT_IP
 from capd.domain.keys import parse_client_key
+from capd.domain.money import cost_text
 from capd.errors import BadParameter, CapdError
-from capd.service import Service
-
-log = logging.getLogger("capd.api")
+from capd.service import (
+    BalanceRequest,
+    CreateTaskRequest,
+    Credentials,
+    ReportKind,
+    ReportRequest,
+    ResultState,
+    Service,
+    TaskResult,
+    TaskResultRequest,
+    parse_task_id,
+)
 
 Params = dict[str, str]
 UPLOAD_PATHS = ("/in.php",)  # answered in this dialect by the body limit (spec §1)
@@ -128,10 +138,6 @@ def balance_text(balance: float) -> str:
 
 
 # -- parameters --------------------------------------------------------------------------------
-class UnreadableForm(Exception):
-    """Raised when a multipart or url-encoded body cannot be parsed."""
-
-
 async def read_params(request: Request) -> Params:
     """Query parameters, overlaid by the form (url-encoded or multipart) of a POST.
 
@@ -146,7 +152,7 @@ async def read_params(request: Request) -> Params:
         try:
             form = await request.form()
         except HTTPException as exc:  # starlette's answer to a malformed form
-            raise UnreadableForm(exc.detail) from None
+            raise UnreadableBody(exc.detail) from None
         try:
             for name, value in form.multi_items():
                 if isinstance(value, UploadFile):
@@ -299,17 +305,18 @@ METHODS: dict[str, Callable[[Params], dict[str, Any]]] = {
 }
 
 
-def create_body(params: Params) -> dict[str, Any]:
-    """The createTask body for an in.php request; raises the translation's CapdError."""
+def key_param(params: Params) -> str | None:
+    return params.get("key")
+
+
+def create_request(params: Params, ip: str) -> CreateTaskRequest:
+    """The createTask request for an in.php call; raises the translation's CapdError."""
     translate = METHODS.get(params.get("method", ""))
     if translate is None:
         raise CapdError("ERROR_NO_SUCH_METHOD", f"in.php method {params.get('method')!r}")
     int_param(params, "json")
     int_param(params, "header_acao")
-    body: dict[str, Any] = {"clientKey": params.get("key"), "task": translate(params)}
-    if params.get("soft_id", "").isascii() and params.get("soft_id", "").isdigit():
-        body["softId"] = int(params["soft_id"])
-    return body
+    return CreateTaskRequest(key_param(params), ip, translate(params))
 
 
 # -- the two endpoints --------------------------------------------------------------------------
@@ -318,28 +325,25 @@ Action = Callable[[Service, Params, str], Awaitable[Answer]]
 
 async def in_php(service: Service, params: Params, ip: str) -> Answer:
     try:
-        body = create_body(params)
+        request = create_request(params, ip)
     except CapdError:
         # the key, IP bans and whitelist answer before any field (spec §5)
-        await service.authenticate(params.get("key"), ip)
+        await service.authenticate(Credentials(key_param(params), ip))
         raise
-    return ok(str(await service.create_task(body, ip)))
-
-
-def _lookup(params: Params, task_id: str) -> dict[str, Any]:
-    return {"clientKey": params.get("key"), "taskId": task_id}
+    return ok(str((await service.create_task(request)).task_id))
 
 
 async def _result(service: Service, params: Params, ip: str, task_id: str
-                  ) -> tuple[Answer, dict[str, Any]]:
-    """One task's answer (OK, not ready, or its failure) and the raw result."""
-    result = await service.get_task_result(_lookup(params, task_id), ip)
-    if result["errorId"]:
-        code = result["errorCode"]
-        return failure(RES_CODES.get(code, code), result.get("errorDescription")), result
-    if result["status"] != "ready":
+                  ) -> tuple[Answer, TaskResult]:
+    """One task's answer (OK, not ready, or its failure) and the result it renders."""
+    result = await service.get_task_result(
+        TaskResultRequest(key_param(params), ip, parse_task_id(task_id)))
+    if result.state == ResultState.FAILED:
+        code = result.error_code or "ERROR_CAPTCHA_UNSOLVABLE"
+        return failure(RES_CODES.get(code, code), CapdError(code).description), result
+    if result.state == ResultState.PROCESSING:
         return failure(NOT_READY), result
-    solution = result.get("solution") or {}
+    solution = result.solution or {}
     extras = {name: solution[key] for key, name in JSON_EXTRAS.items() if key in solution}
     return ok(solution_answer(solution), **extras), result
 
@@ -366,21 +370,26 @@ async def action_get2(service: Service, params: Params, ip: str) -> Answer:
     answer, result = await _result(service, params, ip, params.get("id", ""))
     if not answer.payload["status"]:
         return answer
-    return Answer(f"{answer.text}|{result['cost']}", {**answer.payload, "price": result["cost"]})
+    cost = cost_text(result.cost)
+    return Answer(f"{answer.text}|{cost}", {**answer.payload, "price": cost})
 
 
 async def action_balance(service: Service, params: Params, ip: str) -> Answer:
-    balance = await service.get_balance({"clientKey": params.get("key")}, ip)
-    return ok(balance_text(balance), prefix=False)
+    balance = await service.get_balance(BalanceRequest(key_param(params), ip))
+    return ok(balance_text(float(balance.amount)), prefix=False)
+
+
+def _report(params: Params, ip: str, kind: ReportKind) -> ReportRequest:
+    return ReportRequest(key_param(params), ip, parse_task_id(params.get("id", "")), kind)
 
 
 async def action_reportbad(service: Service, params: Params, ip: str) -> Answer:
-    await service.report_answer(_lookup(params, params.get("id", "")), ip, correct=False)
+    await service.report(_report(params, ip, ReportKind.BAD))
     return ok(OK_REPORT, prefix=False)
 
 
 async def action_reportgood(service: Service, params: Params, ip: str) -> Answer:
-    await service.report_answer(_lookup(params, params.get("id", "")), ip, correct=True)
+    await service.report(_report(params, ip, ReportKind.GOOD))
     return ok(OK_REPORT, prefix=False)
 
 
@@ -396,7 +405,7 @@ ACTIONS: dict[str, Action] = {
 async def res_php(service: Service, params: Params, ip: str) -> Answer:
     action = ACTIONS.get(params.get("action", ""))
     if action is None:
-        await service.authenticate(params.get("key"), ip)
+        await service.authenticate(Credentials(key_param(params), ip))
         raise CapdError("ERROR_NO_SUCH_METHOD", f"res.php action {params.get('action')!r}")
     return await action(service, params, ip)
 
@@ -415,34 +424,41 @@ def error_answer(exc: CapdError, params: Params, codes: dict[str, str]) -> Answe
     return failure(code, exc.description)
 
 
+@dataclass(frozen=True, slots=True)
+class TwoCaptchaDialect:
+    """How in.php and res.php render a failure: 2captcha's codes, as text or json=1."""
+
+    method: str
+    params: Params
+    codes: dict[str, str]
+
+    def render(self, fail: Failure) -> Response:
+        if fail.error is not None:
+            answer = error_answer(fail.error, self.params, self.codes)
+        elif fail.kind == FailureKind.TOO_LARGE:
+            answer = failure(fail.code, "the request body is over 1 MiB")
+        elif fail.kind == FailureKind.UNREADABLE:
+            answer = failure(UPLOAD_ERROR, "the multipart body cannot be read")
+        else:  # the store's outage (503) or an internal error (500)
+            answer = failure(fail.code, status=fail.status)
+        return render(answer, self.params.get("json", "").strip() == "1",
+                      self.params.get("header_acao", "").strip() == "1")
+
+
 def endpoint(name: str, handler: Action, codes: dict[str, str]
              ) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a door: parse, call, render every outcome in 2captcha's dialect."""
+    """A door: parse the parameters, call, render the answer in 2captcha's dialect."""
 
     async def serve(request: Request) -> Response:
-        service: Service = request.app.state.service
+        scope = request.scope
         params: Params = dict(request.query_params)
-        try:
+        use_dialect(scope, TwoCaptchaDialect(name, params, codes))
+        if request.method == "POST":
             params = await read_params(request)
-            answer = await handler(service, params, request.scope[CLIENT_IP])
-            outcome = "ok" if answer.payload.get("status") else answer.text
-        except CapdError as exc:
-            answer = error_answer(exc, params, codes)
-            outcome = exc.code
-        except BodyTooLarge:
-            answer = failure("ERROR_TOO_BIG_CAPTCHA_FILESIZE", "the request body is over 1 MiB")
-            outcome = "body_too_large"
-        except UnreadableForm:
-            answer = failure(UPLOAD_ERROR, "the multipart body cannot be read")
-            outcome = UPLOAD_ERROR
-        except STORE_UNAVAILABLE as exc:
-            log.warning("store unavailable during %s: %r", name, exc)
-            answer = failure("ERROR_SERVICE_UNAVAILABLE", status=503)
-            outcome = answer.text
-        except Exception:
-            log.exception("internal error in %s", name)
-            answer = failure("ERROR_INTERNAL", status=500)
-            outcome = answer.text
+            use_dialect(scope, TwoCaptchaDialect(name, params, codes))
+        service: Service = request.app.state.service
+        answer = await handler(service, params, scope[CLIENT_IP])
+        outcome = "ok" if answer.payload.get("status") else answer.text
         service.metrics.inc("capd_requests_total", method=name, outcome=outcome)
         return render(answer, params.get("json", "").strip() == "1",
                       params.get("header_acao", "").strip() == "1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from functools import lru_cache
 
 _KEY_RE = re.compile(r"[0-9a-f]{32}")
 _THRESHOLD_PREFIX = "recognizingthreshold_"
@@ -38,6 +39,11 @@ def parse_client_key(raw: object) -> KeyOptions | None:
     """
     if not isinstance(raw, str):
         return None
+    return _parse_key_text(raw)
+
+
+@lru_cache(maxsize=4096)  # the poll path parses the same few keys over and over
+def _parse_key_text(raw: str) -> KeyOptions | None:
     key, *opts = raw.split("__")
     if not is_key(key):
         return None

@@ -34,9 +34,7 @@ def task_price_units(price_per_1000: Decimal) -> int:
 
 def format_cost(units: int) -> str:
     """The ``cost`` string of getTaskResult: at least 5 decimals, more when needed."""
-    text = f"{from_units(units):f}".rstrip("0")
-    whole, _, frac = text.partition(".")
-    return f"{whole}.{frac.ljust(5, '0')}"
+    return cost_text(from_units(units))
 
 
 def balance_number(units: int) -> float:
@@ -57,3 +55,10 @@ def parse_amount(text: str) -> Decimal:
 def usd_text(units: int) -> str:
     """Units as a plain USD string with 8 decimals (never scientific notation)."""
     return f"{from_units(units):f}"
+
+
+def cost_text(amount: Decimal) -> str:
+    """``format_cost`` of an amount in USD."""
+    text = f"{amount:f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(5, '0')}"

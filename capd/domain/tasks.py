@@ -1,13 +1,17 @@
-"""createTask validation, in the spec's order (spec §5), and the image rules."""
+"""createTask validation (spec §5) and the image rules, pure: no DNS, no store.
+
+The checks come in the spec's order as separate steps; between them the service asks
+the outbound guard about the proxy and callback hosts and the store about banned
+proxies, so the first failure answers exactly as the spec orders it.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from capd.domain.catalogue import (
@@ -29,10 +33,6 @@ _UA_BROWSERS = (
     ("Chrome", re.compile(r"\b(?:Chrome|CriOS)/(\d+)")),
     ("Safari", re.compile(r"\bVersion/(\d+)(?:\.\d+)*.*\bSafari/")),
 )
-
-
-class GuardLike(Protocol):
-    async def allows(self, host: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,6 @@ class ValidationRules:
     max_image_bytes: int
     min_browser_major: int
     min_safari_major: int
-
-
-ProxyBanned = Callable[[str, int], Awaitable[bool]]
 
 
 def _get(task: dict[str, Any], name: str) -> tuple[bool, Any]:
@@ -188,16 +185,21 @@ def _image_spec(fields: dict[str, Any], key: KeyOptions) -> ImageSpec:
     )
 
 
-async def validate_task(
-    task: dict[str, Any],
-    key: KeyOptions,
-    callback_url: Any,
-    rules: ValidationRules,
-    proxy_guard: GuardLike,
-    callback_guard: GuardLike,
-    proxy_banned: ProxyBanned,
-) -> ValidatedTask:
-    """Steps 3-5 of spec §5 for one task object; raises the first failure's CapdError."""
+@dataclass(frozen=True)
+class TaskDraft:
+    """A task object past the checks that need nothing outside it (spec §5 steps 3-4, up
+    to the proxy's fields): what the address checks and the remaining steps start from."""
+
+    type: TaskType
+    fields: dict[str, Any]  # the type's fields, checked and converted
+    website_host: str | None = None
+    proxy: tuple[str, str, int] | None = None  # (type, address, port)
+
+
+def check_task(task: dict[str, Any]) -> TaskDraft:
+    """Spec §5 steps 3-4 up to the proxy: type, each field's kind and range, the type's
+    own rules, websiteURL, the sitekey, and a complete proxy when one is needed or given.
+    Raises the first failure's CapdError."""
     type_name = task.get("type")
     ttype = TASK_TYPES.get(type_name) if isinstance(type_name, str) else None
     if ttype is None:
@@ -223,30 +225,45 @@ async def validate_task(
     if ttype.recaptcha_family and "websiteKey" in fields and not _SITEKEY_RE.fullmatch(
             fields["websiteKey"]):
         raise CapdError("ERROR_RECAPTCHA_INVALID_SITEKEY")
+    return TaskDraft(ttype, fields, host, _check_proxy(task, ttype, fields))
 
-    proxy = await _check_proxy(task, ttype, fields, proxy_guard, proxy_banned)
 
-    if "userAgent" in fields:
-        check_user_agent(fields["userAgent"], rules)
+def check_browser(draft: TaskDraft, rules: ValidationRules) -> None:
+    """The task's userAgent, when given, is a current browser's (ERROR_WRONG_USERAGENT)."""
+    if "userAgent" in draft.fields:
+        check_user_agent(draft.fields["userAgent"], rules)
 
-    cb = None
-    if callback_url is not None:
-        cb_host = url_host(callback_url)
-        if cb_host is None or not await callback_guard.allows(cb_host):
-            raise BadParameter("callbackUrl", "not an http(s) URL of a public host")
-        cb = callback_url
 
+def callback_refused() -> BadParameter:
+    """The error for a callbackUrl that is not http(s) or names an internal host."""
+    return BadParameter("callbackUrl", "not an http(s) URL of a public host")
+
+
+def callback_host(callback_url: object) -> str | None:
+    """The host of a given callbackUrl (None when none is given); raises when it is not an
+    http(s) URL. Whether the host is public is the outbound guard's question."""
+    if callback_url is None:
+        return None
+    host = url_host(callback_url)
+    if host is None:
+        raise callback_refused()
+    return host
+
+
+def complete_task(draft: TaskDraft, task: dict[str, Any], key: KeyOptions,
+                  callback_url: str | None, rules: ValidationRules) -> ValidatedTask:
+    """Spec §5 step 5: decode and size-check the images; the validated task."""
     images: list[bytes] = []
     image_spec = None
-    if ttype.name == "ImageToTextTask":
+    if draft.type.name == "ImageToTextTask":
         _, body = _get(task, "body")
         images.append(decode_image(body, rules))
-        image_spec = _image_spec(fields, key)
-    elif ttype.name == "ComplexImageTask":
-        for i, item in enumerate(fields.get("imagesBase64") or []):
+        image_spec = _image_spec(draft.fields, key)
+    elif draft.type.name == "ComplexImageTask":
+        for i, item in enumerate(draft.fields.get("imagesBase64") or []):
             images.append(decode_image(item, rules, f"imagesBase64[{i}]"))
-
-    return ValidatedTask(ttype, dict(task), host, proxy, images, image_spec, cb)
+    return ValidatedTask(draft.type, dict(task), draft.website_host, draft.proxy, images,
+                         image_spec, callback_url)
 
 
 def _check_type_specifics(ttype: TaskType, fields: dict[str, Any]) -> None:
@@ -270,8 +287,8 @@ def _check_type_specifics(ttype: TaskType, fields: dict[str, Any]) -> None:
             raise BadParameter("htmlPageBase64", "missing (required by cf_clearance)")
 
 
-async def _check_proxy(task: dict[str, Any], ttype: TaskType, fields: dict[str, Any],
-                       guard: GuardLike, banned: ProxyBanned) -> tuple[str, str, int] | None:
+def _check_proxy(task: dict[str, Any], ttype: TaskType, fields: dict[str, Any]
+                 ) -> tuple[str, str, int] | None:
     given = {n: v for n in PROXY_FIELDS for ok, v in [_get(task, n)] if ok and v not in (None, "")}
     cf_clearance = fields.get("cloudflareTaskType") == "cf_clearance"
     needs = ttype.requires_proxy or cf_clearance
@@ -289,9 +306,4 @@ async def _check_proxy(task: dict[str, Any], ttype: TaskType, fields: dict[str, 
     for opt in ("proxyLogin", "proxyPassword"):
         if opt in given and not isinstance(given[opt], str):
             raise BadParameter(opt, "not a string")
-    address = address.strip()
-    if not await guard.allows(address):
-        raise CapdError("ERROR_PROXY_CONNECT_REFUSED", "proxy address is internal or unknown")
-    if await banned(address, port):
-        raise CapdError("ERROR_PROXY_BANNED")
-    return (ptype.lower(), address, port)
+    return (ptype.lower(), address.strip(), port)

@@ -13,6 +13,7 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+from capd.config import Settings
 from capd.errors import CapdError
 from capd.store.base import Store
 
@@ -20,16 +21,17 @@ Waiter = asyncio.Future[None]
 
 
 class Dispatcher:
-    def __init__(self, store: Store, clock: Callable[[], float], seen_window_s: float = 60.0,
-                 depth_limit: dict[str, int] | None = None,
-                 default_depth_limit: int = 1000) -> None:
+    """Knows which types are served (built-in solvers here, workers seen lately through
+    the store) and wakes long-polling workers; store, clock and settings are injected."""
+
+    def __init__(self, store: Store, clock: Callable[[], float], settings: Settings) -> None:
         self.store = store
         self.clock = clock
-        self.seen_window_s = seen_window_s
+        self.seen_window_s = settings.worker_seen_window_s
         self._builtin: dict[str, int] = defaultdict(int)
         self._waiters: dict[str, list[Waiter]] = defaultdict(list)
-        self._depth_limit = depth_limit or {}
-        self._default_depth_limit = default_depth_limit
+        self._depth_limit = dict(settings.queue_depth_limits)
+        self._default_depth_limit = settings.queue_depth_limit
 
     def attach(self, task_type: str) -> None:
         """A built-in solver for ``task_type`` is now taking work in this process."""

@@ -234,10 +234,10 @@ METHOD_NAMES = st.sampled_from(["base64", "post", "userrecaptcha", "hcaptcha", "
 @example({"soft_id": "²"}, "base64")
 def test_form_translation_raises_only_capd_errors(params: dict[str, str], method: str) -> None:
     try:
-        body = twocaptcha.create_body({**params, "method": method})
+        body = twocaptcha.create_request({**params, "method": method}, "203.0.113.7")
     except CapdError:
         return
-    assert isinstance(body["task"], dict) and isinstance(body["task"].get("type"), str)
+    assert isinstance(body.task, dict) and isinstance(body.task.get("type"), str)
 
 
 @PROFILE

@@ -1,0 +1,26 @@
+"""The service layer: typed requests in, domain results (or CapdError) out.
+
+Every front door (``capd.api``) and the worker desk call it; it calls the domain's pure
+rules and the store.
+"""
+
+from capd.service.core import GuardLike, Service, random_task_id, result_of
+from capd.service.messages import (
+    Balance,
+    BalanceRequest,
+    CreateTaskRequest,
+    Credentials,
+    ReportKind,
+    ReportRequest,
+    ResultState,
+    TaskCreated,
+    TaskResult,
+    TaskResultRequest,
+    parse_task_id,
+)
+
+__all__ = [
+    "Balance", "BalanceRequest", "CreateTaskRequest", "Credentials", "GuardLike",
+    "ReportKind", "ReportRequest", "ResultState", "Service", "TaskCreated", "TaskResult",
+    "TaskResultRequest", "parse_task_id", "random_task_id", "result_of",
+]
