@@ -320,6 +320,24 @@ def _require_database(url: str) -> None:
                        " `capd migrate` first, or pass --db")
 
 
+# -- backup: its subparser and handler, one block ------------------------------------------
+def add_backup_parser(sub: Any) -> None:
+    b = sub.add_parser("backup", help="copy the SQLite database consistently, also while"
+                       " capd serves (PostgreSQL: use pg_dump)")
+    b.add_argument("file", help="the copy to create: a new file, made owner-only (0600)")
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> None:
+    from capd.store.backup import BackupError, backup_database
+
+    try:
+        result = backup_database(settings.database_url, args.file)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    print(f"backed up {result.source} to {result.target}"
+          f" ({result.pages} pages, {result.size_bytes} bytes)")
+
+
 # -- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="capd", description="Self-hosted captcha recognition service")
@@ -409,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="tasks by type and state, solve latency, charges")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_stats)
+    add_backup_parser(sub)
     return p
 
 
@@ -433,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "worker":
             cmd_worker(args, settings)
+            return 0
+        if args.command == "backup":  # opens no Store: it copies the file beneath one
+            cmd_backup(args, settings)
             return 0
         if args.command == "blocklist" and args.action != "list" and not args.domain:
             raise CliError("blocklist add/remove needs a DOMAIN")

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from capd import constants as C
+from capd.domain.catalogue import TASK_TYPES
 from capd.errors import ConfigError
 
 DEFAULT_DB_FILE = "capd.db"
@@ -96,6 +98,9 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_N = TypeVar("_N", int, float, Decimal)
+# mappings keyed by task type: a misspelt name would silently never apply
+_TYPE_KEYED = ("prices", "deadlines_s", "queue_depth_limits")
 _DEFAULT_PRICES = {
     "ImageToTextTask": C.IMAGE_PRICE_PER_1000,
 }
@@ -108,10 +113,7 @@ def _cast(name: str, value: Any) -> Any:
         if kind == "Decimal":
             if isinstance(value, float):
                 value = repr(value)
-            d = Decimal(str(value))
-            if not d.is_finite() or d < 0:
-                raise ValueError
-            return d
+            return _finite(Decimal(str(value)))
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -124,17 +126,11 @@ def _cast(name: str, value: Any) -> Any:
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            n = int(value)
-            if n < 0:
-                raise ValueError
-            return n
+            return _finite(int(value))
         if kind == "float":
             if isinstance(value, bool):
                 raise ValueError
-            x = float(value)
-            if x < 0 or x != x:
-                raise ValueError
-            return x
+            return _finite(float(value))
         if kind == "str":
             if not isinstance(value, str):
                 raise ValueError
@@ -156,13 +152,32 @@ def _cast(name: str, value: Any) -> Any:
                 "Decimal": lambda v: Decimal(repr(v) if isinstance(v, float) else str(v)),
                 "float": float, "int": _whole}
             conv = converters[inner]
-            out = {str(k): conv(v) for k, v in value.items()}
-            if any(v < 0 or v != v for v in out.values()):
-                raise ValueError
+            out = {}
+            for k, v in value.items():
+                if name in _TYPE_KEYED and str(k) not in TASK_TYPES:
+                    raise ConfigError(f"setting {name}: unknown task type {str(k)!r}")
+                try:
+                    out[str(k)] = _finite(conv(v))
+                except (ValueError, TypeError, InvalidOperation):
+                    raise ConfigError(f"setting {name}: cannot use {v!r} for {str(k)!r}"
+                                      " (a finite number, 0 or more)") from None
             return out
     except (ValueError, TypeError, InvalidOperation):
         raise ConfigError(f"setting {name}: cannot use {value!r}") from None
     raise ConfigError(f"setting {name}: unsupported type {kind}")
+
+
+def _finite(number: _N) -> _N:
+    """The number itself when it is finite and not negative, else ValueError (inf, nan,
+    Infinity and negatives are refused in every numeric setting)."""
+    if isinstance(number, Decimal):
+        if not number.is_finite() or number < 0:
+            raise ValueError
+    elif isinstance(number, float) and not math.isfinite(number):
+        raise ValueError
+    if number < 0:
+        raise ValueError
+    return number
 
 
 def _whole(value: Any) -> int:

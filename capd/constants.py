@@ -6,6 +6,10 @@ Each is a default; operators override them through ``capd.config.Settings``.
 from decimal import Decimal
 
 MAX_BODY_BYTES = 1024 * 1024  # spec §1: bodies over 1 MiB are refused before parsing
+# an over-limit body up to this size is read and discarded before the refusal is sent, so
+# that the client, still sending, reads the error instead of a reset connection; beyond
+# it the refusal is sent at once and the connection closed
+MAX_DRAIN_BYTES = 4 * 1024 * 1024
 MIN_IMAGE_BYTES = 100  # spec §5.5: fewer decoded bytes is ERROR_ZERO_CAPTCHA_FILESIZE
 MAX_IMAGE_BYTES = 51_200  # spec §5.5: more decoded bytes is ERROR_TOO_BIG_CAPTCHA_FILESIZE
 

@@ -47,6 +47,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -537,6 +538,33 @@ def hand_back(desk: Desk, lease: dict[str, Any]) -> None:
         warn(f"task {lease.get('taskId')} handed back to the queue")
 
 
+class CtrlC:
+    """The SIGINT handler. While a lease call is pending (``deferring``), the first Ctrl-C
+    is only counted, and the waiting loop polls the count: a KeyboardInterrupt raised
+    there could surface at any bytecode, e.g. outside the loop's ``try`` (it then skipped
+    the hand-back) or inside ``threading.Event.wait`` between a lock's acquire and the
+    ``with`` that releases it (the lease thread's ``done.set()`` then blocked forever and
+    the program hung). Elsewhere, and for a second Ctrl-C, it raises KeyboardInterrupt
+    as usual: stopping at once is what is wanted then."""
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self.count = 0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if not self.deferring or self.count > 1:
+            raise KeyboardInterrupt
+
+    def install(self) -> None:
+        # a SIGINT ignored by whoever started us (e.g. `cmd &` in a script) stays ignored
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self)
+
+
+CTRL_C = CtrlC()
+
+
 def next_lease(desk: Desk, types: list[str], wait_s: float, stdin: Stdin,
                announce: bool) -> dict[str, Any] | None:
     """One long-polling lease call, made in a thread so that the end of input and Ctrl-C
@@ -558,25 +586,24 @@ def next_lease(desk: Desk, types: list[str], wait_s: float, stdin: Stdin,
         finally:
             done.set()
 
-    threading.Thread(target=call, name="lease", daemon=True).start()
-    told = interrupted = False
-    while True:
-        try:
-            if announce:  # once the call is under way, and where Ctrl-C is handled
-                announce = False
-                out(f"waiting for a task of {', '.join(types)} from {desk.url}"
-                    " (Ctrl-C or Ctrl-D stops)")
-            if done.wait(timeout=0.2):
-                break
-        except KeyboardInterrupt:
-            if interrupted:
-                raise  # a second Ctrl-C: stop now
-            interrupted = True
-        if (stdin.ended.is_set() or interrupted) and not told and not done.is_set():
-            print(file=sys.stderr)
-            warn(f"stopping once the pending lease call ends (at most {wait_s:.0f} s;"
-                 f" Ctrl-C {'again ' if interrupted else ''}stops now)")
-            told = True
+    CTRL_C.count = 0
+    CTRL_C.deferring = True  # the first Ctrl-C from here on is only counted (see CtrlC)
+    try:
+        threading.Thread(target=call, name="lease", daemon=True).start()
+        if announce:
+            out(f"waiting for a task of {', '.join(types)} from {desk.url}"
+                " (Ctrl-C or Ctrl-D stops)")
+        told = False
+        while not done.wait(timeout=0.2):
+            if (stdin.ended.is_set() or CTRL_C.count) and not told:
+                print(file=sys.stderr)
+                warn(f"stopping once the pending lease call ends (at most {wait_s:.0f} s;"
+                     f" Ctrl-C {'again ' if CTRL_C.count else ''}stops now)")
+                told = True
+                CTRL_C.deferring = False  # from now on Ctrl-C stops at once, as told
+    finally:
+        CTRL_C.deferring = False
+    interrupted = CTRL_C.count > 0
     if failure:
         raise failure[0]
     lease = answer[0] if answer else None
@@ -650,6 +677,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    CTRL_C.install()
     try:
         return run(parse_args(argv))
     except KeyboardInterrupt:  # Ctrl-C outside the loop (e.g. while starting)

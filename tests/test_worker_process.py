@@ -302,3 +302,60 @@ def test_worker_with_a_bad_token_stops_with_one_line(stack: Stack) -> None:
         lines = worker.stderr().splitlines()
         assert "Traceback" not in worker.stderr(), lines
         assert lines == [TOKEN_REFUSED], (name, lines)  # one clean line, no request log
+
+
+def execute(stack: Stack, sql: str, args: tuple[Any, ...] = ()) -> None:
+    conn = sqlite3.connect(stack.db, timeout=10)
+    try:
+        with conn:
+            conn.execute(sql, args)
+    finally:
+        conn.close()
+
+
+def test_worker_fails_a_bad_lease_uncharged_and_goes_on(stack: Stack) -> None:
+    # tasks a client could never create (createTask checks them), as a damaged row or a
+    # different server version could still hand out: each is one log line and a failure
+    # that costs the client nothing, and the worker solves the good task queued behind them
+    bad = {
+        "bad base64": ("payload", '{"type": "ImageToTextTask", "body": "%%not base64%%"}'),
+        "not an image": ("payload", '{"type": "ImageToTextTask", "body": "'
+                         + b64(b"this is not an image at all " * 8) + '"}'),
+        "task not an object": ("payload", '"ImageToTextTask"'),
+        "unknown option": ("options", '{"image": {"module": "universal", "speed": 9}}'),
+        "option of a wrong type": ("options", '{"image": {"threshold": "high"}}'),
+    }
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        served = client.post("/worker/v1/lease", json={
+            "workerToken": stack.token, "types": [IMAGE], "waitSeconds": 0}).json()
+        assert served == {"errorId": 0, "leases": []}, served  # ImageToText is served now
+        damaged: dict[int, str] = {}
+        for name, (column, value) in bad.items():
+            answer = create(client, stack.key, FIRST_TEXTS[0])
+            assert answer["errorId"] == 0, answer
+            execute(stack, f"UPDATE tasks SET {column} = ? WHERE id = ?",
+                    (value, answer["taskId"]))
+            damaged[answer["taskId"]] = name
+        good = create(client, stack.key, FIRST_TEXTS[1])
+        assert good["errorId"] == 0, good
+        # time for the worker to load its recogniser on a busy machine
+        execute(stack, "UPDATE tasks SET deadline_at = deadline_at + ?", (START_S,))
+
+        worker = stack.worker(stack.token, "worker")
+        try:
+            final = wait_final(client, stack, [*damaged, good["taskId"]], START_S + DEADLINE_S)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nworker:\n{worker.log_text()}") from None
+
+    assert worker.proc.poll() is None, worker.log_text()  # still serving
+    for task_id, name in damaged.items():
+        assert final[task_id]["errorCode"] == "ERROR_CAPTCHA_UNSOLVABLE", (name, final[task_id])
+    assert final[good["taskId"]]["solution"] == {"text": FIRST_TEXTS[1]}, final[good["taskId"]]
+    assert charges(stack) == {good["taskId"]: [-PRICE_UNITS]}
+    assert books(stack) == (OPENING_UNITS - PRICE_UNITS, 0, OPENING_UNITS - PRICE_UNITS)
+    log = worker.stderr()
+    assert "Traceback" not in log, worker.log_text()
+    for task_id in damaged:
+        lines = [line for line in log.splitlines() if f"task {task_id}:" in line]
+        assert len(lines) == 1 and "failed as ERROR_CAPTCHA_UNSOLVABLE" in lines[0], (
+            task_id, worker.log_text())

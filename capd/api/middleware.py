@@ -9,6 +9,8 @@ from functools import lru_cache
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from capd.constants import MAX_DRAIN_BYTES
+
 CLIENT_IP = "capd.client_ip"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -28,7 +30,11 @@ class ClientAddressMiddleware:
     """Puts the caller's address in ``scope[CLIENT_IP]`` (spec §4).
 
     The socket peer, unless the peer is a trusted proxy: then the right-most
-    ``X-Forwarded-For`` entry that is not itself a trusted proxy.
+    ``X-Forwarded-For`` entry that is not itself a trusted proxy. When that walk meets
+    an entry that is not an IP address ("unknown", garbage) before an untrusted one,
+    the caller cannot be known: the request is refused with ERROR_IP_NOT_ALLOWED
+    rather than attributed to the proxy (which would share one address's limits and
+    bans among everyone behind it, and let the proxy's own allowances through).
     """
 
     def __init__(self, app: ASGIApp, trusted_proxies: Iterable[Network] = ()) -> None:
@@ -41,39 +47,71 @@ class ClientAddressMiddleware:
     def _is_trusted(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(addr in net for net in self.trusted if net.version == addr.version)
 
+    def _forwarded_client(self, headers: Iterable[tuple[bytes, bytes]],
+                          proxy: str) -> str | None:
+        """The client behind a trusted proxy; None when X-Forwarded-For cannot name it."""
+        forwarded: list[str] = []
+        for name, value in headers:
+            if name == b"x-forwarded-for":
+                forwarded.extend(value.decode("latin-1").split(","))
+        client = proxy
+        for entry in reversed(forwarded):
+            if not entry.strip():
+                continue  # an empty list element ("a, , b") names no hop
+            hop = _addr(entry)
+            if hop is None:
+                return None
+            client = str(hop)
+            if not self._is_trusted(hop):
+                break
+        return client
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             peer = scope.get("client")
             peer_text = peer[0] if peer else "0.0.0.0"
             addr = _addr(peer_text)
-            client = str(addr) if addr is not None else peer_text
+            client: str | None = str(addr) if addr is not None else peer_text
             if addr is not None and self.trusted and self._is_trusted(addr):
-                forwarded: list[str] = []
-                for name, value in scope["headers"]:
-                    if name == b"x-forwarded-for":
-                        forwarded.extend(value.decode("latin-1").split(","))
-                for entry in reversed(forwarded):
-                    hop = _addr(entry)
-                    if hop is None:
-                        break
-                    client = str(hop)
-                    if not self._is_trusted(hop):
-                        break
+                client = self._forwarded_client(scope["headers"], str(addr))
+            if client is None:
+                await _error(scope, send, "ERROR_IP_NOT_ALLOWED",
+                             "X-Forwarded-For from a trusted proxy does not name the client")
+                return
             scope[CLIENT_IP] = client
         await self.app(scope, receive, send)
 
 
-class BodyLimitMiddleware:
-    """Refuses bodies over the limit before they are read (spec §1).
+async def _error(scope: Scope, send: Send, code: str, description: str) -> None:
+    """Answer a request refused by a middleware in its door's dialect: plain text for
+    2captcha's ``*.php``, else a CapMonster-style JSON error (HTTP 200, spec §1)."""
+    if scope["path"].rstrip("/").endswith(".php"):
+        body, media = code.encode(), b"text/plain; charset=utf-8"
+    else:
+        body = orjson.dumps({"errorId": 1, "errorCode": code, "errorDescription": description})
+        media = b"application/json"
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", media),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
-    A declared Content-Length over the limit is answered at once; a body without one is
-    counted as it streams (``BodyTooLarge`` raised to the reader).
+
+class BodyLimitMiddleware:
+    """Refuses bodies over the limit without parsing them (spec §1).
+
+    A declared Content-Length over the limit is refused without calling the app; a
+    body without one is counted as it streams (``BodyTooLarge`` raised to the reader).
+    Either way the body is first read and discarded up to ``drain_bytes`` in all, so
+    that a client still sending it reads the refusal rather than a connection reset
+    (closing a socket with unread data makes the kernel send RST, which can destroy the
+    response in flight); a longer body is refused at once and the connection closed.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, create_paths: Iterable[str],
-                 text_paths: Iterable[str] = ()) -> None:
+                 text_paths: Iterable[str] = (), drain_bytes: int = MAX_DRAIN_BYTES) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.drain_bytes = max(drain_bytes, max_bytes)
         self.create_paths = frozenset(create_paths)
         self.text_paths = frozenset(text_paths)  # 2captcha's in.php answers in plain text
 
@@ -90,28 +128,46 @@ class BodyLimitMiddleware:
                     declared = None
                 break
         if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, send)
+            drained = declared <= self.drain_bytes and await self._drain(receive, 0)
+            await self._refuse(scope, send, close=not drained)
             return
         seen = 0
+        ended = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, ended
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                ended = not message.get("more_body", False)
                 if seen > self.max_bytes:
+                    if not ended:
+                        await self._drain(receive, seen)
                     raise BodyTooLarge()
             return message
 
         await self.app(scope, counting_receive, send)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
+    async def _drain(self, receive: Receive, seen: int) -> bool:
+        """Read and discard the rest of the body; True when it ended within drain_bytes."""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False  # the client has gone
+            seen += len(message.get("body", b""))
+            if seen > self.drain_bytes:
+                return False
+            if not message.get("more_body", False):
+                return True
+
+    async def _refuse(self, scope: Scope, send: Send, close: bool) -> None:
+        closing = [(b"connection", b"close")] if close else []
         if scope["path"].rstrip("/") in self.text_paths:
             text = b"ERROR_TOO_BIG_CAPTCHA_FILESIZE"
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                                     (b"content-length", str(len(text)).encode()),
-                                    (b"connection", b"close")]})
+                                    *closing]})
             await send({"type": "http.response.body", "body": text})
             return
         if scope["path"].rstrip("/") in self.create_paths:
@@ -125,7 +181,7 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+                                *closing]})
         await send({"type": "http.response.body", "body": body})
 
 

@@ -1,9 +1,24 @@
 """The one guard against outbound connections to internal addresses (spec §5.4).
 
-"Internal" is every address that is not globally routable: loopback, private,
-link-local, unique-local, unspecified, multicast, reserved, shared (CGN) ranges, and the
-IPv6 forms that embed such an IPv4 address (IPv4-mapped, NAT64, 6to4). Hosts spelled as
-decimal, octal or hex integers are read the way a C resolver reads them.
+"Internal" is every address that is not a public unicast address:
+
+- every range of IANA's special-purpose address registries that is not globally
+  reachable (the tables below, kept here so that a reader can check them line by line
+  against the registries; see V4_NOT_ENFORCED for three IPv4 entries left to the
+  standard library),
+- multicast, and every IPv6 address outside 2000::/3, the only block IANA allocates as
+  global unicast (so the deprecated IPv4-compatible ``::a.b.c.d``, the SIIT
+  IPv4-translated ``::ffff:0:a.b.c.d``, ``::2`` and the rest of ``::/8``, site-local
+  ``fec0::/10``),
+- the IPv6 forms that embed an internal IPv4 address: IPv4-mapped ``::ffff:a.b.c.d``,
+  NAT64 well-known ``64:ff9b::a.b.c.d`` and 6to4 ``2002:AABB:CCDD::``; these three are
+  decided by the embedded address, so that ``::ffff:8.8.8.8`` stays public. The NAT64
+  local-use block ``64:ff9b:1::/48`` is internal whatever it embeds (the registry marks
+  it not globally reachable; where in it an IPv4 address sits depends on the operator's
+  prefix length).
+
+Hosts spelled as decimal, octal or hex integers are read the way a C resolver reads them.
+An operator who allows private targets lifts all of this (``AddressGuard.allow_private``).
 """
 
 from __future__ import annotations
@@ -16,8 +31,87 @@ from collections.abc import Awaitable, Callable
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str], Awaitable[list[str]]]
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_6TO4 = ipaddress.ip_network("2002::/16")
+# IANA IPv4 Special-Purpose Address Registry (RFC 6890 and its updates),
+# https://www.iana.org/assignments/iana-ipv4-special-registry/ : every entry, as
+# (block, name, source, the registry's "Globally Reachable": True, False or None for
+# N/A). An address in an entry that is not globally reachable is internal; the
+# globally reachable ones (anycast, AS112 and AMT services) are public addresses.
+IPV4_SPECIAL: tuple[tuple[str, str, str, bool | None], ...] = (
+    ("0.0.0.0/8", "This network", "RFC 791", False),
+    ("0.0.0.0/32", "This host on this network", "RFC 1122", False),
+    ("10.0.0.0/8", "Private-Use", "RFC 1918", False),
+    ("100.64.0.0/10", "Shared Address Space", "RFC 6598", False),
+    ("127.0.0.0/8", "Loopback", "RFC 1122", False),
+    ("169.254.0.0/16", "Link Local", "RFC 3927", False),
+    ("172.16.0.0/12", "Private-Use", "RFC 1918", False),
+    ("192.0.0.0/24", "IETF Protocol Assignments", "RFC 6890", False),
+    ("192.0.0.0/29", "IPv4 Service Continuity Prefix", "RFC 7335", False),
+    ("192.0.0.8/32", "IPv4 dummy address", "RFC 7600", False),
+    ("192.0.0.9/32", "Port Control Protocol Anycast", "RFC 7723", True),
+    ("192.0.0.10/32", "Traversal Using Relays around NAT Anycast", "RFC 8155", True),
+    ("192.0.0.170/32", "NAT64/DNS64 Discovery", "RFC 8880", False),
+    ("192.0.0.171/32", "NAT64/DNS64 Discovery", "RFC 8880", False),
+    ("192.0.2.0/24", "Documentation (TEST-NET-1)", "RFC 5737", False),
+    ("192.31.196.0/24", "AS112-v4", "RFC 7535", True),
+    ("192.52.193.0/24", "AMT", "RFC 7450", True),
+    ("192.88.99.0/24", "Deprecated (6to4 Relay Anycast)", "RFC 7526", None),
+    ("192.168.0.0/16", "Private-Use", "RFC 1918", False),
+    ("192.175.48.0/24", "Direct Delegation AS112 Service", "RFC 7534", True),
+    ("198.18.0.0/15", "Benchmarking", "RFC 2544", False),
+    ("198.51.100.0/24", "Documentation (TEST-NET-2)", "RFC 5737", False),
+    ("203.0.113.0/24", "Documentation (TEST-NET-3)", "RFC 5737", False),
+    ("240.0.0.0/4", "Reserved", "RFC 1112", False),
+    ("255.255.255.255/32", "Limited Broadcast", "RFC 919", False),
+)
+
+# IANA IPv6 Special-Purpose Address Registry (RFC 6890 and its updates),
+# https://www.iana.org/assignments/iana-ipv6-special-registry/ : every entry, as above.
+# Every IPv6 entry is internal (those marked globally reachable sit inside blocks that
+# are not, or are services capd has no business calling) except the IPv4-mapped, NAT64
+# well-known and 6to4 blocks, which are decided by the IPv4 address they embed.
+IPV6_SPECIAL: tuple[tuple[str, str, str, bool | None], ...] = (
+    ("::1/128", "Loopback Address", "RFC 4291", False),
+    ("::/128", "Unspecified Address", "RFC 4291", False),
+    ("::ffff:0:0/96", "IPv4-mapped Address", "RFC 4291", False),
+    ("64:ff9b::/96", "IPv4-IPv6 Translat.", "RFC 6052", True),
+    ("64:ff9b:1::/48", "IPv4-IPv6 Translat. (local-use)", "RFC 8215", False),
+    ("100::/64", "Discard-Only Address Block", "RFC 6666", False),
+    ("2001::/23", "IETF Protocol Assignments", "RFC 2928", False),
+    ("2001::/32", "TEREDO", "RFC 4380", None),
+    ("2001:1::1/128", "Port Control Protocol Anycast", "RFC 7723", True),
+    ("2001:1::2/128", "Traversal Using Relays around NAT Anycast", "RFC 8155", True),
+    ("2001:1::3/128", "DNS-SD Service Registration Protocol Anycast", "RFC 9665", True),
+    ("2001:2::/48", "Benchmarking", "RFC 5180", False),
+    ("2001:3::/32", "AMT", "RFC 7450", True),
+    ("2001:4:112::/48", "AS112-v6", "RFC 7535", True),
+    ("2001:10::/28", "Deprecated (previously ORCHID)", "RFC 4843", False),
+    ("2001:20::/28", "ORCHIDv2", "RFC 7343", True),
+    ("2001:30::/28", "Drone Remote ID Protocol Entity Tags (DETs) Prefix", "RFC 9374", True),
+    ("2001:db8::/32", "Documentation", "RFC 3849", False),
+    ("2002::/16", "6to4", "RFC 3056", None),
+    ("2620:4f:8000::/48", "Direct Delegation AS112 Service", "RFC 7534", True),
+    ("3fff::/20", "Documentation", "RFC 9637", False),
+    ("5f00::/16", "Segment Routing (SRv6) SIDs", "RFC 9602", False),
+    ("fc00::/7", "Unique-Local", "RFC 4193", False),
+    ("fe80::/10", "Link-Local Unicast", "RFC 4291", False),
+)
+
+# Registry entries not enforced on their own (their addresses are internal only where
+# a more specific entry says so): CPython before 3.11.10 / 3.12.4 (CVE-2024-4032) counts
+# them global, and tests/hardening's property test takes ipaddress.is_global as its
+# oracle for "public". Nothing an attacker could reach inward lives there.
+V4_NOT_ENFORCED = frozenset({"192.0.0.0/24", "192.0.0.8/32", "192.88.99.0/24"})
+_V4_SPECIAL = tuple(ipaddress.IPv4Network(block) for block, _, _, reachable in IPV4_SPECIAL
+                    if reachable is not True and block not in V4_NOT_ENFORCED)
+_V4_MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")  # IPv4 Multicast Address Space
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_6TO4 = ipaddress.IPv6Network("2002::/16")
+_EMBEDDING = (ipaddress.IPv6Network("::ffff:0:0/96"), _NAT64, _6TO4)
+_V6_SPECIAL = tuple(net for net in (ipaddress.IPv6Network(block) for block, *_ in
+                                    IPV6_SPECIAL) if net not in _EMBEDDING)
+# IANA IPv6 Address Space: only 2000::/3 is global unicast; everything else is
+# reserved, unique-local, link-local or multicast
+_V6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
 
 
 def literal_address(host: str) -> IPAddress | None:
@@ -35,17 +129,27 @@ def literal_address(host: str) -> IPAddress | None:
     return None
 
 
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped, NAT64 well-known-prefix or 6to4 address carries."""
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr in _NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr in _6TO4:
+        return ipaddress.IPv4Address((int(addr) >> 80) & 0xFFFFFFFF)
+    return None
+
+
 def is_internal(addr: IPAddress) -> bool:
-    """True when ``addr`` is not a public unicast address."""
-    if isinstance(addr, ipaddress.IPv6Address):
-        embedded = addr.ipv4_mapped
-        if embedded is None and addr in _NAT64:
-            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-        if embedded is None and addr in _6TO4:
-            embedded = ipaddress.IPv4Address((int(addr) >> 80) & 0xFFFFFFFF)
-        if embedded is not None and is_internal(embedded):
-            return True
-    return addr.is_multicast or not addr.is_global
+    """True when ``addr`` is not a public unicast address (see the module docstring)."""
+    if isinstance(addr, ipaddress.IPv4Address):
+        return addr in _V4_MULTICAST or any(addr in net for net in _V4_SPECIAL) or (
+            not addr.is_global)
+    embedded = embedded_ipv4(addr)
+    if embedded is not None:
+        return is_internal(embedded)
+    return (addr not in _V6_GLOBAL_UNICAST or any(addr in net for net in _V6_SPECIAL)
+            or addr.is_multicast or not addr.is_global)
 
 
 async def system_resolver(host: str) -> list[str]:
