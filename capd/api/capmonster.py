@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,6 +14,7 @@ from starlette.routing import Route
 from capd.api.middleware import CLIENT_IP, BodyTooLarge
 from capd.errors import CATALOGUE, CapdError
 from capd.service import Service
+from capd.store.base import StoreUnavailable
 
 log = logging.getLogger("capd.api")
 
@@ -23,10 +22,7 @@ Handler = Callable[..., Awaitable[dict[str, Any]]]
 CREATE_PATHS = ("/createTask",)
 # The store cannot answer (locked or full SQLite file, PostgreSQL down or refusing
 # connections): ERROR_SERVICE_UNAVAILABLE, which clients retry, not ERROR_INTERNAL.
-STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    sqlite3.OperationalError, OSError, TimeoutError, asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError)
+STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (StoreUnavailable,)
 
 
 def json_response(payload: dict[str, Any], status: int = 200) -> Response:

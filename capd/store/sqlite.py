@@ -9,14 +9,11 @@ processes (the CLI) share the file through SQLite's own locking with a busy time
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-from capd.domain.money import MAX_UNITS
-from capd.errors import InsufficientFunds
 from capd.store.base import (
     Account,
     Ban,
@@ -27,37 +24,85 @@ from capd.store.base import (
     Task,
     TaskState,
     WorkerToken,
+    raises_store_unavailable,
 )
 from capd.store.counters import MemoryCounters
 from capd.store.migrations import migration_scripts
-
-_TASK_COLS = (
-    "id, account_id, type, payload, options, state, price_units, reserved_units, created_at,"
-    " deadline_at, lease_until, lease_owner, attempts, ended_at, solution, error_code,"
-    " cost_units, client_ip, callback_url, reported_at"
+from capd.store.transitions import (
+    BAN_COLS,
+    SQLITE,
+    TASK_COLS,
+    TASK_COLS_LIGHT,
+    Transitions,
+    Tx,
+    ban_from_row,
+    task_from_row,
 )
-# the poll path reads a task without its payload (an image can be 70 KB of base64)
-_TASK_COLS_LIGHT = _TASK_COLS.replace("payload,", "'{}',")
+
 _CACHE_LIMIT = 50_000
-_BAN_COLS = "id, scope, ip, account_id, reason, started_at, ends_at, lifted_at"
+_TRANSITIONS = Transitions(SQLITE)
+# SQLite's primary result codes that mean "cannot answer now", not "wrong statement"
+_OUTAGE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
+                           sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+                           sqlite3.SQLITE_PROTOCOL})
 
 
-def _task(row: tuple[Any, ...]) -> Task:
-    return Task(
-        id=row[0], account_id=row[1], type=row[2], payload=orjson.loads(row[3]),
-        options=orjson.loads(row[4]), state=TaskState(row[5]), price_units=row[6],
-        reserved_units=row[7], created_at=row[8], deadline_at=row[9], lease_until=row[10],
-        lease_owner=row[11], attempts=row[12], ended_at=row[13],
-        solution=orjson.loads(row[14]) if row[14] is not None else None,
-        error_code=row[15], cost_units=row[16], client_ip=row[17], callback_url=row[18],
-        reported_at=row[19],
-    )
+def _is_outage(exc: BaseException) -> bool:
+    """A locked, full, read-only or unreadable database file (and the OS errors behind it)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is None or code & 0xFF in _OUTAGE_CODES
+    return isinstance(exc, OSError)
 
 
-def _ban(row: tuple[Any, ...]) -> Ban:
-    return Ban(*row)
+class _Db:
+    """The connection as the shared transitions see it (``capd.store.transitions.Db``).
+
+    The coroutines never suspend: a transaction runs start to end without yielding to the
+    event loop, so no other request's statements can land inside it."""
+
+    __slots__ = ("_conn", "_store")
+
+    def __init__(self, conn: sqlite3.Connection, store: SQLiteStore) -> None:
+        self._conn = conn
+        self._store = store
+
+    async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        row: Sequence[Any] | None = self._conn.execute(sql, args).fetchone()
+        return row
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        return self._conn.execute(sql, args).fetchall()
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        self._conn.execute(sql, args)
+
+    def transaction(self) -> _Db:
+        return self
+
+    async def __aenter__(self) -> _Db:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is not None:
+            self._conn.execute("ROLLBACK")
+            return
+        try:
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:  # a failed COMMIT (disk full) may leave it open
+                self._conn.execute("ROLLBACK")
+            raise
+
+    async def keys_changed(self, tx: Tx) -> None:
+        self._store._invalidate()
+
+    async def task_queued(self, tx: Tx, task_type: str) -> None:
+        """One serving process: the dispatcher hears of new work directly."""
 
 
+@raises_store_unavailable(_is_outage)
 class SQLiteStore:
     """Store backend on one SQLite database file."""
 
@@ -85,6 +130,7 @@ class SQLiteStore:
         self._worker_tokens: dict[str, WorkerToken | None] = {}
         # last time a worker asked for each type; one serving process in SQLite mode
         self._worker_seen: dict[str, float] = {}
+        self._conn = _Db(self._db, self)
 
     def _fresh(self) -> None:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -96,17 +142,6 @@ class SQLiteStore:
         self._callers.clear()
         self._ban_cache.clear()
         self._worker_tokens.clear()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         return self._db.execute(sql, args).fetchone()
@@ -143,14 +178,10 @@ class SQLiteStore:
         """One serving process: the dispatcher hears of new work directly."""
 
     # -- accounts and keys -----------------------------------------------------------------
-    async def create_account(self, name: str, key: str, now: float) -> int:
-        self._invalidate()
-        with self._tx() as db:
-            cur = db.execute("INSERT INTO accounts (name, created_at) VALUES (?, ?)", (name, now))
-            account_id = int(cur.lastrowid or 0)
-            db.execute("INSERT INTO api_keys (key, account_id, created_at) VALUES (?, ?, ?)",
-                       (key, account_id, now))
-        return account_id
+    async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
+                             actor: str = "operator", note: str = "") -> int:
+        return await _TRANSITIONS.create_account(self._conn, name, key, now, opening_units,
+                                                 actor, note)
 
     async def add_key(self, account_id: int, key: str, now: float) -> None:
         self._invalidate()
@@ -213,21 +244,8 @@ class SQLiteStore:
     # -- money -------------------------------------------------------------------------------
     async def adjust_balance(self, account_id: int, amount_units: int, kind: str, actor: str,
                              note: str, now: float) -> int:
-        with self._tx() as db:
-            row = db.execute("SELECT balance_units, reserved_units FROM accounts WHERE id = ?",
-                             (account_id,)).fetchone()
-            if row is None:
-                raise KeyError(account_id)
-            if row[0] + amount_units < row[1]:
-                raise InsufficientFunds()
-            if row[0] + amount_units > MAX_UNITS:
-                raise ValueError("balance would leave the supported range")
-            db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, actor, note)"
-                       " VALUES (?, ?, ?, ?, ?, ?)",
-                       (account_id, now, kind, amount_units, actor, note))
-            db.execute("UPDATE accounts SET balance_units = balance_units + ? WHERE id = ?",
-                       (amount_units, account_id))
-        return int(row[0] + amount_units)
+        return await _TRANSITIONS.adjust_balance(self._conn, account_id, amount_units, kind,
+                                                 actor, note, now)
 
     async def ledger(self, account_id: int, limit: int = 20) -> list[LedgerEntry]:
         rows = self._db.execute(
@@ -242,29 +260,7 @@ class SQLiteStore:
 
     # -- tasks -------------------------------------------------------------------------------
     async def create_task(self, task: NewTask, new_id: Callable[[], int]) -> int:
-        payload = orjson.dumps(task.payload).decode()
-        options = orjson.dumps(task.options).decode()
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE accounts SET reserved_units = reserved_units + ?"
-                " WHERE id = ? AND balance_units - reserved_units >= ?",
-                (task.price_units, task.account_id, task.price_units))
-            if cur.rowcount != 1:
-                raise InsufficientFunds()
-            for _ in range(20):
-                task_id = new_id()
-                try:
-                    db.execute(
-                        "INSERT INTO tasks (id, account_id, type, payload, options, state,"
-                        " price_units, reserved_units, created_at, deadline_at, client_ip,"
-                        " callback_url) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                        (task_id, task.account_id, task.type, payload, options,
-                         task.price_units, task.price_units, task.created_at, task.deadline_at,
-                         task.client_ip, task.callback_url))
-                    return task_id
-                except sqlite3.IntegrityError:
-                    continue
-            raise RuntimeError("could not draw an unused task id")
+        return await _TRANSITIONS.create_task(self._conn, task, new_id)
 
     async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:
         if not with_payload:
@@ -272,11 +268,11 @@ class SQLiteStore:
             final = self._final_tasks.get(task_id)
             if final is not None:
                 return final
-        cols = _TASK_COLS if with_payload else _TASK_COLS_LIGHT
+        cols = TASK_COLS if with_payload else TASK_COLS_LIGHT
         row = self._one(f"SELECT {cols} FROM tasks WHERE id = ?", (task_id,))
         if row is None:
             return None
-        task = _task(row)
+        task = task_from_row(row)
         if not with_payload and task.state in (TaskState.SOLVED, TaskState.FAILED):
             if len(self._final_tasks) >= _CACHE_LIMIT:
                 self._final_tasks.clear()
@@ -285,82 +281,27 @@ class SQLiteStore:
 
     async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
                           now: float) -> list[Task]:
-        if not types or limit <= 0:
-            return []
-        marks = ",".join("?" * len(types))
-        with self._tx() as db:
-            rows = db.execute(
-                f"UPDATE tasks SET state = 'leased', lease_until = ?, lease_owner = ?,"
-                f" attempts = attempts + 1 WHERE id IN ("
-                f"  SELECT id FROM tasks WHERE type IN ({marks})"
-                f"   AND state IN ('queued', 'leased')"
-                f"   AND (state = 'queued' OR lease_until <= ?) AND deadline_at > ?"
-                f"  ORDER BY created_at, id LIMIT ?) RETURNING {_TASK_COLS}",
-                (now + lease_s, owner, *types, now, now, limit)).fetchall()
-        return sorted((_task(r) for r in rows), key=lambda t: (t.created_at, t.id))
+        return await _TRANSITIONS.claim_tasks(self._conn, types, limit, owner, lease_s, now)
 
     async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
                           error_code: str | None = None, owner: str | None = None) -> Task | None:
-        if (solution is None) == (error_code is None):
-            raise ValueError("finish_task needs exactly one of solution and error_code")
-        with self._tx() as db:
-            row = db.execute("SELECT state, account_id, reserved_units, price_units, lease_owner,"
-                             " lease_until FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            if row is None or row[0] not in ("queued", "leased"):
-                return None
-            state, account_id, reserved, price, lease_owner, lease_until = row
-            if owner is not None and (state != "leased" or lease_owner != owner
-                                      or lease_until is None or lease_until <= now):
-                return None
-            charge = price if solution is not None else 0
-            db.execute(
-                "UPDATE tasks SET state = ?, ended_at = ?, solution = ?, error_code = ?,"
-                " cost_units = ?, reserved_units = 0, lease_until = NULL WHERE id = ?",
-                ("solved" if solution is not None else "failed", now,
-                 orjson.dumps(solution).decode() if solution is not None else None,
-                 error_code, charge, task_id))
-            db.execute("UPDATE accounts SET reserved_units = reserved_units - ?,"
-                       " balance_units = balance_units - ? WHERE id = ?",
-                       (reserved, charge, account_id))
-            if charge:
-                db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, task_id,"
-                           " actor, note) VALUES (?, ?, 'charge', ?, ?, 'capd', 'task solved')",
-                           (account_id, now, -charge, task_id))
-            done = db.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE id = ?",
-                              (task_id,)).fetchone()
-        return _task(done)
+        return await _TRANSITIONS.finish_task(self._conn, task_id, now, solution, error_code,
+                                              owner)
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
                            now: float) -> float | None:
-        row = self._db.execute(
-            "UPDATE tasks SET lease_until = MIN(?, deadline_at) WHERE id = ?"
-            " AND state = 'leased' AND lease_owner = ? AND lease_until > ?"
-            " RETURNING lease_until", (until, task_id, owner, now)).fetchone()
-        return float(row[0]) if row else None
+        return await _TRANSITIONS.extend_lease(self._conn, task_id, owner, until, now)
 
     async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
         rows = self._db.execute(
-            f"SELECT {_TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
+            f"SELECT {TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
             f" AND deadline_at <= ? ORDER BY deadline_at LIMIT ?", (now, limit)).fetchall()
-        return [_task(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     async def report_task(self, task_id: int, account_id: int, refund: bool, now: float,
                           window_s: float) -> bool:
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE tasks SET reported_at = ? WHERE id = ? AND account_id = ?"
-                " AND state = 'solved' AND reported_at IS NULL AND ended_at >= ?"
-                " RETURNING cost_units", (now, task_id, account_id, now - window_s))
-            row = cur.fetchone()
-            if row is None:
-                return False
-            if refund and row[0] > 0:
-                db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, task_id,"
-                           " actor, note) VALUES (?, ?, 'refund', ?, ?, 'capd',"
-                           " 'reported incorrect')", (account_id, now, row[0], task_id))
-                db.execute("UPDATE accounts SET balance_units = balance_units + ? WHERE id = ?",
-                           (row[0], account_id))
-        return True
+        return await _TRANSITIONS.report_task(self._conn, task_id, account_id, refund, now,
+                                              window_s)
 
     async def queue_depth(self, task_type: str) -> int:
         row = self._one("SELECT COUNT(*) FROM tasks WHERE type = ? AND state = 'queued'",
@@ -394,10 +335,10 @@ class SQLiteStore:
             if cached is None or cached.ends_at > now:
                 return cached
         row = self._one(
-            f"SELECT {_BAN_COLS} FROM bans WHERE ip = ? AND scope = ? AND ends_at > ?"
+            f"SELECT {BAN_COLS} FROM bans WHERE ip = ? AND scope = ? AND ends_at > ?"
             f" AND lifted_at IS NULL AND account_id IS ? ORDER BY ends_at DESC LIMIT 1",
             (ip, scope, now, account_id))
-        ban = _ban(row) if row else None
+        ban = ban_from_row(row) if row else None
         if len(self._ban_cache) >= _CACHE_LIMIT:
             self._ban_cache.clear()
         self._ban_cache[cache_key] = ban
@@ -410,7 +351,7 @@ class SQLiteStore:
 
     async def bans(self, now: float, active_only: bool = True,
                    account_id: int | None = None) -> list[Ban]:
-        sql = f"SELECT {_BAN_COLS} FROM bans WHERE 1 = 1"
+        sql = f"SELECT {BAN_COLS} FROM bans WHERE 1 = 1"
         args: list[Any] = []
         if active_only:
             sql += " AND ends_at > ? AND lifted_at IS NULL"
@@ -418,7 +359,7 @@ class SQLiteStore:
         if account_id is not None:
             sql += " AND account_id = ?"
             args.append(account_id)
-        return [_ban(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+        return [ban_from_row(r) for r in self._db.execute(sql + " ORDER BY id", args)]
 
     async def lift_ban(self, ban_id: int, now: float, by: str) -> bool:
         self._invalidate()
