@@ -30,12 +30,21 @@ class StoreUnavailable(OSError):
 
 
 _Cls = TypeVar("_Cls", bound=type)
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def without_io(method: _Fn) -> _Fn:
+    """Mark a store method that touches no database (nothing to translate, and the poll
+    path calls it often): ``raises_store_unavailable`` leaves it as it is."""
+    method.without_io = True  # type: ignore[attr-defined]
+    return method
 
 
 def raises_store_unavailable(is_outage: Callable[[BaseException], bool]
                              ) -> Callable[[_Cls], _Cls]:
-    """Class decorator for a backend: its public coroutine methods raise StoreUnavailable
-    (chained to the driver's error) wherever ``is_outage`` calls that error an outage."""
+    """Class decorator for a backend: its public coroutine methods, its own and those it
+    inherits, raise StoreUnavailable (chained to the driver's error) wherever
+    ``is_outage`` calls that error an outage."""
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -50,8 +59,8 @@ def raises_store_unavailable(is_outage: Callable[[BaseException], bool]
         return guarded
 
     def decorate(cls: _Cls) -> _Cls:
-        for name, value in list(vars(cls).items()):
-            if not name.startswith("_") and inspect.iscoroutinefunction(value):
+        for name, value in inspect.getmembers(cls, inspect.iscoroutinefunction):
+            if not name.startswith("_") and not getattr(value, "without_io", False):
                 setattr(cls, name, wrap(value))
         return cls
     return decorate

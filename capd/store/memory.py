@@ -30,7 +30,7 @@ from capd.store.base import (
     TaskState,
     WorkerToken,
 )
-from capd.store.counters import MemoryCounters
+from capd.store.counters import OneProcess
 from capd.store.migrations import migration_scripts
 from capd.store.transitions import (
     CHARGE_NOTE,
@@ -97,12 +97,13 @@ class _Token:
     revoked_at: float | None = None
 
 
-class MemoryStore:
+class MemoryStore(OneProcess):
     """Store backend on Python dicts; one process, nothing persisted."""
 
     backend = "memory"
 
     def __init__(self) -> None:
+        super().__init__()
         self._accounts: dict[int, Account] = {}
         self._keys: dict[str, KeyRecord] = {}
         self._whitelists: dict[int, set[str]] = {}
@@ -112,9 +113,7 @@ class MemoryStore:
         self._blocklist: dict[str, float] = {}
         self._proxy_bans: dict[tuple[str, int], float] = {}
         self._tokens: dict[str, _Token] = {}
-        self._worker_seen: dict[str, float] = {}
         self._meta: dict[str, str] = {}
-        self._counters = MemoryCounters()
         self._account_ids = itertools.count(1)
         self._ledger_ids = itertools.count(1)
         self._ban_ids = itertools.count(1)
@@ -128,9 +127,6 @@ class MemoryStore:
 
     async def close(self) -> None:
         """Nothing to release."""
-
-    async def subscribe(self, on_task: Callable[[str], None]) -> None:
-        """One process: the dispatcher hears of new work directly."""
 
     # -- accounts and keys -----------------------------------------------------------------
     async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
@@ -317,15 +313,6 @@ class MemoryStore:
                    if t.type == task_type and t.state == TaskState.QUEUED)
 
     # -- limits and bans ---------------------------------------------------------------------
-    async def incr_counter(self, name: str, window_s: float, now: float) -> int:
-        return self._counters.incr(name, window_s, now)
-
-    async def incr_counters(self, counters: list[tuple[str, float]], now: float) -> list[int]:
-        return [self._counters.incr(name, window_s, now) for name, window_s in counters]
-
-    async def sweep_counters(self, now: float) -> int:
-        return self._counters.sweep(now)
-
     async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
                       now: float, ends_at: float) -> int:
         if scope not in ("ip", "account_ip"):
@@ -406,13 +393,6 @@ class MemoryStore:
         if token is None or token.revoked_at is not None:
             return None
         return WorkerToken(token.id, token.name, token.types, token.created_at)
-
-    async def note_workers(self, types: list[str], now: float) -> None:
-        for task_type in types:
-            self._worker_seen[task_type] = max(now, self._worker_seen.get(task_type, now))
-
-    async def worker_seen_since(self, task_type: str, since: float) -> bool:
-        return self._worker_seen.get(task_type, float("-inf")) >= since
 
     # -- operator views ----------------------------------------------------------------------
     async def stats(self, now: float) -> dict[str, Any]:

@@ -19,27 +19,20 @@ import asyncpg
 import orjson
 
 from capd.store.base import (
-    Account,
     Ban,
     Caller,
-    KeyRecord,
-    LedgerEntry,
-    NewTask,
-    Task,
-    TaskState,
     WorkerToken,
     raises_store_unavailable,
 )
+from capd.store.counters import Bounded, FinalTasks
 from capd.store.migrations import migration_scripts
 from capd.store.transitions import (
     BAN_COLS,
     POSTGRES,
-    TASK_COLS,
-    TASK_COLS_LIGHT,
-    Transitions,
+    SqlTransitions,
+    Statements,
     Tx,
     ban_from_row,
-    task_from_row,
 )
 
 log = logging.getLogger("capd.store")
@@ -48,10 +41,7 @@ CHANNEL = "capd_tasks"
 # keys, whitelists and bans changed somewhere: every node drops its read caches at once
 INVALIDATE = "capd_invalidate"
 CACHE_TTL_S = 2.0  # a safety net under NOTIFY: no cached read outlives this
-_CACHE_LIMIT = 50_000
 _MIGRATION_LOCK = 0x63617064  # "capd": one node migrates at a time
-_FINAL_CACHE_LIMIT = 50_000
-_TRANSITIONS = Transitions(POSTGRES)
 # the server is down, restarting, refusing connections or out of resources; the pool
 # timed out or lost its connection
 _OUTAGES: tuple[type[BaseException], ...] = (
@@ -124,10 +114,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 @raises_store_unavailable(_is_outage)
-class PostgresStore:
+class PostgresStore(SqlTransitions):
     """Store backend on a PostgreSQL database (asyncpg connection pool)."""
 
     backend = "postgres"
+    _sql = Statements(POSTGRES)
 
     def __init__(self, url: str, min_connections: int = 1, max_connections: int = 10) -> None:
         self.url = url
@@ -136,14 +127,15 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         # a finished task never changes what a poll reads: safe to keep on any node
-        self._final_tasks: dict[int, Task] = {}
+        self._final_tasks = FinalTasks()
         # Key and ban reads are cached only while this node listens for invalidations
         # (a serving node); each entry also expires after CACHE_TTL_S.
         self._caching = False
         self._generation = 0
-        self._callers: dict[str, tuple[float, Caller | None]] = {}
-        self._ban_cache: dict[tuple[str, str, int | None], tuple[float, Ban | None]] = {}
-        self._db = _Db(self)
+        self._callers: Bounded[str, tuple[float, Caller | None]] = Bounded()
+        self._ban_cache: Bounded[tuple[str, str, int | None], tuple[float, Ban | None]] = (
+            Bounded())
+        self._tdb = _Db(self)
 
     async def _p(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -163,7 +155,7 @@ class PostgresStore:
 
     async def _changed(self, conn: asyncpg.Connection) -> None:
         """Tell every node (this one included) that keys, whitelists or bans changed."""
-        await self._db.keys_changed(_Conn(conn))
+        await self._tdb.keys_changed(_Conn(conn))
 
     # -- schema -----------------------------------------------------------------------------
     async def migrate(self) -> int:
@@ -204,11 +196,6 @@ class PostgresStore:
         await self._listener.add_listener(CHANNEL, handler)
 
     # -- accounts and keys -----------------------------------------------------------------
-    async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
-                             actor: str = "operator", note: str = "") -> int:
-        return await _TRANSITIONS.create_account(self._db, name, key, now, opening_units,
-                                                 actor, note)
-
     async def _write(self, sql: str, *args: Any) -> str:
         """One statement that changes keys, whitelists or bans, announced to every node."""
         pool = await self._p()
@@ -218,8 +205,7 @@ class PostgresStore:
         return status
 
     async def add_key(self, account_id: int, key: str, now: float) -> None:
-        await self._write("INSERT INTO api_keys (key, account_id, created_at)"
-                          " VALUES ($1, $2, $3)", key, account_id, now)
+        await self._write(self._sql.insert_key, key, account_id, now)
 
     async def revoke_key(self, key: str, now: float) -> bool:
         status = await self._write(
@@ -235,9 +221,7 @@ class PostgresStore:
         generation = self._generation
         caller = await self._read_caller(key)
         if self._caching and generation == self._generation:
-            if len(self._callers) >= _CACHE_LIMIT:
-                self._callers.clear()
-            self._callers[key] = (time.monotonic() + CACHE_TTL_S, caller)
+            self._callers.put(key, (time.monotonic() + CACHE_TTL_S, caller))
         return caller
 
     async def _read_caller(self, key: str) -> Caller | None:
@@ -247,29 +231,6 @@ class PostgresStore:
             " LEFT JOIN whitelist w ON w.account_id = k.account_id"
             " WHERE k.key = $1 AND k.revoked_at IS NULL GROUP BY k.account_id", key)
         return Caller(row[0], tuple(row[1])) if row else None
-
-    async def account(self, account_id: int) -> Account | None:
-        row = await (await self._p()).fetchrow(
-            "SELECT id, name, balance_units, reserved_units, created_at FROM accounts"
-            " WHERE id = $1", account_id)
-        return Account(*row) if row else None
-
-    async def account_for_key(self, key: str) -> Account | None:
-        row = await (await self._p()).fetchrow(
-            "SELECT a.id, a.name, a.balance_units, a.reserved_units, a.created_at"
-            " FROM accounts a JOIN api_keys k ON k.account_id = a.id WHERE k.key = $1", key)
-        return Account(*row) if row else None
-
-    async def keys(self, account_id: int) -> list[KeyRecord]:
-        rows = await (await self._p()).fetch(
-            "SELECT key, account_id, created_at, revoked_at FROM api_keys"
-            " WHERE account_id = $1 ORDER BY created_at, key", account_id)
-        return [KeyRecord(*r) for r in rows]
-
-    async def whitelist(self, account_id: int) -> list[str]:
-        rows = await (await self._p()).fetch(
-            "SELECT network FROM whitelist WHERE account_id = $1 ORDER BY network", account_id)
-        return [r[0] for r in rows]
 
     async def whitelist_add(self, account_id: int, network: str) -> bool:
         status = await self._write(
@@ -283,73 +244,7 @@ class PostgresStore:
         return bool(status.endswith(" 1"))
 
     # -- money -------------------------------------------------------------------------------
-    async def adjust_balance(self, account_id: int, amount_units: int, kind: str, actor: str,
-                             note: str, now: float) -> int:
-        return await _TRANSITIONS.adjust_balance(self._db, account_id, amount_units, kind,
-                                                 actor, note, now)
-
-    async def ledger(self, account_id: int, limit: int = 20) -> list[LedgerEntry]:
-        rows = await (await self._p()).fetch(
-            "SELECT id, account_id, at, kind, amount_units, task_id, actor, note FROM ledger"
-            " WHERE account_id = $1 ORDER BY id DESC LIMIT $2", account_id, limit)
-        return [LedgerEntry(*r) for r in rows]
-
-    async def ledger_sum(self, account_id: int) -> int:
-        value = await (await self._p()).fetchval(
-            "SELECT COALESCE(SUM(amount_units), 0) FROM ledger WHERE account_id = $1",
-            account_id)
-        return int(value)
-
     # -- tasks -------------------------------------------------------------------------------
-    async def create_task(self, task: NewTask, new_id: Callable[[], int]) -> int:
-        return await _TRANSITIONS.create_task(self._db, task, new_id)
-
-    async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:
-        if not with_payload:
-            final = self._final_tasks.get(task_id)
-            if final is not None:
-                return final
-        cols = TASK_COLS if with_payload else TASK_COLS_LIGHT
-        row = await (await self._p()).fetchrow(f"SELECT {cols} FROM tasks WHERE id = $1",
-                                               task_id)
-        if row is None:
-            return None
-        task = task_from_row(row)
-        if not with_payload and task.state in (TaskState.SOLVED, TaskState.FAILED):
-            if len(self._final_tasks) >= _FINAL_CACHE_LIMIT:
-                self._final_tasks.clear()
-            self._final_tasks[task_id] = task
-        return task
-
-    async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
-                          now: float) -> list[Task]:
-        return await _TRANSITIONS.claim_tasks(self._db, types, limit, owner, lease_s, now)
-
-    async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
-                          error_code: str | None = None, owner: str | None = None) -> Task | None:
-        return await _TRANSITIONS.finish_task(self._db, task_id, now, solution, error_code,
-                                              owner)
-
-    async def extend_lease(self, task_id: int, owner: str, until: float,
-                           now: float) -> float | None:
-        return await _TRANSITIONS.extend_lease(self._db, task_id, owner, until, now)
-
-    async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
-        rows = await (await self._p()).fetch(
-            f"SELECT {TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
-            f" AND deadline_at <= $1 ORDER BY deadline_at LIMIT $2", now, limit)
-        return [task_from_row(r) for r in rows]
-
-    async def report_task(self, task_id: int, account_id: int, refund: bool, now: float,
-                          window_s: float) -> bool:
-        return await _TRANSITIONS.report_task(self._db, task_id, account_id, refund, now,
-                                              window_s)
-
-    async def queue_depth(self, task_type: str) -> int:
-        value = await (await self._p()).fetchval(
-            "SELECT COUNT(*) FROM tasks WHERE type = $1 AND state = 'queued'", task_type)
-        return int(value)
-
     # -- limits and bans ---------------------------------------------------------------------
     async def incr_counter(self, name: str, window_s: float, now: float) -> int:
         value = await (await self._p()).fetchval(
@@ -407,9 +302,7 @@ class PostgresStore:
             f" ORDER BY ends_at DESC LIMIT 1", ip, scope, now, account_id)
         ban = ban_from_row(row) if row else None
         if self._caching and generation == self._generation:
-            if len(self._ban_cache) >= _CACHE_LIMIT:
-                self._ban_cache.clear()
-            self._ban_cache[cache_key] = (time.monotonic() + CACHE_TTL_S, ban)
+            self._ban_cache.put(cache_key, (time.monotonic() + CACHE_TTL_S, ban))
         return ban
 
     async def extend_ban(self, ban_id: int, ends_at: float) -> None:

@@ -9,38 +9,28 @@ processes (the CLI) share the file through SQLite's own locking with a busy time
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from capd.store.base import (
-    Account,
     Ban,
     Caller,
-    KeyRecord,
-    LedgerEntry,
-    NewTask,
-    Task,
-    TaskState,
     WorkerToken,
     raises_store_unavailable,
 )
-from capd.store.counters import MemoryCounters
+from capd.store.counters import Bounded, FinalTasks, OneProcess
 from capd.store.migrations import migration_scripts
 from capd.store.transitions import (
     BAN_COLS,
     SQLITE,
-    TASK_COLS,
-    TASK_COLS_LIGHT,
-    Transitions,
+    SqlTransitions,
+    Statements,
     Tx,
     ban_from_row,
-    task_from_row,
 )
 
-_CACHE_LIMIT = 50_000
-_TRANSITIONS = Transitions(SQLITE)
 # SQLite's primary result codes that mean "cannot answer now", not "wrong statement"
 _OUTAGE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
                            sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
@@ -103,10 +93,11 @@ class _Db:
 
 
 @raises_store_unavailable(_is_outage)
-class SQLiteStore:
+class SQLiteStore(SqlTransitions, OneProcess):
     """Store backend on one SQLite database file."""
 
     backend = "sqlite"
+    _sql = Statements(SQLITE)
 
     def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
         self.path = path
@@ -119,18 +110,16 @@ class SQLiteStore:
         # may lose the last transactions, never corrupt the file.
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute("PRAGMA foreign_keys = ON")
-        self._counters = MemoryCounters()
+        OneProcess.__init__(self)
         # Read caches for the poll path: keys, bans and finished tasks. Our own writes clear
         # them; PRAGMA data_version tells us (in ~2 us) when another connection, such as
         # the CLI revoking a key or lifting a ban, has committed.
         self._data_version = -1
-        self._callers: dict[str, Caller | None] = {}
-        self._ban_cache: dict[tuple[str, str, int | None], Ban | None] = {}
-        self._final_tasks: dict[int, Task] = {}
-        self._worker_tokens: dict[str, WorkerToken | None] = {}
-        # last time a worker asked for each type; one serving process in SQLite mode
-        self._worker_seen: dict[str, float] = {}
-        self._conn = _Db(self._db, self)
+        self._callers: Bounded[str, Caller | None] = Bounded()
+        self._ban_cache: Bounded[tuple[str, str, int | None], Ban | None] = Bounded()
+        self._final_tasks = FinalTasks()
+        self._worker_tokens: Bounded[str, WorkerToken | None] = Bounded()
+        self._tdb = _Db(self._db, self)
 
     def _fresh(self) -> None:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -174,19 +163,10 @@ class SQLiteStore:
     async def close(self) -> None:
         self._db.close()
 
-    async def subscribe(self, on_task: Callable[[str], None]) -> None:
-        """One serving process: the dispatcher hears of new work directly."""
-
     # -- accounts and keys -----------------------------------------------------------------
-    async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
-                             actor: str = "operator", note: str = "") -> int:
-        return await _TRANSITIONS.create_account(self._conn, name, key, now, opening_units,
-                                                 actor, note)
-
     async def add_key(self, account_id: int, key: str, now: float) -> None:
         self._invalidate()
-        self._db.execute("INSERT INTO api_keys (key, account_id, created_at) VALUES (?, ?, ?)",
-                         (key, account_id, now))
+        self._db.execute(self._sql.insert_key, (key, account_id, now))
 
     async def revoke_key(self, key: str, now: float) -> bool:
         self._invalidate()
@@ -205,29 +185,8 @@ class SQLiteStore:
             nets = self._db.execute("SELECT network FROM whitelist WHERE account_id = ?",
                                     (row[0],)).fetchall()
             caller = Caller(row[0], tuple(n[0] for n in nets))
-        if len(self._callers) >= _CACHE_LIMIT:
-            self._callers.clear()  # an unknown-key storm must not grow memory
-        self._callers[key] = caller
+        self._callers.put(key, caller)
         return caller
-
-    async def account(self, account_id: int) -> Account | None:
-        row = self._one("SELECT id, name, balance_units, reserved_units, created_at"
-                        " FROM accounts WHERE id = ?", (account_id,))
-        return Account(*row) if row else None
-
-    async def account_for_key(self, key: str) -> Account | None:
-        row = self._one("SELECT account_id FROM api_keys WHERE key = ?", (key,))
-        return await self.account(row[0]) if row else None
-
-    async def keys(self, account_id: int) -> list[KeyRecord]:
-        rows = self._db.execute("SELECT key, account_id, created_at, revoked_at FROM api_keys"
-                                " WHERE account_id = ? ORDER BY created_at", (account_id,))
-        return [KeyRecord(*r) for r in rows]
-
-    async def whitelist(self, account_id: int) -> list[str]:
-        rows = self._db.execute("SELECT network FROM whitelist WHERE account_id = ?"
-                                " ORDER BY network", (account_id,))
-        return [r[0] for r in rows]
 
     async def whitelist_add(self, account_id: int, network: str) -> bool:
         self._invalidate()
@@ -242,82 +201,8 @@ class SQLiteStore:
         return cur.rowcount == 1
 
     # -- money -------------------------------------------------------------------------------
-    async def adjust_balance(self, account_id: int, amount_units: int, kind: str, actor: str,
-                             note: str, now: float) -> int:
-        return await _TRANSITIONS.adjust_balance(self._conn, account_id, amount_units, kind,
-                                                 actor, note, now)
-
-    async def ledger(self, account_id: int, limit: int = 20) -> list[LedgerEntry]:
-        rows = self._db.execute(
-            "SELECT id, account_id, at, kind, amount_units, task_id, actor, note FROM ledger"
-            " WHERE account_id = ? ORDER BY id DESC LIMIT ?", (account_id, limit))
-        return [LedgerEntry(*r) for r in rows]
-
-    async def ledger_sum(self, account_id: int) -> int:
-        row = self._one("SELECT COALESCE(SUM(amount_units), 0) FROM ledger WHERE account_id = ?",
-                        (account_id,))
-        return int(row[0])
-
     # -- tasks -------------------------------------------------------------------------------
-    async def create_task(self, task: NewTask, new_id: Callable[[], int]) -> int:
-        return await _TRANSITIONS.create_task(self._conn, task, new_id)
-
-    async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:
-        if not with_payload:
-            # a finished task never changes what a poll reads, so it can be kept
-            final = self._final_tasks.get(task_id)
-            if final is not None:
-                return final
-        cols = TASK_COLS if with_payload else TASK_COLS_LIGHT
-        row = self._one(f"SELECT {cols} FROM tasks WHERE id = ?", (task_id,))
-        if row is None:
-            return None
-        task = task_from_row(row)
-        if not with_payload and task.state in (TaskState.SOLVED, TaskState.FAILED):
-            if len(self._final_tasks) >= _CACHE_LIMIT:
-                self._final_tasks.clear()
-            self._final_tasks[task_id] = task
-        return task
-
-    async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
-                          now: float) -> list[Task]:
-        return await _TRANSITIONS.claim_tasks(self._conn, types, limit, owner, lease_s, now)
-
-    async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
-                          error_code: str | None = None, owner: str | None = None) -> Task | None:
-        return await _TRANSITIONS.finish_task(self._conn, task_id, now, solution, error_code,
-                                              owner)
-
-    async def extend_lease(self, task_id: int, owner: str, until: float,
-                           now: float) -> float | None:
-        return await _TRANSITIONS.extend_lease(self._conn, task_id, owner, until, now)
-
-    async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
-        rows = self._db.execute(
-            f"SELECT {TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
-            f" AND deadline_at <= ? ORDER BY deadline_at LIMIT ?", (now, limit)).fetchall()
-        return [task_from_row(r) for r in rows]
-
-    async def report_task(self, task_id: int, account_id: int, refund: bool, now: float,
-                          window_s: float) -> bool:
-        return await _TRANSITIONS.report_task(self._conn, task_id, account_id, refund, now,
-                                              window_s)
-
-    async def queue_depth(self, task_type: str) -> int:
-        row = self._one("SELECT COUNT(*) FROM tasks WHERE type = ? AND state = 'queued'",
-                        (task_type,))
-        return int(row[0])
-
     # -- limits and bans ---------------------------------------------------------------------
-    async def incr_counter(self, name: str, window_s: float, now: float) -> int:
-        return self._counters.incr(name, window_s, now)
-
-    async def incr_counters(self, counters: list[tuple[str, float]], now: float) -> list[int]:
-        return [self._counters.incr(name, window_s, now) for name, window_s in counters]
-
-    async def sweep_counters(self, now: float) -> int:
-        return self._counters.sweep(now)
-
     async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
                       now: float, ends_at: float) -> int:
         self._invalidate()
@@ -339,9 +224,7 @@ class SQLiteStore:
             f" AND lifted_at IS NULL AND account_id IS ? ORDER BY ends_at DESC LIMIT 1",
             (ip, scope, now, account_id))
         ban = ban_from_row(row) if row else None
-        if len(self._ban_cache) >= _CACHE_LIMIT:
-            self._ban_cache.clear()
-        self._ban_cache[cache_key] = ban
+        self._ban_cache.put(cache_key, ban)
         return ban
 
     async def extend_ban(self, ban_id: int, ends_at: float) -> None:
@@ -421,17 +304,8 @@ class SQLiteStore:
         if row is not None:
             types = tuple(orjson.loads(row[2])) if row[2] else None
             token = WorkerToken(row[0], row[1], types, row[3])
-        if len(self._worker_tokens) >= _CACHE_LIMIT:
-            self._worker_tokens.clear()
-        self._worker_tokens[token_hash] = token
+        self._worker_tokens.put(token_hash, token)
         return token
-
-    async def note_workers(self, types: list[str], now: float) -> None:
-        for task_type in types:
-            self._worker_seen[task_type] = max(now, self._worker_seen.get(task_type, 0.0))
-
-    async def worker_seen_since(self, task_type: str, since: float) -> bool:
-        return self._worker_seen.get(task_type, float("-inf")) >= since
 
     # -- operator views ----------------------------------------------------------------------
     async def stats(self, now: float) -> dict[str, Any]:

@@ -50,7 +50,17 @@ import orjson
 
 from capd.constants import MAX_UNITS
 from capd.errors import InsufficientFunds
-from capd.store.base import OPEN_STATES, Ban, NewTask, Task, TaskState
+from capd.store.base import (
+    OPEN_STATES,
+    Account,
+    Ban,
+    KeyRecord,
+    LedgerEntry,
+    NewTask,
+    Task,
+    TaskState,
+)
+from capd.store.counters import FinalTasks
 
 SYSTEM_ACTOR = "capd"  # the ledger's actor for charges and refunds
 CHARGE_NOTE = "task solved"
@@ -194,12 +204,29 @@ POSTGRES = Dialect(
     text_list=list)
 
 
-class Transitions:
-    """The transitions of the module docstring as SQL statements of one dialect."""
+class Statements:
+    """The transitions' SQL in one dialect."""
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = d = dialect
         q = d.sql
+        account_cols = "a.id, a.name, a.balance_units, a.reserved_units, a.created_at"
+        self.account = q(f"SELECT {account_cols} FROM accounts a WHERE a.id = $1")
+        self.account_for_key = q(f"SELECT {account_cols} FROM accounts a"
+                                 f" JOIN api_keys k ON k.account_id = a.id WHERE k.key = $1")
+        self.keys = q("SELECT key, account_id, created_at, revoked_at FROM api_keys"
+                      " WHERE account_id = $1 ORDER BY created_at, key")
+        self.whitelist = q("SELECT network FROM whitelist WHERE account_id = $1"
+                           " ORDER BY network")
+        self.ledger = q("SELECT id, account_id, at, kind, amount_units, task_id, actor, note"
+                        " FROM ledger WHERE account_id = $1 ORDER BY id DESC LIMIT $2")
+        self.ledger_sum = q("SELECT COALESCE(SUM(amount_units), 0) FROM ledger"
+                            " WHERE account_id = $1")
+        self.task = q(f"SELECT {TASK_COLS} FROM tasks WHERE id = $1")
+        self.task_light = q(f"SELECT {TASK_COLS_LIGHT} FROM tasks WHERE id = $1")
+        self.overdue = q(f"SELECT {TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
+                         f" AND deadline_at <= $1 ORDER BY deadline_at LIMIT $2")
+        self.queue_depth = q("SELECT COUNT(*) FROM tasks WHERE type = $1 AND state = 'queued'")
         self.insert_account = q("INSERT INTO accounts (name, created_at, balance_units)"
                                 " VALUES ($1, $2, $3) RETURNING id")
         self.insert_key = q("INSERT INTO api_keys (key, account_id, created_at)"
@@ -243,62 +270,121 @@ class Transitions:
             " AND state = 'solved' AND reported_at IS NULL AND ended_at >= $4"
             " RETURNING cost_units")
 
-    async def create_account(self, db: Db, name: str, key: str, now: float, opening_units: int,
-                             actor: str, note: str) -> int:
+
+class SqlTransitions:
+    """The transitions, and the plain reads both dialects write alike, as Store methods
+    for a SQL backend: the backend sets ``_sql`` (the statements of its dialect), ``_tdb``
+    (its connection as a ``Db``) and ``_final_tasks`` (its cache of finished tasks for the
+    poll path). Cached reads (keys, bans) stay with each backend: they cache differently."""
+
+    _sql: Statements
+    _tdb: Db
+    _final_tasks: FinalTasks
+
+    async def account(self, account_id: int) -> Account | None:
+        row = await self._tdb.fetchrow(self._sql.account, account_id)
+        return Account(*row) if row else None
+
+    async def account_for_key(self, key: str) -> Account | None:
+        """The account a key (live or revoked) belongs to."""
+        row = await self._tdb.fetchrow(self._sql.account_for_key, key)
+        return Account(*row) if row else None
+
+    async def keys(self, account_id: int) -> list[KeyRecord]:
+        return [KeyRecord(*r) for r in await self._tdb.fetch(self._sql.keys, account_id)]
+
+    async def whitelist(self, account_id: int) -> list[str]:
+        return [r[0] for r in await self._tdb.fetch(self._sql.whitelist, account_id)]
+
+    async def ledger(self, account_id: int, limit: int = 20) -> list[LedgerEntry]:
+        rows = await self._tdb.fetch(self._sql.ledger, account_id, limit)
+        return [LedgerEntry(*r) for r in rows]
+
+    async def ledger_sum(self, account_id: int) -> int:
+        row = await self._tdb.fetchrow(self._sql.ledger_sum, account_id)
+        return int(row[0]) if row else 0
+
+    async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:
+        if not with_payload:
+            final = self._final_tasks.get(task_id)
+            if final is not None:
+                return final
+        row = await self._tdb.fetchrow(self._sql.task if with_payload else self._sql.task_light,
+                                       task_id)
+        if row is None:
+            return None
+        task = task_from_row(row)
+        if not with_payload:
+            self._final_tasks.keep(task)
+        return task
+
+    async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
+        return [task_from_row(r) for r in await self._tdb.fetch(self._sql.overdue, now, limit)]
+
+    async def queue_depth(self, task_type: str) -> int:
+        row = await self._tdb.fetchrow(self._sql.queue_depth, task_type)
+        return int(row[0]) if row else 0
+
+    async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
+                             actor: str = "operator", note: str = "") -> int:
         check_opening(opening_units)
-        async with db.transaction() as tx:
-            row = await tx.fetchrow(self.insert_account, name, now, opening_units)
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            row = await tx.fetchrow(sql.insert_account, name, now, opening_units)
             assert row is not None
             account_id = int(row[0])
-            await tx.execute(self.insert_key, key, account_id, now)
+            await tx.execute(sql.insert_key, key, account_id, now)
             if opening_units > 0:
-                await tx.execute(self.insert_ledger, account_id, now, "topup", opening_units,
+                await tx.execute(sql.insert_ledger, account_id, now, "topup", opening_units,
                                  None, actor, note)
-            await db.keys_changed(tx)
+            await self._tdb.keys_changed(tx)
         return account_id
 
-    async def adjust_balance(self, db: Db, account_id: int, amount_units: int, kind: str,
+    async def adjust_balance(self, account_id: int, amount_units: int, kind: str,
                              actor: str, note: str, now: float) -> int:
-        async with db.transaction() as tx:
-            row = await tx.fetchrow(self.funds, account_id)
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            row = await tx.fetchrow(sql.funds, account_id)
             if row is None:
                 raise KeyError(account_id)
             after = check_balance_move(row[0], row[1], amount_units)
-            await tx.execute(self.insert_ledger, account_id, now, kind, amount_units, None,
+            await tx.execute(sql.insert_ledger, account_id, now, kind, amount_units, None,
                              actor, note)
-            await tx.execute(self.move_balance, amount_units, account_id)
+            await tx.execute(sql.move_balance, amount_units, account_id)
         return int(after)
 
-    async def create_task(self, db: Db, task: NewTask, new_id: Callable[[], int]) -> int:
+    async def create_task(self, task: NewTask, new_id: Callable[[], int]) -> int:
         payload, options = json_text(task.payload), json_text(task.options)
-        async with db.transaction() as tx:
-            if await tx.fetchrow(self.reserve, task.price_units, task.account_id) is None:
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            if await tx.fetchrow(sql.reserve, task.price_units, task.account_id) is None:
                 raise InsufficientFunds()
             for _ in range(NEW_ID_TRIES):
                 row = await tx.fetchrow(
-                    self.insert_task, new_id(), task.account_id, task.type, payload, options,
+                    sql.insert_task, new_id(), task.account_id, task.type, payload, options,
                     task.price_units, task.created_at, task.deadline_at, task.client_ip,
                     task.callback_url)
                 if row is not None:
-                    await db.task_queued(tx, task.type)
+                    await self._tdb.task_queued(tx, task.type)
                     return int(row[0])
             raise RuntimeError("could not draw an unused task id")
 
-    async def claim_tasks(self, db: Db, types: list[str], limit: int, owner: str,
+    async def claim_tasks(self, types: list[str], limit: int, owner: str,
                           lease_s: float, now: float) -> list[Task]:
         if not types or limit <= 0:
             return []
+        sql = self._sql
         # one statement: atomic on its own (SKIP LOCKED hands each row to one claimer)
-        rows = await db.fetch(self.claim, now + lease_s, owner,
-                              self.dialect.text_list(types), now, limit)
+        rows = await self._tdb.fetch(sql.claim, now + lease_s, owner,
+                                     sql.dialect.text_list(types), now, limit)
         return sorted((task_from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
 
-    async def finish_task(self, db: Db, task_id: int, now: float,
-                          solution: dict[str, Any] | None, error_code: str | None,
-                          owner: str | None) -> Task | None:
+    async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
+                          error_code: str | None = None, owner: str | None = None) -> Task | None:
         outcome = finish_outcome(solution, error_code)
-        async with db.transaction() as tx:
-            row = await tx.fetchrow(self.task_to_finish, task_id)
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            row = await tx.fetchrow(sql.task_to_finish, task_id)
             if row is None:
                 return None
             state, account_id, reserved, price, lease_owner, lease_until = row
@@ -306,30 +392,31 @@ class Transitions:
                 return None
             charge = price if outcome == TaskState.SOLVED else 0
             done = await tx.fetchrow(
-                self.finish, outcome.value, now,
+                sql.finish, outcome.value, now,
                 json_text(solution) if solution is not None else None, error_code, charge,
                 task_id)
-            await tx.execute(self.settle, reserved, charge, account_id)
+            await tx.execute(sql.settle, reserved, charge, account_id)
             if charge:
-                await tx.execute(self.insert_ledger, account_id, now, "charge", -charge,
+                await tx.execute(sql.insert_ledger, account_id, now, "charge", -charge,
                                  task_id, SYSTEM_ACTOR, CHARGE_NOTE)
         assert done is not None
         return task_from_row(done)
 
-    async def extend_lease(self, db: Db, task_id: int, owner: str, until: float,
+    async def extend_lease(self, task_id: int, owner: str, until: float,
                            now: float) -> float | None:
-        row = await db.fetchrow(self.extend, until, task_id, owner, now)
+        row = await self._tdb.fetchrow(self._sql.extend, until, task_id, owner, now)
         return float(row[0]) if row else None
 
-    async def report_task(self, db: Db, task_id: int, account_id: int, refund: bool,
+    async def report_task(self, task_id: int, account_id: int, refund: bool,
                           now: float, window_s: float) -> bool:
-        async with db.transaction() as tx:
-            row = await tx.fetchrow(self.report, now, task_id, account_id, now - window_s)
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            row = await tx.fetchrow(sql.report, now, task_id, account_id, now - window_s)
             if row is None:
                 return False
             cost = int(row[0])
             if refund and cost > 0:
-                await tx.execute(self.insert_ledger, account_id, now, "refund", cost, task_id,
+                await tx.execute(sql.insert_ledger, account_id, now, "refund", cost, task_id,
                                  SYSTEM_ACTOR, REFUND_NOTE)
-                await tx.execute(self.move_balance, cost, account_id)
+                await tx.execute(sql.move_balance, cost, account_id)
         return True
