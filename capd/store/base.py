@@ -20,24 +20,14 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 
+# An OSError (the store's I/O failed), not a capd.errors.CapdError: a CapdError is an answer
+# (HTTP 200 with its error code), while this is the front doors' HTTP 503
+# ERROR_SERVICE_UNAVAILABLE; the CLI reports an OSError as a database error.
 class StoreUnavailable(OSError):
-    """Raised when the database cannot answer now (locked, full, unreachable); retry later.
-
-    An ``OSError`` (the store's I/O failed) rather than a ``capd.errors.CapdError``: a
-    CapdError is an answer (HTTP 200 with an error code), while this is the front doors'
-    HTTP 503 ERROR_SERVICE_UNAVAILABLE, and the CLI reports it as a database error.
-    """
+    """Raised when the database cannot answer now (locked, full, unreachable); retry later."""
 
 
 _Cls = TypeVar("_Cls", bound=type)
-_Fn = TypeVar("_Fn", bound=Callable[..., Any])
-
-
-def without_io(method: _Fn) -> _Fn:
-    """Mark a store method that touches no database (nothing to translate, and the poll
-    path calls it often): ``raises_store_unavailable`` leaves it as it is."""
-    method.without_io = True  # type: ignore[attr-defined]
-    return method
 
 
 def raises_store_unavailable(is_outage: Callable[[BaseException], bool]
@@ -60,7 +50,7 @@ def raises_store_unavailable(is_outage: Callable[[BaseException], bool]
 
     def decorate(cls: _Cls) -> _Cls:
         for name, value in inspect.getmembers(cls, inspect.iscoroutinefunction):
-            if not name.startswith("_") and not getattr(value, "without_io", False):
+            if not name.startswith("_"):
                 setattr(cls, name, wrap(value))
         return cls
     return decorate

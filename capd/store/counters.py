@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from capd.store.base import OPEN_STATES, Task, without_io
+from capd.store.base import OPEN_STATES, Task
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -57,28 +57,22 @@ class OneProcess:
         self._counters = MemoryCounters()
         self._worker_seen: dict[str, float] = {}  # type -> last time a worker asked for it
 
-    @without_io
     async def incr_counter(self, name: str, window_s: float, now: float) -> int:
         return self._counters.incr(name, window_s, now)
 
-    @without_io
     async def incr_counters(self, counters: list[tuple[str, float]], now: float) -> list[int]:
         return [self._counters.incr(name, window_s, now) for name, window_s in counters]
 
-    @without_io
     async def sweep_counters(self, now: float) -> int:
         return self._counters.sweep(now)
 
-    @without_io
     async def note_workers(self, types: list[str], now: float) -> None:
         for task_type in types:
             self._worker_seen[task_type] = max(now, self._worker_seen.get(task_type, now))
 
-    @without_io
     async def worker_seen_since(self, task_type: str, since: float) -> bool:
         return self._worker_seen.get(task_type, float("-inf")) >= since
 
-    @without_io
     async def subscribe(self, on_task: Callable[[str], None]) -> None:
         """One serving process: the dispatcher hears of new work directly."""
 

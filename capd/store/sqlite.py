@@ -4,22 +4,21 @@ Statements run synchronously on the caller's thread (the event loop): each is a 
 microseconds against a local file, far less than a hop to a thread pool would cost, and
 running them on one thread serialises the server's transactions for free. Other
 processes (the CLI) share the file through SQLite's own locking with a busy timeout.
+
+Every statement goes through ``_one``, ``_all`` or ``_run``, which turn an outage (locked,
+full, read-only or unreadable file) into StoreUnavailable where it happens: no wrapper
+per method, so the poll path's cache hits cost nothing extra.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
-from capd.store.base import (
-    Ban,
-    Caller,
-    WorkerToken,
-    raises_store_unavailable,
-)
+from capd.store.base import Ban, Caller, StoreUnavailable, WorkerToken
 from capd.store.counters import Bounded, FinalTasks, OneProcess
 from capd.store.migrations import migration_scripts
 from capd.store.transitions import (
@@ -45,44 +44,51 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
+def _reraise(exc: sqlite3.OperationalError) -> NoReturn:
+    """StoreUnavailable for an outage; any other error (a wrong statement) as it is."""
+    if _is_outage(exc):
+        raise StoreUnavailable(f"SQLite: {exc}") from exc
+    raise exc
+
+
 class _Db:
     """The connection as the shared transitions see it (``capd.store.transitions.Db``).
 
     The coroutines never suspend: a transaction runs start to end without yielding to the
     event loop, so no other request's statements can land inside it."""
 
-    __slots__ = ("_conn", "_store")
+    __slots__ = ("_store",)
 
-    def __init__(self, conn: sqlite3.Connection, store: SQLiteStore) -> None:
-        self._conn = conn
+    def __init__(self, store: SQLiteStore) -> None:
         self._store = store
 
     async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
-        row: Sequence[Any] | None = self._conn.execute(sql, args).fetchone()
+        row: Sequence[Any] | None = self._store._one(sql, args)
         return row
 
     async def fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
-        return self._conn.execute(sql, args).fetchall()
+        return self._store._all(sql, args)
 
     async def execute(self, sql: str, *args: Any) -> None:
-        self._conn.execute(sql, args)
+        self._store._run(sql, args)
 
     def transaction(self) -> _Db:
         return self
 
     async def __aenter__(self) -> _Db:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._store._run("BEGIN IMMEDIATE")
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        store = self._store
         if kind is not None:
-            self._conn.execute("ROLLBACK")
+            store._run("ROLLBACK")
             return
         try:
-            self._conn.execute("COMMIT")
+            store._run("COMMIT")
         except BaseException:
-            if self._conn.in_transaction:  # a failed COMMIT (disk full) may leave it open
-                self._conn.execute("ROLLBACK")
+            if store._db.in_transaction:  # a failed COMMIT (disk full) may leave it open
+                store._run("ROLLBACK")
             raise
 
     async def keys_changed(self, tx: Tx) -> None:
@@ -92,7 +98,6 @@ class _Db:
         """One serving process: the dispatcher hears of new work directly."""
 
 
-@raises_store_unavailable(_is_outage)
 class SQLiteStore(SqlTransitions, OneProcess):
     """Store backend on one SQLite database file."""
 
@@ -119,10 +124,13 @@ class SQLiteStore(SqlTransitions, OneProcess):
         self._ban_cache: Bounded[tuple[str, str, int | None], Ban | None] = Bounded()
         self._final_tasks = FinalTasks()
         self._worker_tokens: Bounded[str, WorkerToken | None] = Bounded()
-        self._tdb = _Db(self._db, self)
+        self._tdb = _Db(self)
 
     def _fresh(self) -> None:
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        try:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            _reraise(exc)
         if version != self._data_version:
             self._data_version = version
             self._invalidate()
@@ -132,11 +140,33 @@ class SQLiteStore(SqlTransitions, OneProcess):
         self._ban_cache.clear()
         self._worker_tokens.clear()
 
-    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
-        return self._db.execute(sql, args).fetchone()
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        try:
+            return self._db.execute(sql, args).fetchone()
+        except sqlite3.OperationalError as exc:
+            _reraise(exc)
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            _reraise(exc)
+
+    def _run(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """A statement that returns no rows; its cursor tells rowcount and lastrowid."""
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            _reraise(exc)
 
     # -- schema -----------------------------------------------------------------------------
     async def migrate(self) -> int:
+        try:
+            return self._migrate()
+        except sqlite3.OperationalError as exc:
+            _reraise(exc)
+
+    def _migrate(self) -> int:
         db = self._db
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = self._one("SELECT MAX(version) FROM schema_version")
@@ -166,11 +196,11 @@ class SQLiteStore(SqlTransitions, OneProcess):
     # -- accounts and keys -----------------------------------------------------------------
     async def add_key(self, account_id: int, key: str, now: float) -> None:
         self._invalidate()
-        self._db.execute(self._sql.insert_key, (key, account_id, now))
+        self._run(self._sql.insert_key, (key, account_id, now))
 
     async def revoke_key(self, key: str, now: float) -> bool:
         self._invalidate()
-        cur = self._db.execute(
+        cur = self._run(
             "UPDATE api_keys SET revoked_at = ? WHERE key = ? AND revoked_at IS NULL", (now, key))
         return cur.rowcount == 1
 
@@ -182,21 +212,20 @@ class SQLiteStore(SqlTransitions, OneProcess):
                         (key,))
         caller = None
         if row is not None:
-            nets = self._db.execute("SELECT network FROM whitelist WHERE account_id = ?",
-                                    (row[0],)).fetchall()
+            nets = self._all("SELECT network FROM whitelist WHERE account_id = ?", (row[0],))
             caller = Caller(row[0], tuple(n[0] for n in nets))
         self._callers.put(key, caller)
         return caller
 
     async def whitelist_add(self, account_id: int, network: str) -> bool:
         self._invalidate()
-        cur = self._db.execute("INSERT OR IGNORE INTO whitelist (account_id, network)"
+        cur = self._run("INSERT OR IGNORE INTO whitelist (account_id, network)"
                                " VALUES (?, ?)", (account_id, network))
         return cur.rowcount == 1
 
     async def whitelist_remove(self, account_id: int, network: str) -> bool:
         self._invalidate()
-        cur = self._db.execute("DELETE FROM whitelist WHERE account_id = ? AND network = ?",
+        cur = self._run("DELETE FROM whitelist WHERE account_id = ? AND network = ?",
                                (account_id, network))
         return cur.rowcount == 1
 
@@ -206,7 +235,7 @@ class SQLiteStore(SqlTransitions, OneProcess):
     async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
                       now: float, ends_at: float) -> int:
         self._invalidate()
-        cur = self._db.execute(
+        cur = self._run(
             "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
             " VALUES (?, ?, ?, ?, ?, ?)", (scope, ip, account_id, reason, now, ends_at))
         return int(cur.lastrowid or 0)
@@ -229,7 +258,7 @@ class SQLiteStore(SqlTransitions, OneProcess):
 
     async def extend_ban(self, ban_id: int, ends_at: float) -> None:
         self._invalidate()
-        self._db.execute("UPDATE bans SET ends_at = MAX(ends_at, ?) WHERE id = ?",
+        self._run("UPDATE bans SET ends_at = MAX(ends_at, ?) WHERE id = ?",
                          (ends_at, ban_id))
 
     async def bans(self, now: float, active_only: bool = True,
@@ -242,24 +271,24 @@ class SQLiteStore(SqlTransitions, OneProcess):
         if account_id is not None:
             sql += " AND account_id = ?"
             args.append(account_id)
-        return [ban_from_row(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+        return [ban_from_row(r) for r in self._all(sql + " ORDER BY id", args)]
 
     async def lift_ban(self, ban_id: int, now: float, by: str) -> bool:
         self._invalidate()
-        cur = self._db.execute("UPDATE bans SET lifted_at = ?, lifted_by = ? WHERE id = ?"
+        cur = self._run("UPDATE bans SET lifted_at = ?, lifted_by = ? WHERE id = ?"
                                " AND lifted_at IS NULL", (now, by, ban_id))
         return cur.rowcount == 1
 
     async def blocklist_add(self, domain: str, now: float) -> bool:
-        cur = self._db.execute("INSERT OR IGNORE INTO blocklist (domain, added_at) VALUES (?, ?)",
+        cur = self._run("INSERT OR IGNORE INTO blocklist (domain, added_at) VALUES (?, ?)",
                                (domain, now))
         return cur.rowcount == 1
 
     async def blocklist_remove(self, domain: str) -> bool:
-        return self._db.execute("DELETE FROM blocklist WHERE domain = ?", (domain,)).rowcount == 1
+        return self._run("DELETE FROM blocklist WHERE domain = ?", (domain,)).rowcount == 1
 
     async def blocklist(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT domain FROM blocklist ORDER BY domain")]
+        return [r[0] for r in self._all("SELECT domain FROM blocklist ORDER BY domain")]
 
     async def blocked_domain(self, host: str) -> str | None:
         labels = host.split(".")
@@ -270,7 +299,7 @@ class SQLiteStore(SqlTransitions, OneProcess):
         return row[0] if row else None
 
     async def ban_proxy(self, address: str, port: int, until: float) -> None:
-        self._db.execute("INSERT INTO proxy_bans (address, port, until) VALUES (?, ?, ?)"
+        self._run("INSERT INTO proxy_bans (address, port, until) VALUES (?, ?, ?)"
                          " ON CONFLICT (address, port) DO UPDATE SET"
                          " until = MAX(until, excluded.until)", (address.lower(), port, until))
 
@@ -283,14 +312,14 @@ class SQLiteStore(SqlTransitions, OneProcess):
     async def create_worker_token(self, token_hash: str, name: str,
                                   types: tuple[str, ...] | None, now: float) -> int:
         self._invalidate()
-        cur = self._db.execute(
+        cur = self._run(
             "INSERT INTO worker_tokens (token_hash, name, types, created_at) VALUES (?, ?, ?, ?)",
             (token_hash, name, orjson.dumps(list(types)).decode() if types else None, now))
         return int(cur.lastrowid or 0)
 
     async def revoke_worker_token(self, token_hash: str, now: float) -> bool:
         self._invalidate()
-        cur = self._db.execute("UPDATE worker_tokens SET revoked_at = ? WHERE token_hash = ?"
+        cur = self._run("UPDATE worker_tokens SET revoked_at = ? WHERE token_hash = ?"
                                " AND revoked_at IS NULL", (now, token_hash))
         return cur.rowcount == 1
 
@@ -309,18 +338,17 @@ class SQLiteStore(SqlTransitions, OneProcess):
 
     # -- operator views ----------------------------------------------------------------------
     async def stats(self, now: float) -> dict[str, Any]:
-        db = self._db
         by_state = [
             {"type": t, "state": s, "count": n}
-            for t, s, n in db.execute("SELECT type, state, COUNT(*) FROM tasks"
-                                      " GROUP BY type, state ORDER BY type, state")]
-        latencies = [r[0] for r in db.execute(
+            for t, s, n in self._all("SELECT type, state, COUNT(*) FROM tasks"
+                                     " GROUP BY type, state ORDER BY type, state")]
+        latencies = [r[0] for r in self._all(
             "SELECT ended_at - created_at FROM tasks WHERE state = 'solved'"
             " ORDER BY id DESC LIMIT 10000")]
-        charges = db.execute("SELECT COUNT(*), COALESCE(-SUM(amount_units), 0) FROM ledger"
-                             " WHERE kind = 'charge'").fetchone()
-        refunds = db.execute("SELECT COUNT(*), COALESCE(SUM(amount_units), 0) FROM ledger"
-                             " WHERE kind = 'refund'").fetchone()
+        charges = self._one("SELECT COUNT(*), COALESCE(-SUM(amount_units), 0) FROM ledger"
+                            " WHERE kind = 'charge'")
+        refunds = self._one("SELECT COUNT(*), COALESCE(SUM(amount_units), 0) FROM ledger"
+                            " WHERE kind = 'refund'")
         return {"tasks": by_state, "solve_latencies_s": latencies,
                 "charges": {"count": charges[0], "units": charges[1]},
                 "refunds": {"count": refunds[0], "units": refunds[1]}}
@@ -330,5 +358,5 @@ class SQLiteStore(SqlTransitions, OneProcess):
         return row[0] if row else None
 
     async def meta_set(self, name: str, value: str) -> None:
-        self._db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name)"
+        self._run("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name)"
                          " DO UPDATE SET value = excluded.value", (name, value))
