@@ -181,25 +181,22 @@ class Dialect:
     name: str
     row_lock: str  # after a SELECT of the row a transition is about to change
     skip_locked: str  # after the claim's inner SELECT
-    numbered: Callable[[str], str]  # "$1" placeholders to the driver's own
+    sql: Callable[[str], str]  # a statement's "$1" placeholders to the driver's own
     text_list_match: str  # "{col} matches any of the text list ${n}"
     text_list: Callable[[Sequence[str]], Any]  # a Python list as that parameter
-
-    def sql(self, text: str) -> str:
-        return self.numbered(text)
 
 
 _DOLLAR = re.compile(r"\$(\d+)")
 
 SQLITE = Dialect(
     name="sqlite", row_lock="", skip_locked="",  # BEGIN IMMEDIATE locks the whole file
-    numbered=lambda text: _DOLLAR.sub(r"?\1", text),
+    sql=lambda text: _DOLLAR.sub(r"?\1", text),  # SQLite's ?NNN: numbered, reusable
     text_list_match="{col} IN (SELECT value FROM json_each(${n}))",
     text_list=lambda values: json_text(list(values)))
 
 POSTGRES = Dialect(
     name="postgres", row_lock=" FOR UPDATE", skip_locked=" FOR UPDATE SKIP LOCKED",
-    numbered=lambda text: text,
+    sql=lambda text: text,
     text_list_match="{col} = ANY(${n}::text[])",
     text_list=list)
 
