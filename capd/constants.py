@@ -5,6 +5,12 @@ Each is a default; operators override them through ``capd.config.Settings``.
 
 from decimal import Decimal
 
+# Money in storage: an integer count of units, 1e-8 USD each (exact for prices per 1,000
+# with up to 5 decimals). The largest balance or amount capd holds is 1e9 USD: far inside a
+# signed 64-bit integer, so sums over a ledger can never overflow in any backend.
+UNITS_PER_USD = 10**8
+MAX_UNITS = 10**17
+
 MAX_BODY_BYTES = 1024 * 1024  # spec §1: bodies over 1 MiB are refused before parsing
 # an over-limit body up to this size is read and discarded before the refusal is sent, so
 # that the client, still sending, reads the error instead of a reset connection; beyond

@@ -42,10 +42,11 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Any) -> Iterator[Store]:
-    """A fresh, migrated store for direct unit tests (no server): the one place that picks
-    the backend of tests/service and friends."""
-    opened = open_store(f"sqlite:///{tmp_path}/unit.db")
+def store() -> Iterator[Store]:
+    """A fresh, migrated in-memory store for direct unit tests (no server, no file): the one
+    place that picks the backend of tests/service and friends. The contract suite
+    (tests/store) holds MemoryStore to the same behaviour as SQLite and PostgreSQL."""
+    opened = open_store("memory://")
     asyncio.run(opened.migrate())
     yield opened
     asyncio.run(opened.close())

@@ -11,13 +11,11 @@ CapMonster JSON. Every failure of a door counts in ``capd_requests_total``.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-import asyncpg
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,6 +23,7 @@ from starlette.types import Scope
 
 from capd.api.middleware import BodyTooLarge
 from capd.errors import CATALOGUE, CapdError
+from capd.store.base import StoreUnavailable
 
 log = logging.getLogger("capd.api")
 
@@ -32,11 +31,8 @@ DIALECT = "capd.dialect"  # scope key: the Dialect of the door serving the reque
 
 # The store cannot answer (locked or full SQLite file, PostgreSQL down or refusing
 # connections): ERROR_SERVICE_UNAVAILABLE, which clients retry, not ERROR_INTERNAL.
-# The one place that names the drivers' outage errors.
-STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    sqlite3.OperationalError, OSError, TimeoutError, asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError)
+# Each backend translates its driver's outage errors into StoreUnavailable.
+STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (StoreUnavailable,)
 
 
 class FailureKind(StrEnum):

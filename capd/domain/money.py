@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
-UNITS_PER_USD = 10**8  # 1e-8 USD: exact for prices per 1,000 with up to 5 decimals
-# The largest balance or amount capd holds (1e9 USD): far inside a signed 64-bit integer,
-# so sums over a ledger can never overflow in any backend.
-MAX_UNITS = 10**17
+from capd.constants import MAX_UNITS, UNITS_PER_USD
+
+__all__ = ["MAX_UNITS", "UNITS_PER_USD", "balance_number", "format_cost", "from_units",
+           "parse_amount", "task_price_units", "to_units", "usd_text"]
 _QUANT = Decimal(1) / UNITS_PER_USD
 
 

@@ -19,7 +19,13 @@ def sqlite_path(url: str) -> str:
 
 
 def open_store(url: str) -> Store:
-    """The Store backend a database URL names; not yet migrated."""
+    """The Store backend a database URL names; not yet migrated.
+
+    ``memory://`` is a store in process memory (``capd.store.memory``), for tests."""
+    if url == "memory://":
+        from capd.store.memory import MemoryStore
+
+        return MemoryStore()
     if url.startswith("sqlite://"):
         from capd.store.sqlite import SQLiteStore
 

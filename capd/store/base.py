@@ -2,16 +2,58 @@
 
 Each method is one atomic primitive; the rules above it (ledger, bans, polling limits)
 live in ``capd.domain`` and ``capd.service``. Money is in integer units of
-``capd.domain.money.UNITS_PER_USD``; times are UTC unix seconds (float), always passed
-in by the caller — a store never reads a clock.
+``capd.constants.UNITS_PER_USD``; times are UTC unix seconds (float), always passed
+in by the caller — a store never reads a clock. The task and money transitions, and the
+states they move between, are written down once in ``capd.store.transitions``.
+
+A backend that cannot reach its database (locked or full file, server down, pool
+exhausted) raises ``StoreUnavailable``, never its driver's own exception.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+
+# An OSError (the store's I/O failed), not a capd.errors.CapdError: a CapdError is an answer
+# (HTTP 200 with its error code), while this is the front doors' HTTP 503
+# ERROR_SERVICE_UNAVAILABLE; the CLI reports an OSError as a database error.
+class StoreUnavailable(OSError):
+    """Raised when the database cannot answer now (locked, full, unreachable); retry later."""
+
+
+_Cls = TypeVar("_Cls", bound=type)
+
+
+def raises_store_unavailable(is_outage: Callable[[BaseException], bool]
+                             ) -> Callable[[_Cls], _Cls]:
+    """Class decorator for a backend: its public coroutine methods, its own and those it
+    inherits, raise StoreUnavailable (chained to the driver's error) wherever
+    ``is_outage`` calls that error an outage."""
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(*args, **kwargs)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                if is_outage(exc):
+                    raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                raise
+        return guarded
+
+    def decorate(cls: _Cls) -> _Cls:
+        for name, value in inspect.getmembers(cls, inspect.iscoroutinefunction):
+            if not name.startswith("_"):
+                setattr(cls, name, wrap(value))
+        return cls
+    return decorate
 
 
 class TaskState(StrEnum):
@@ -134,12 +176,11 @@ class Store(Protocol):
     # accounts and keys
     async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
                              actor: str = "operator", note: str = "") -> int:
-        """Create an account holding ``key`` and, when ``opening_units`` > 0, fund it with a
-        ``topup`` ledger entry, all in one transaction; returns its id.
+        """Create an account holding ``key``, with ``opening_units`` as a ``topup`` ledger
+        entry by ``actor`` when positive, in one transaction; returns its id.
 
-        Raises ValueError (nothing written) when ``opening_units`` is negative or past
-        ``capd.domain.money.MAX_UNITS``.
-        """
+        Raises ValueError (nothing written) when ``opening_units`` is negative or over
+        ``capd.constants.MAX_UNITS``."""
 
     async def find_accounts(self, query: str, limit: int = 50) -> list[Account]:
         """Accounts whose id is ``query`` (when it is a number), whose name contains it
@@ -173,7 +214,8 @@ class Store(Protocol):
         """Append a ledger entry and move the balance by it, atomically; returns the balance.
 
         Raises InsufficientFunds when the balance would fall below what is reserved, and
-        ValueError when it would pass ``capd.domain.money.MAX_UNITS``.
+        ValueError when it would pass ``capd.constants.MAX_UNITS``; KeyError for an
+        unknown account.
         """
 
     async def ledger(self, account_id: int, limit: int = 20) -> list[LedgerEntry]: ...

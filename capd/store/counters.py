@@ -1,11 +1,22 @@
-"""Windowed counters held in process memory.
+"""What a backend keeps in process memory: windowed counters, worker presence, read caches.
 
-Used by the SQLite backend: an embedded deployment serves from one process, and these
-counters (poll counts and rates, violation tallies) are short-lived, so keeping them off
-the disk spares a write on every poll. Bans themselves are stored, not counted here.
+The counters and worker presence serve the SQLite and in-memory backends: an embedded
+deployment serves from one process, and these (poll counts and rates, violation tallies,
+when a worker last asked for a type) are short-lived, so keeping them off the disk spares
+a write on every poll. Bans themselves are stored, not counted here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from capd.store.base import OPEN_STATES, Task
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+CACHE_LIMIT = 50_000  # entries a read cache holds before it starts afresh
 
 
 class MemoryCounters:
@@ -36,3 +47,50 @@ class MemoryCounters:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class OneProcess:
+    """Store methods for a backend served by one process: counters and worker presence
+    live in this process's memory (the subclass calls ``__init__``)."""
+
+    def __init__(self) -> None:
+        self._counters = MemoryCounters()
+        self._worker_seen: dict[str, float] = {}  # type -> last time a worker asked for it
+
+    async def incr_counter(self, name: str, window_s: float, now: float) -> int:
+        return self._counters.incr(name, window_s, now)
+
+    async def incr_counters(self, counters: list[tuple[str, float]], now: float) -> list[int]:
+        return [self._counters.incr(name, window_s, now) for name, window_s in counters]
+
+    async def sweep_counters(self, now: float) -> int:
+        return self._counters.sweep(now)
+
+    async def note_workers(self, types: list[str], now: float) -> None:
+        for task_type in types:
+            self._worker_seen[task_type] = max(now, self._worker_seen.get(task_type, now))
+
+    async def worker_seen_since(self, task_type: str, since: float) -> bool:
+        return self._worker_seen.get(task_type, float("-inf")) >= since
+
+    async def subscribe(self, on_task: Callable[[str], None]) -> None:
+        """One serving process: the dispatcher hears of new work directly."""
+
+
+class Bounded(dict[_K, _V], Generic[_K, _V]):
+    """A read cache that starts afresh when full, so that a storm of distinct lookups
+    (unknown keys, say) cannot grow memory."""
+
+    def put(self, key: _K, value: _V) -> None:
+        if len(self) >= CACHE_LIMIT:
+            self.clear()
+        self[key] = value
+
+
+class FinalTasks(Bounded[int, Task]):
+    """Finished tasks as the poll path reads them (without payload): a final task never
+    changes what a poll reads, so any node may keep it."""
+
+    def keep(self, task: Task) -> None:
+        if task.state not in OPEN_STATES:
+            self.put(task.id, task)

@@ -11,26 +11,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import orjson
 
-from capd.domain.money import MAX_UNITS
-from capd.errors import InsufficientFunds
 from capd.store.base import (
-    Account,
     Ban,
     Caller,
-    KeyRecord,
-    LedgerEntry,
-    NewTask,
-    Task,
-    TaskState,
     WorkerToken,
+    raises_store_unavailable,
 )
+from capd.store.counters import Bounded, FinalTasks
 from capd.store.migrations import migration_scripts
+from capd.store.transitions import (
+    BAN_COLS,
+    POSTGRES,
+    SqlTransitions,
+    Statements,
+    Tx,
+    ban_from_row,
+)
 
 log = logging.getLogger("capd.store")
 
@@ -38,32 +41,70 @@ CHANNEL = "capd_tasks"
 # keys, whitelists and bans changed somewhere: every node drops its read caches at once
 INVALIDATE = "capd_invalidate"
 CACHE_TTL_S = 2.0  # a safety net under NOTIFY: no cached read outlives this
-_CACHE_LIMIT = 50_000
 _MIGRATION_LOCK = 0x63617064  # "capd": one node migrates at a time
-_TASK_COLS = (
-    "id, account_id, type, payload, options, state, price_units, reserved_units, created_at,"
-    " deadline_at, lease_until, lease_owner, attempts, ended_at, solution, error_code,"
-    " cost_units, client_ip, callback_url, reported_at"
-)
-_TASK_COLS_LIGHT = _TASK_COLS.replace("payload,", "'{}' AS payload,")
-_BAN_COLS = "id, scope, ip, account_id, reason, started_at, ends_at, lifted_at"
-_FINAL_CACHE_LIMIT = 50_000
+# the server is down, restarting, refusing connections or out of resources; the pool
+# timed out or lost its connection
+_OUTAGES: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
 
 
-def _task(row: Any) -> Task:
-    return Task(
-        id=row[0], account_id=row[1], type=row[2], payload=orjson.loads(row[3]),
-        options=orjson.loads(row[4]), state=TaskState(row[5]), price_units=row[6],
-        reserved_units=row[7], created_at=row[8], deadline_at=row[9], lease_until=row[10],
-        lease_owner=row[11], attempts=row[12], ended_at=row[13],
-        solution=orjson.loads(row[14]) if row[14] is not None else None,
-        error_code=row[15], cost_units=row[16], client_ip=row[17], callback_url=row[18],
-        reported_at=row[19],
-    )
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, _OUTAGES)
 
 
-def _ban(row: Any) -> Ban:
-    return Ban(*row)
+class _Conn:
+    """One pooled connection inside a transaction (``capd.store.transitions.Tx``)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        row: Sequence[Any] | None = await self._conn.fetchrow(sql, *args)
+        return row
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        rows: Sequence[Sequence[Any]] = await self._conn.fetch(sql, *args)
+        return rows
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(sql, *args)
+
+
+class _Db:
+    """The pool as the shared transitions see it (``capd.store.transitions.Db``): a lone
+    statement autocommits on any pooled connection; a transaction holds one."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+
+    async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        row: Sequence[Any] | None = await (await self._store._p()).fetchrow(sql, *args)
+        return row
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        rows: Sequence[Sequence[Any]] = await (await self._store._p()).fetch(sql, *args)
+        return rows
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await (await self._store._p()).execute(sql, *args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        pool = await self._store._p()
+        async with pool.acquire() as conn, conn.transaction():
+            yield _Conn(conn)
+
+    async def keys_changed(self, tx: Tx) -> None:
+        self._store._invalidate()
+        await tx.execute("SELECT pg_notify($1, '')", INVALIDATE)
+
+    async def task_queued(self, tx: Tx, task_type: str) -> None:
+        await tx.execute("SELECT pg_notify($1, $2)", CHANNEL, task_type)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -72,10 +113,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     the reset doubled the round trips of every poll (measured in bench/bench_postgres.py)."""
 
 
-class PostgresStore:
+@raises_store_unavailable(_is_outage)
+class PostgresStore(SqlTransitions):
     """Store backend on a PostgreSQL database (asyncpg connection pool)."""
 
     backend = "postgres"
+    _sql = Statements(POSTGRES)
 
     def __init__(self, url: str, min_connections: int = 1, max_connections: int = 10) -> None:
         self.url = url
@@ -84,13 +127,15 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         # a finished task never changes what a poll reads: safe to keep on any node
-        self._final_tasks: dict[int, Task] = {}
+        self._final_tasks = FinalTasks()
         # Key and ban reads are cached only while this node listens for invalidations
         # (a serving node); each entry also expires after CACHE_TTL_S.
         self._caching = False
         self._generation = 0
-        self._callers: dict[str, tuple[float, Caller | None]] = {}
-        self._ban_cache: dict[tuple[str, str, int | None], tuple[float, Ban | None]] = {}
+        self._callers: Bounded[str, tuple[float, Caller | None]] = Bounded()
+        self._ban_cache: Bounded[tuple[str, str, int | None], tuple[float, Ban | None]] = (
+            Bounded())
+        self._tdb = _Db(self)
 
     async def _p(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -108,10 +153,9 @@ class PostgresStore:
         self._caching = False
         self._invalidate()
 
-    async def _changed(self, conn: Any) -> None:
+    async def _changed(self, conn: asyncpg.Connection) -> None:
         """Tell every node (this one included) that keys, whitelists or bans changed."""
-        self._invalidate()
-        await conn.execute("SELECT pg_notify($1, '')", INVALIDATE)
+        await self._tdb.keys_changed(_Conn(conn))
 
     # -- schema -----------------------------------------------------------------------------
     async def migrate(self) -> int:
@@ -152,38 +196,6 @@ class PostgresStore:
         await self._listener.add_listener(CHANNEL, handler)
 
     # -- accounts and keys -----------------------------------------------------------------
-    async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
-                             actor: str = "operator", note: str = "") -> int:
-        if not 0 <= opening_units <= MAX_UNITS:
-            raise ValueError("opening balance outside the supported range")
-        pool = await self._p()
-        async with pool.acquire() as conn, conn.transaction():
-            account_id = await conn.fetchval(
-                "INSERT INTO accounts (name, balance_units, created_at) VALUES ($1, $2, $3)"
-                " RETURNING id", name, opening_units, now)
-            await conn.execute("INSERT INTO api_keys (key, account_id, created_at)"
-                               " VALUES ($1, $2, $3)", key, account_id, now)
-            if opening_units:
-                await conn.execute(
-                    "INSERT INTO ledger (account_id, at, kind, amount_units, actor, note)"
-                    " VALUES ($1, $2, 'topup', $3, $4, $5)", account_id, now, opening_units,
-                    actor, note)
-            await self._changed(conn)
-        return int(account_id)
-
-    async def find_accounts(self, query: str, limit: int = 50) -> list[Account]:
-        text = query.strip()
-        if not text or limit <= 0:
-            return []
-        by_id = int(text) if text.isascii() and text.isdigit() and len(text) < 19 else -1
-        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        rows = await (await self._p()).fetch(
-            "SELECT id, name, balance_units, reserved_units, created_at FROM accounts"
-            " WHERE id = $1 OR name ILIKE $2 ESCAPE '\\'"
-            " OR id IN (SELECT account_id FROM api_keys WHERE key = $3)"
-            " ORDER BY id LIMIT $4", by_id, pattern, text, limit)
-        return [Account(*r) for r in rows]
-
     async def _write(self, sql: str, *args: Any) -> str:
         """One statement that changes keys, whitelists or bans, announced to every node."""
         pool = await self._p()
@@ -193,8 +205,7 @@ class PostgresStore:
         return status
 
     async def add_key(self, account_id: int, key: str, now: float) -> None:
-        await self._write("INSERT INTO api_keys (key, account_id, created_at)"
-                          " VALUES ($1, $2, $3)", key, account_id, now)
+        await self._write(self._sql.insert_key, key, account_id, now)
 
     async def revoke_key(self, key: str, now: float) -> bool:
         status = await self._write(
@@ -210,9 +221,7 @@ class PostgresStore:
         generation = self._generation
         caller = await self._read_caller(key)
         if self._caching and generation == self._generation:
-            if len(self._callers) >= _CACHE_LIMIT:
-                self._callers.clear()
-            self._callers[key] = (time.monotonic() + CACHE_TTL_S, caller)
+            self._callers.put(key, (time.monotonic() + CACHE_TTL_S, caller))
         return caller
 
     async def _read_caller(self, key: str) -> Caller | None:
@@ -222,29 +231,6 @@ class PostgresStore:
             " LEFT JOIN whitelist w ON w.account_id = k.account_id"
             " WHERE k.key = $1 AND k.revoked_at IS NULL GROUP BY k.account_id", key)
         return Caller(row[0], tuple(row[1])) if row else None
-
-    async def account(self, account_id: int) -> Account | None:
-        row = await (await self._p()).fetchrow(
-            "SELECT id, name, balance_units, reserved_units, created_at FROM accounts"
-            " WHERE id = $1", account_id)
-        return Account(*row) if row else None
-
-    async def account_for_key(self, key: str) -> Account | None:
-        row = await (await self._p()).fetchrow(
-            "SELECT a.id, a.name, a.balance_units, a.reserved_units, a.created_at"
-            " FROM accounts a JOIN api_keys k ON k.account_id = a.id WHERE k.key = $1", key)
-        return Account(*row) if row else None
-
-    async def keys(self, account_id: int) -> list[KeyRecord]:
-        rows = await (await self._p()).fetch(
-            "SELECT key, account_id, created_at, revoked_at FROM api_keys"
-            " WHERE account_id = $1 ORDER BY created_at, key", account_id)
-        return [KeyRecord(*r) for r in rows]
-
-    async def whitelist(self, account_id: int) -> list[str]:
-        rows = await (await self._p()).fetch(
-            "SELECT network FROM whitelist WHERE account_id = $1 ORDER BY network", account_id)
-        return [r[0] for r in rows]
 
     async def whitelist_add(self, account_id: int, network: str) -> bool:
         status = await self._write(
@@ -258,166 +244,7 @@ class PostgresStore:
         return bool(status.endswith(" 1"))
 
     # -- money -------------------------------------------------------------------------------
-    async def adjust_balance(self, account_id: int, amount_units: int, kind: str, actor: str,
-                             note: str, now: float) -> int:
-        pool = await self._p()
-        async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT balance_units, reserved_units FROM accounts"
-                                      " WHERE id = $1 FOR UPDATE", account_id)
-            if row is None:
-                raise KeyError(account_id)
-            if row[0] + amount_units < row[1]:
-                raise InsufficientFunds()
-            if row[0] + amount_units > MAX_UNITS:
-                raise ValueError("balance would leave the supported range")
-            await conn.execute(
-                "INSERT INTO ledger (account_id, at, kind, amount_units, actor, note)"
-                " VALUES ($1, $2, $3, $4, $5, $6)", account_id, now, kind, amount_units, actor,
-                note)
-            await conn.execute("UPDATE accounts SET balance_units = balance_units + $1"
-                               " WHERE id = $2", amount_units, account_id)
-        return int(row[0] + amount_units)
-
-    async def ledger(self, account_id: int, limit: int = 20) -> list[LedgerEntry]:
-        rows = await (await self._p()).fetch(
-            "SELECT id, account_id, at, kind, amount_units, task_id, actor, note FROM ledger"
-            " WHERE account_id = $1 ORDER BY id DESC LIMIT $2", account_id, limit)
-        return [LedgerEntry(*r) for r in rows]
-
-    async def ledger_sum(self, account_id: int) -> int:
-        value = await (await self._p()).fetchval(
-            "SELECT COALESCE(SUM(amount_units), 0) FROM ledger WHERE account_id = $1",
-            account_id)
-        return int(value)
-
     # -- tasks -------------------------------------------------------------------------------
-    async def create_task(self, task: NewTask, new_id: Callable[[], int]) -> int:
-        payload = orjson.dumps(task.payload).decode()
-        options = orjson.dumps(task.options).decode()
-        pool = await self._p()
-        async with pool.acquire() as conn, conn.transaction():
-            reserved = await conn.fetchval(
-                "UPDATE accounts SET reserved_units = reserved_units + $1"
-                " WHERE id = $2 AND balance_units - reserved_units >= $1 RETURNING id",
-                task.price_units, task.account_id)
-            if reserved is None:
-                raise InsufficientFunds()
-            for _ in range(20):
-                task_id = new_id()
-                inserted = await conn.fetchval(
-                    "INSERT INTO tasks (id, account_id, type, payload, options, state,"
-                    " price_units, reserved_units, created_at, deadline_at, client_ip,"
-                    " callback_url) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, $8, $9,"
-                    " $10) ON CONFLICT (id) DO NOTHING RETURNING id",
-                    task_id, task.account_id, task.type, payload, options, task.price_units,
-                    task.created_at, task.deadline_at, task.client_ip, task.callback_url)
-                if inserted is not None:
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, task.type)
-                    return int(inserted)
-            raise RuntimeError("could not draw an unused task id")
-
-    async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:
-        if not with_payload:
-            final = self._final_tasks.get(task_id)
-            if final is not None:
-                return final
-        cols = _TASK_COLS if with_payload else _TASK_COLS_LIGHT
-        row = await (await self._p()).fetchrow(f"SELECT {cols} FROM tasks WHERE id = $1",
-                                               task_id)
-        if row is None:
-            return None
-        task = _task(row)
-        if not with_payload and task.state in (TaskState.SOLVED, TaskState.FAILED):
-            if len(self._final_tasks) >= _FINAL_CACHE_LIMIT:
-                self._final_tasks.clear()
-            self._final_tasks[task_id] = task
-        return task
-
-    async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
-                          now: float) -> list[Task]:
-        if not types or limit <= 0:
-            return []
-        rows = await (await self._p()).fetch(
-            f"UPDATE tasks SET state = 'leased', lease_until = $1, lease_owner = $2,"
-            f" attempts = attempts + 1 WHERE id IN ("
-            f"  SELECT id FROM tasks WHERE type = ANY($3::text[])"
-            f"   AND state IN ('queued', 'leased')"
-            f"   AND (state = 'queued' OR lease_until <= $4) AND deadline_at > $4"
-            f"  ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING {_TASK_COLS}",
-            now + lease_s, owner, types, now, limit)
-        return sorted((_task(r) for r in rows), key=lambda t: (t.created_at, t.id))
-
-    async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
-                          error_code: str | None = None, owner: str | None = None) -> Task | None:
-        if (solution is None) == (error_code is None):
-            raise ValueError("finish_task needs exactly one of solution and error_code")
-        pool = await self._p()
-        async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT state, account_id, reserved_units, price_units, lease_owner, lease_until"
-                " FROM tasks WHERE id = $1 FOR UPDATE", task_id)
-            if row is None or row[0] not in ("queued", "leased"):
-                return None
-            state, account_id, reserved, price, lease_owner, lease_until = row
-            if owner is not None and (state != "leased" or lease_owner != owner
-                                      or lease_until is None or lease_until <= now):
-                return None
-            charge = price if solution is not None else 0
-            done = await conn.fetchrow(
-                f"UPDATE tasks SET state = $1, ended_at = $2, solution = $3, error_code = $4,"
-                f" cost_units = $5, reserved_units = 0, lease_until = NULL WHERE id = $6"
-                f" RETURNING {_TASK_COLS}",
-                "solved" if solution is not None else "failed", now,
-                orjson.dumps(solution).decode() if solution is not None else None,
-                error_code, charge, task_id)
-            await conn.execute("UPDATE accounts SET reserved_units = reserved_units - $1,"
-                               " balance_units = balance_units - $2 WHERE id = $3",
-                               reserved, charge, account_id)
-            if charge:
-                await conn.execute(
-                    "INSERT INTO ledger (account_id, at, kind, amount_units, task_id, actor,"
-                    " note) VALUES ($1, $2, 'charge', $3, $4, 'capd', 'task solved')",
-                    account_id, now, -charge, task_id)
-        return _task(done)
-
-    async def extend_lease(self, task_id: int, owner: str, until: float,
-                           now: float) -> float | None:
-        value = await (await self._p()).fetchval(
-            "UPDATE tasks SET lease_until = LEAST($1, deadline_at) WHERE id = $2"
-            " AND state = 'leased' AND lease_owner = $3 AND lease_until > $4"
-            " RETURNING lease_until", until, task_id, owner, now)
-        return float(value) if value is not None else None
-
-    async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
-        rows = await (await self._p()).fetch(
-            f"SELECT {_TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
-            f" AND deadline_at <= $1 ORDER BY deadline_at LIMIT $2", now, limit)
-        return [_task(r) for r in rows]
-
-    async def report_task(self, task_id: int, account_id: int, refund: bool, now: float,
-                          window_s: float) -> bool:
-        pool = await self._p()
-        async with pool.acquire() as conn, conn.transaction():
-            cost = await conn.fetchval(
-                "UPDATE tasks SET reported_at = $1 WHERE id = $2 AND account_id = $3"
-                " AND state = 'solved' AND reported_at IS NULL AND ended_at >= $4"
-                " RETURNING cost_units", now, task_id, account_id, now - window_s)
-            if cost is None:
-                return False
-            if refund and cost > 0:
-                await conn.execute(
-                    "INSERT INTO ledger (account_id, at, kind, amount_units, task_id, actor,"
-                    " note) VALUES ($1, $2, 'refund', $3, $4, 'capd', 'reported incorrect')",
-                    account_id, now, cost, task_id)
-                await conn.execute("UPDATE accounts SET balance_units = balance_units + $1"
-                                   " WHERE id = $2", cost, account_id)
-        return True
-
-    async def queue_depth(self, task_type: str) -> int:
-        value = await (await self._p()).fetchval(
-            "SELECT COUNT(*) FROM tasks WHERE type = $1 AND state = 'queued'", task_type)
-        return int(value)
-
     # -- limits and bans ---------------------------------------------------------------------
     async def incr_counter(self, name: str, window_s: float, now: float) -> int:
         value = await (await self._p()).fetchval(
@@ -470,14 +297,12 @@ class PostgresStore:
                 return hit[1]
         generation = self._generation
         row = await (await self._p()).fetchrow(
-            f"SELECT {_BAN_COLS} FROM bans WHERE ip = $1 AND scope = $2 AND ends_at > $3"
+            f"SELECT {BAN_COLS} FROM bans WHERE ip = $1 AND scope = $2 AND ends_at > $3"
             f" AND lifted_at IS NULL AND account_id IS NOT DISTINCT FROM $4"
             f" ORDER BY ends_at DESC LIMIT 1", ip, scope, now, account_id)
-        ban = _ban(row) if row else None
+        ban = ban_from_row(row) if row else None
         if self._caching and generation == self._generation:
-            if len(self._ban_cache) >= _CACHE_LIMIT:
-                self._ban_cache.clear()
-            self._ban_cache[cache_key] = (time.monotonic() + CACHE_TTL_S, ban)
+            self._ban_cache.put(cache_key, (time.monotonic() + CACHE_TTL_S, ban))
         return ban
 
     async def extend_ban(self, ban_id: int, ends_at: float) -> None:
@@ -486,7 +311,7 @@ class PostgresStore:
 
     async def bans(self, now: float, active_only: bool = True,
                    account_id: int | None = None) -> list[Ban]:
-        sql = f"SELECT {_BAN_COLS} FROM bans WHERE TRUE"
+        sql = f"SELECT {BAN_COLS} FROM bans WHERE TRUE"
         args: list[Any] = []
         if active_only:
             args.append(now)
@@ -495,7 +320,7 @@ class PostgresStore:
             args.append(account_id)
             sql += f" AND account_id = ${len(args)}"
         rows = await (await self._p()).fetch(sql + " ORDER BY id", *args)
-        return [_ban(r) for r in rows]
+        return [ban_from_row(r) for r in rows]
 
     async def lift_ban(self, ban_id: int, now: float, by: str) -> bool:
         status = await self._write(

@@ -4,64 +4,105 @@ Statements run synchronously on the caller's thread (the event loop): each is a 
 microseconds against a local file, far less than a hop to a thread pool would cost, and
 running them on one thread serialises the server's transactions for free. Other
 processes (the CLI) share the file through SQLite's own locking with a busy timeout.
+
+Every statement goes through ``_one``, ``_all`` or ``_run``, which turn an outage (locked,
+full, read-only or unreadable file) into StoreUnavailable where it happens: no wrapper
+per method, so the poll path's cache hits cost nothing extra.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import orjson
 
-from capd.domain.money import MAX_UNITS
-from capd.errors import InsufficientFunds
-from capd.store.base import (
-    Account,
-    Ban,
-    Caller,
-    KeyRecord,
-    LedgerEntry,
-    NewTask,
-    Task,
-    TaskState,
-    WorkerToken,
-)
-from capd.store.counters import MemoryCounters
+from capd.store.base import Ban, Caller, StoreUnavailable, WorkerToken
+from capd.store.counters import Bounded, FinalTasks, OneProcess
 from capd.store.migrations import migration_scripts
-
-_TASK_COLS = (
-    "id, account_id, type, payload, options, state, price_units, reserved_units, created_at,"
-    " deadline_at, lease_until, lease_owner, attempts, ended_at, solution, error_code,"
-    " cost_units, client_ip, callback_url, reported_at"
+from capd.store.transitions import (
+    BAN_COLS,
+    SQLITE,
+    SqlTransitions,
+    Statements,
+    Tx,
+    ban_from_row,
 )
-# the poll path reads a task without its payload (an image can be 70 KB of base64)
-_TASK_COLS_LIGHT = _TASK_COLS.replace("payload,", "'{}',")
-_CACHE_LIMIT = 50_000
-_BAN_COLS = "id, scope, ip, account_id, reason, started_at, ends_at, lifted_at"
+
+# SQLite's primary result codes that mean "cannot answer now", not "wrong statement"
+_OUTAGE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
+                           sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+                           sqlite3.SQLITE_PROTOCOL})
 
 
-def _task(row: tuple[Any, ...]) -> Task:
-    return Task(
-        id=row[0], account_id=row[1], type=row[2], payload=orjson.loads(row[3]),
-        options=orjson.loads(row[4]), state=TaskState(row[5]), price_units=row[6],
-        reserved_units=row[7], created_at=row[8], deadline_at=row[9], lease_until=row[10],
-        lease_owner=row[11], attempts=row[12], ended_at=row[13],
-        solution=orjson.loads(row[14]) if row[14] is not None else None,
-        error_code=row[15], cost_units=row[16], client_ip=row[17], callback_url=row[18],
-        reported_at=row[19],
-    )
+def _is_outage(exc: BaseException) -> bool:
+    """A locked, full, read-only or unreadable database file (and the OS errors behind it)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is None or code & 0xFF in _OUTAGE_CODES
+    return isinstance(exc, OSError)
 
 
-def _ban(row: tuple[Any, ...]) -> Ban:
-    return Ban(*row)
+def _reraise(exc: sqlite3.OperationalError) -> NoReturn:
+    """StoreUnavailable for an outage; any other error (a wrong statement) as it is."""
+    if _is_outage(exc):
+        raise StoreUnavailable(f"SQLite: {exc}") from exc
+    raise exc
 
 
-class SQLiteStore:
+class _Db:
+    """The connection as the shared transitions see it (``capd.store.transitions.Db``).
+
+    The coroutines never suspend: a transaction runs start to end without yielding to the
+    event loop, so no other request's statements can land inside it."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        row: Sequence[Any] | None = self._store._one(sql, args)
+        return row
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        return self._store._all(sql, args)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        self._store._run(sql, args)
+
+    def transaction(self) -> _Db:
+        return self
+
+    async def __aenter__(self) -> _Db:
+        self._store._run("BEGIN IMMEDIATE")
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        store = self._store
+        if kind is not None:
+            store._run("ROLLBACK")
+            return
+        try:
+            store._run("COMMIT")
+        except BaseException:
+            if store._db.in_transaction:  # a failed COMMIT (disk full) may leave it open
+                store._run("ROLLBACK")
+            raise
+
+    async def keys_changed(self, tx: Tx) -> None:
+        self._store._invalidate()
+
+    async def task_queued(self, tx: Tx, task_type: str) -> None:
+        """One serving process: the dispatcher hears of new work directly."""
+
+
+class SQLiteStore(SqlTransitions, OneProcess):
     """Store backend on one SQLite database file."""
 
     backend = "sqlite"
+    _sql = Statements(SQLITE)
 
     def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
         self.path = path
@@ -74,20 +115,22 @@ class SQLiteStore:
         # may lose the last transactions, never corrupt the file.
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute("PRAGMA foreign_keys = ON")
-        self._counters = MemoryCounters()
+        OneProcess.__init__(self)
         # Read caches for the poll path: keys, bans and finished tasks. Our own writes clear
         # them; PRAGMA data_version tells us (in ~2 us) when another connection, such as
         # the CLI revoking a key or lifting a ban, has committed.
         self._data_version = -1
-        self._callers: dict[str, Caller | None] = {}
-        self._ban_cache: dict[tuple[str, str, int | None], Ban | None] = {}
-        self._final_tasks: dict[int, Task] = {}
-        self._worker_tokens: dict[str, WorkerToken | None] = {}
-        # last time a worker asked for each type; one serving process in SQLite mode
-        self._worker_seen: dict[str, float] = {}
+        self._callers: Bounded[str, Caller | None] = Bounded()
+        self._ban_cache: Bounded[tuple[str, str, int | None], Ban | None] = Bounded()
+        self._final_tasks = FinalTasks()
+        self._worker_tokens: Bounded[str, WorkerToken | None] = Bounded()
+        self._tdb = _Db(self)
 
     def _fresh(self) -> None:
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        try:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            _reraise(exc)
         if version != self._data_version:
             self._data_version = version
             self._invalidate()
@@ -97,22 +140,33 @@ class SQLiteStore:
         self._ban_cache.clear()
         self._worker_tokens.clear()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            return self._db.execute(sql, args).fetchone()
+        except sqlite3.OperationalError as exc:
+            _reraise(exc)
 
-    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
-        return self._db.execute(sql, args).fetchone()
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            _reraise(exc)
+
+    def _run(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """A statement that returns no rows; its cursor tells rowcount and lastrowid."""
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            _reraise(exc)
 
     # -- schema -----------------------------------------------------------------------------
     async def migrate(self) -> int:
+        try:
+            return self._migrate()
+        except sqlite3.OperationalError as exc:
+            _reraise(exc)
+
+    def _migrate(self) -> int:
         db = self._db
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = self._one("SELECT MAX(version) FROM schema_version")
@@ -139,48 +193,14 @@ class SQLiteStore:
     async def close(self) -> None:
         self._db.close()
 
-    async def subscribe(self, on_task: Callable[[str], None]) -> None:
-        """One serving process: the dispatcher hears of new work directly."""
-
     # -- accounts and keys -----------------------------------------------------------------
-    async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
-                             actor: str = "operator", note: str = "") -> int:
-        if not 0 <= opening_units <= MAX_UNITS:
-            raise ValueError("opening balance outside the supported range")
-        self._invalidate()
-        with self._tx() as db:
-            cur = db.execute("INSERT INTO accounts (name, balance_units, created_at)"
-                             " VALUES (?, ?, ?)", (name, opening_units, now))
-            account_id = int(cur.lastrowid or 0)
-            db.execute("INSERT INTO api_keys (key, account_id, created_at) VALUES (?, ?, ?)",
-                       (key, account_id, now))
-            if opening_units:
-                db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, actor, note)"
-                           " VALUES (?, ?, 'topup', ?, ?, ?)",
-                           (account_id, now, opening_units, actor, note))
-        return account_id
-
-    async def find_accounts(self, query: str, limit: int = 50) -> list[Account]:
-        text = query.strip()
-        if not text or limit <= 0:
-            return []
-        by_id = int(text) if text.isascii() and text.isdigit() and len(text) < 19 else -1
-        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        rows = self._db.execute(
-            "SELECT id, name, balance_units, reserved_units, created_at FROM accounts"
-            " WHERE id = ? OR name LIKE ? ESCAPE '\\'"
-            " OR id IN (SELECT account_id FROM api_keys WHERE key = ?)"
-            " ORDER BY id LIMIT ?", (by_id, pattern, text, limit))
-        return [Account(*r) for r in rows]
-
     async def add_key(self, account_id: int, key: str, now: float) -> None:
         self._invalidate()
-        self._db.execute("INSERT INTO api_keys (key, account_id, created_at) VALUES (?, ?, ?)",
-                         (key, account_id, now))
+        self._run(self._sql.insert_key, (key, account_id, now))
 
     async def revoke_key(self, key: str, now: float) -> bool:
         self._invalidate()
-        cur = self._db.execute(
+        cur = self._run(
             "UPDATE api_keys SET revoked_at = ? WHERE key = ? AND revoked_at IS NULL", (now, key))
         return cur.rowcount == 1
 
@@ -192,216 +212,30 @@ class SQLiteStore:
                         (key,))
         caller = None
         if row is not None:
-            nets = self._db.execute("SELECT network FROM whitelist WHERE account_id = ?",
-                                    (row[0],)).fetchall()
+            nets = self._all("SELECT network FROM whitelist WHERE account_id = ?", (row[0],))
             caller = Caller(row[0], tuple(n[0] for n in nets))
-        if len(self._callers) >= _CACHE_LIMIT:
-            self._callers.clear()  # an unknown-key storm must not grow memory
-        self._callers[key] = caller
+        self._callers.put(key, caller)
         return caller
-
-    async def account(self, account_id: int) -> Account | None:
-        row = self._one("SELECT id, name, balance_units, reserved_units, created_at"
-                        " FROM accounts WHERE id = ?", (account_id,))
-        return Account(*row) if row else None
-
-    async def account_for_key(self, key: str) -> Account | None:
-        row = self._one("SELECT account_id FROM api_keys WHERE key = ?", (key,))
-        return await self.account(row[0]) if row else None
-
-    async def keys(self, account_id: int) -> list[KeyRecord]:
-        rows = self._db.execute("SELECT key, account_id, created_at, revoked_at FROM api_keys"
-                                " WHERE account_id = ? ORDER BY created_at", (account_id,))
-        return [KeyRecord(*r) for r in rows]
-
-    async def whitelist(self, account_id: int) -> list[str]:
-        rows = self._db.execute("SELECT network FROM whitelist WHERE account_id = ?"
-                                " ORDER BY network", (account_id,))
-        return [r[0] for r in rows]
 
     async def whitelist_add(self, account_id: int, network: str) -> bool:
         self._invalidate()
-        cur = self._db.execute("INSERT OR IGNORE INTO whitelist (account_id, network)"
+        cur = self._run("INSERT OR IGNORE INTO whitelist (account_id, network)"
                                " VALUES (?, ?)", (account_id, network))
         return cur.rowcount == 1
 
     async def whitelist_remove(self, account_id: int, network: str) -> bool:
         self._invalidate()
-        cur = self._db.execute("DELETE FROM whitelist WHERE account_id = ? AND network = ?",
+        cur = self._run("DELETE FROM whitelist WHERE account_id = ? AND network = ?",
                                (account_id, network))
         return cur.rowcount == 1
 
     # -- money -------------------------------------------------------------------------------
-    async def adjust_balance(self, account_id: int, amount_units: int, kind: str, actor: str,
-                             note: str, now: float) -> int:
-        with self._tx() as db:
-            row = db.execute("SELECT balance_units, reserved_units FROM accounts WHERE id = ?",
-                             (account_id,)).fetchone()
-            if row is None:
-                raise KeyError(account_id)
-            if row[0] + amount_units < row[1]:
-                raise InsufficientFunds()
-            if row[0] + amount_units > MAX_UNITS:
-                raise ValueError("balance would leave the supported range")
-            db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, actor, note)"
-                       " VALUES (?, ?, ?, ?, ?, ?)",
-                       (account_id, now, kind, amount_units, actor, note))
-            db.execute("UPDATE accounts SET balance_units = balance_units + ? WHERE id = ?",
-                       (amount_units, account_id))
-        return int(row[0] + amount_units)
-
-    async def ledger(self, account_id: int, limit: int = 20) -> list[LedgerEntry]:
-        rows = self._db.execute(
-            "SELECT id, account_id, at, kind, amount_units, task_id, actor, note FROM ledger"
-            " WHERE account_id = ? ORDER BY id DESC LIMIT ?", (account_id, limit))
-        return [LedgerEntry(*r) for r in rows]
-
-    async def ledger_sum(self, account_id: int) -> int:
-        row = self._one("SELECT COALESCE(SUM(amount_units), 0) FROM ledger WHERE account_id = ?",
-                        (account_id,))
-        return int(row[0])
-
     # -- tasks -------------------------------------------------------------------------------
-    async def create_task(self, task: NewTask, new_id: Callable[[], int]) -> int:
-        payload = orjson.dumps(task.payload).decode()
-        options = orjson.dumps(task.options).decode()
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE accounts SET reserved_units = reserved_units + ?"
-                " WHERE id = ? AND balance_units - reserved_units >= ?",
-                (task.price_units, task.account_id, task.price_units))
-            if cur.rowcount != 1:
-                raise InsufficientFunds()
-            for _ in range(20):
-                task_id = new_id()
-                try:
-                    db.execute(
-                        "INSERT INTO tasks (id, account_id, type, payload, options, state,"
-                        " price_units, reserved_units, created_at, deadline_at, client_ip,"
-                        " callback_url) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                        (task_id, task.account_id, task.type, payload, options,
-                         task.price_units, task.price_units, task.created_at, task.deadline_at,
-                         task.client_ip, task.callback_url))
-                    return task_id
-                except sqlite3.IntegrityError:
-                    continue
-            raise RuntimeError("could not draw an unused task id")
-
-    async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:
-        if not with_payload:
-            # a finished task never changes what a poll reads, so it can be kept
-            final = self._final_tasks.get(task_id)
-            if final is not None:
-                return final
-        cols = _TASK_COLS if with_payload else _TASK_COLS_LIGHT
-        row = self._one(f"SELECT {cols} FROM tasks WHERE id = ?", (task_id,))
-        if row is None:
-            return None
-        task = _task(row)
-        if not with_payload and task.state in (TaskState.SOLVED, TaskState.FAILED):
-            if len(self._final_tasks) >= _CACHE_LIMIT:
-                self._final_tasks.clear()
-            self._final_tasks[task_id] = task
-        return task
-
-    async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
-                          now: float) -> list[Task]:
-        if not types or limit <= 0:
-            return []
-        marks = ",".join("?" * len(types))
-        with self._tx() as db:
-            rows = db.execute(
-                f"UPDATE tasks SET state = 'leased', lease_until = ?, lease_owner = ?,"
-                f" attempts = attempts + 1 WHERE id IN ("
-                f"  SELECT id FROM tasks WHERE type IN ({marks})"
-                f"   AND state IN ('queued', 'leased')"
-                f"   AND (state = 'queued' OR lease_until <= ?) AND deadline_at > ?"
-                f"  ORDER BY created_at, id LIMIT ?) RETURNING {_TASK_COLS}",
-                (now + lease_s, owner, *types, now, now, limit)).fetchall()
-        return sorted((_task(r) for r in rows), key=lambda t: (t.created_at, t.id))
-
-    async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
-                          error_code: str | None = None, owner: str | None = None) -> Task | None:
-        if (solution is None) == (error_code is None):
-            raise ValueError("finish_task needs exactly one of solution and error_code")
-        with self._tx() as db:
-            row = db.execute("SELECT state, account_id, reserved_units, price_units, lease_owner,"
-                             " lease_until FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            if row is None or row[0] not in ("queued", "leased"):
-                return None
-            state, account_id, reserved, price, lease_owner, lease_until = row
-            if owner is not None and (state != "leased" or lease_owner != owner
-                                      or lease_until is None or lease_until <= now):
-                return None
-            charge = price if solution is not None else 0
-            db.execute(
-                "UPDATE tasks SET state = ?, ended_at = ?, solution = ?, error_code = ?,"
-                " cost_units = ?, reserved_units = 0, lease_until = NULL WHERE id = ?",
-                ("solved" if solution is not None else "failed", now,
-                 orjson.dumps(solution).decode() if solution is not None else None,
-                 error_code, charge, task_id))
-            db.execute("UPDATE accounts SET reserved_units = reserved_units - ?,"
-                       " balance_units = balance_units - ? WHERE id = ?",
-                       (reserved, charge, account_id))
-            if charge:
-                db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, task_id,"
-                           " actor, note) VALUES (?, ?, 'charge', ?, ?, 'capd', 'task solved')",
-                           (account_id, now, -charge, task_id))
-            done = db.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE id = ?",
-                              (task_id,)).fetchone()
-        return _task(done)
-
-    async def extend_lease(self, task_id: int, owner: str, until: float,
-                           now: float) -> float | None:
-        row = self._db.execute(
-            "UPDATE tasks SET lease_until = MIN(?, deadline_at) WHERE id = ?"
-            " AND state = 'leased' AND lease_owner = ? AND lease_until > ?"
-            " RETURNING lease_until", (until, task_id, owner, now)).fetchone()
-        return float(row[0]) if row else None
-
-    async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
-        rows = self._db.execute(
-            f"SELECT {_TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
-            f" AND deadline_at <= ? ORDER BY deadline_at LIMIT ?", (now, limit)).fetchall()
-        return [_task(r) for r in rows]
-
-    async def report_task(self, task_id: int, account_id: int, refund: bool, now: float,
-                          window_s: float) -> bool:
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE tasks SET reported_at = ? WHERE id = ? AND account_id = ?"
-                " AND state = 'solved' AND reported_at IS NULL AND ended_at >= ?"
-                " RETURNING cost_units", (now, task_id, account_id, now - window_s))
-            row = cur.fetchone()
-            if row is None:
-                return False
-            if refund and row[0] > 0:
-                db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, task_id,"
-                           " actor, note) VALUES (?, ?, 'refund', ?, ?, 'capd',"
-                           " 'reported incorrect')", (account_id, now, row[0], task_id))
-                db.execute("UPDATE accounts SET balance_units = balance_units + ? WHERE id = ?",
-                           (row[0], account_id))
-        return True
-
-    async def queue_depth(self, task_type: str) -> int:
-        row = self._one("SELECT COUNT(*) FROM tasks WHERE type = ? AND state = 'queued'",
-                        (task_type,))
-        return int(row[0])
-
     # -- limits and bans ---------------------------------------------------------------------
-    async def incr_counter(self, name: str, window_s: float, now: float) -> int:
-        return self._counters.incr(name, window_s, now)
-
-    async def incr_counters(self, counters: list[tuple[str, float]], now: float) -> list[int]:
-        return [self._counters.incr(name, window_s, now) for name, window_s in counters]
-
-    async def sweep_counters(self, now: float) -> int:
-        return self._counters.sweep(now)
-
     async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
                       now: float, ends_at: float) -> int:
         self._invalidate()
-        cur = self._db.execute(
+        cur = self._run(
             "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
             " VALUES (?, ?, ?, ?, ?, ?)", (scope, ip, account_id, reason, now, ends_at))
         return int(cur.lastrowid or 0)
@@ -415,23 +249,21 @@ class SQLiteStore:
             if cached is None or cached.ends_at > now:
                 return cached
         row = self._one(
-            f"SELECT {_BAN_COLS} FROM bans WHERE ip = ? AND scope = ? AND ends_at > ?"
+            f"SELECT {BAN_COLS} FROM bans WHERE ip = ? AND scope = ? AND ends_at > ?"
             f" AND lifted_at IS NULL AND account_id IS ? ORDER BY ends_at DESC LIMIT 1",
             (ip, scope, now, account_id))
-        ban = _ban(row) if row else None
-        if len(self._ban_cache) >= _CACHE_LIMIT:
-            self._ban_cache.clear()
-        self._ban_cache[cache_key] = ban
+        ban = ban_from_row(row) if row else None
+        self._ban_cache.put(cache_key, ban)
         return ban
 
     async def extend_ban(self, ban_id: int, ends_at: float) -> None:
         self._invalidate()
-        self._db.execute("UPDATE bans SET ends_at = MAX(ends_at, ?) WHERE id = ?",
+        self._run("UPDATE bans SET ends_at = MAX(ends_at, ?) WHERE id = ?",
                          (ends_at, ban_id))
 
     async def bans(self, now: float, active_only: bool = True,
                    account_id: int | None = None) -> list[Ban]:
-        sql = f"SELECT {_BAN_COLS} FROM bans WHERE 1 = 1"
+        sql = f"SELECT {BAN_COLS} FROM bans WHERE 1 = 1"
         args: list[Any] = []
         if active_only:
             sql += " AND ends_at > ? AND lifted_at IS NULL"
@@ -439,24 +271,24 @@ class SQLiteStore:
         if account_id is not None:
             sql += " AND account_id = ?"
             args.append(account_id)
-        return [_ban(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+        return [ban_from_row(r) for r in self._all(sql + " ORDER BY id", args)]
 
     async def lift_ban(self, ban_id: int, now: float, by: str) -> bool:
         self._invalidate()
-        cur = self._db.execute("UPDATE bans SET lifted_at = ?, lifted_by = ? WHERE id = ?"
+        cur = self._run("UPDATE bans SET lifted_at = ?, lifted_by = ? WHERE id = ?"
                                " AND lifted_at IS NULL", (now, by, ban_id))
         return cur.rowcount == 1
 
     async def blocklist_add(self, domain: str, now: float) -> bool:
-        cur = self._db.execute("INSERT OR IGNORE INTO blocklist (domain, added_at) VALUES (?, ?)",
+        cur = self._run("INSERT OR IGNORE INTO blocklist (domain, added_at) VALUES (?, ?)",
                                (domain, now))
         return cur.rowcount == 1
 
     async def blocklist_remove(self, domain: str) -> bool:
-        return self._db.execute("DELETE FROM blocklist WHERE domain = ?", (domain,)).rowcount == 1
+        return self._run("DELETE FROM blocklist WHERE domain = ?", (domain,)).rowcount == 1
 
     async def blocklist(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT domain FROM blocklist ORDER BY domain")]
+        return [r[0] for r in self._all("SELECT domain FROM blocklist ORDER BY domain")]
 
     async def blocked_domain(self, host: str) -> str | None:
         labels = host.split(".")
@@ -467,7 +299,7 @@ class SQLiteStore:
         return row[0] if row else None
 
     async def ban_proxy(self, address: str, port: int, until: float) -> None:
-        self._db.execute("INSERT INTO proxy_bans (address, port, until) VALUES (?, ?, ?)"
+        self._run("INSERT INTO proxy_bans (address, port, until) VALUES (?, ?, ?)"
                          " ON CONFLICT (address, port) DO UPDATE SET"
                          " until = MAX(until, excluded.until)", (address.lower(), port, until))
 
@@ -480,14 +312,14 @@ class SQLiteStore:
     async def create_worker_token(self, token_hash: str, name: str,
                                   types: tuple[str, ...] | None, now: float) -> int:
         self._invalidate()
-        cur = self._db.execute(
+        cur = self._run(
             "INSERT INTO worker_tokens (token_hash, name, types, created_at) VALUES (?, ?, ?, ?)",
             (token_hash, name, orjson.dumps(list(types)).decode() if types else None, now))
         return int(cur.lastrowid or 0)
 
     async def revoke_worker_token(self, token_hash: str, now: float) -> bool:
         self._invalidate()
-        cur = self._db.execute("UPDATE worker_tokens SET revoked_at = ? WHERE token_hash = ?"
+        cur = self._run("UPDATE worker_tokens SET revoked_at = ? WHERE token_hash = ?"
                                " AND revoked_at IS NULL", (now, token_hash))
         return cur.rowcount == 1
 
@@ -501,32 +333,22 @@ class SQLiteStore:
         if row is not None:
             types = tuple(orjson.loads(row[2])) if row[2] else None
             token = WorkerToken(row[0], row[1], types, row[3])
-        if len(self._worker_tokens) >= _CACHE_LIMIT:
-            self._worker_tokens.clear()
-        self._worker_tokens[token_hash] = token
+        self._worker_tokens.put(token_hash, token)
         return token
-
-    async def note_workers(self, types: list[str], now: float) -> None:
-        for task_type in types:
-            self._worker_seen[task_type] = max(now, self._worker_seen.get(task_type, 0.0))
-
-    async def worker_seen_since(self, task_type: str, since: float) -> bool:
-        return self._worker_seen.get(task_type, float("-inf")) >= since
 
     # -- operator views ----------------------------------------------------------------------
     async def stats(self, now: float) -> dict[str, Any]:
-        db = self._db
         by_state = [
             {"type": t, "state": s, "count": n}
-            for t, s, n in db.execute("SELECT type, state, COUNT(*) FROM tasks"
-                                      " GROUP BY type, state ORDER BY type, state")]
-        latencies = [r[0] for r in db.execute(
+            for t, s, n in self._all("SELECT type, state, COUNT(*) FROM tasks"
+                                     " GROUP BY type, state ORDER BY type, state")]
+        latencies = [r[0] for r in self._all(
             "SELECT ended_at - created_at FROM tasks WHERE state = 'solved'"
             " ORDER BY id DESC LIMIT 10000")]
-        charges = db.execute("SELECT COUNT(*), COALESCE(-SUM(amount_units), 0) FROM ledger"
-                             " WHERE kind = 'charge'").fetchone()
-        refunds = db.execute("SELECT COUNT(*), COALESCE(SUM(amount_units), 0) FROM ledger"
-                             " WHERE kind = 'refund'").fetchone()
+        charges = self._one("SELECT COUNT(*), COALESCE(-SUM(amount_units), 0) FROM ledger"
+                            " WHERE kind = 'charge'")
+        refunds = self._one("SELECT COUNT(*), COALESCE(SUM(amount_units), 0) FROM ledger"
+                            " WHERE kind = 'refund'")
         return {"tasks": by_state, "solve_latencies_s": latencies,
                 "charges": {"count": charges[0], "units": charges[1]},
                 "refunds": {"count": refunds[0], "units": refunds[1]}}
@@ -536,5 +358,5 @@ class SQLiteStore:
         return row[0] if row else None
 
     async def meta_set(self, name: str, value: str) -> None:
-        self._db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name)"
+        self._run("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name)"
                          " DO UPDATE SET value = excluded.value", (name, value))

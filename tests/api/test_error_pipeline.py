@@ -5,7 +5,6 @@ protocol — from handlers registered once on the app."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from capd.api.app import create_app
-from capd.store.base import Store
+from capd.store.base import Store, StoreUnavailable
 from tests.helpers import FakeClock, make_settings
 
 KEY = "ab" * 16
@@ -58,7 +57,7 @@ def fail_with(store: Store, monkeypatch: pytest.MonkeyPatch, exc: Exception) -> 
     monkeypatch.setattr(store, "worker_token", broken)
 
 
-OUTAGE = sqlite3.OperationalError("database is locked")
+OUTAGE = StoreUnavailable("database is locked")  # what a backend raises for its outages
 BUG = RuntimeError("a bug")
 
 

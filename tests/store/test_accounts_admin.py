@@ -1,44 +1,20 @@
 """Store primitives the admin service adds: funded account creation and account search,
-on every backend (the same shape as test_contract.py)."""
+on every backend (the contract suite's ``run`` fixture: memory, SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from capd.domain.money import MAX_UNITS
 from capd.store.base import Store
-from capd.store.postgres import PostgresStore
-from capd.store.sqlite import SQLiteStore
+from tests.store.contract import covers
 
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def run(request: Any, tmp_path: Path) -> Callable[[Callable[[Store], Awaitable[Any]]], Any]:
-    """Run an async test body against a freshly migrated store of each backend."""
-    def open_store() -> Store:
-        if request.param == "sqlite":
-            return SQLiteStore(str(tmp_path / "accounts.db"))
-        return PostgresStore(request.getfixturevalue("pg_url"))
-
-    def go(body: Callable[[Store], Awaitable[Any]]) -> Any:
-        store = open_store()
-
-        async def main() -> Any:
-            await store.migrate()
-            try:
-                return await body(store)
-            finally:
-                await store.close()
-        return asyncio.run(main())
-    return go
-
-
+@covers("create_account", "ledger", "ledger_sum")
 def test_create_account_with_opening_balance_writes_one_topup(run: Any) -> None:
     async def body(store: Store) -> None:
         account_id = await store.create_account("a", "a" * 32, NOW, opening_units=700,
@@ -79,6 +55,7 @@ def test_create_account_with_a_taken_key_writes_nothing(run: Any) -> None:
     run(body)
 
 
+@covers("find_accounts")
 def test_find_accounts_by_id_name_and_key(run: Any) -> None:
     async def body(store: Store) -> None:
         shop = await store.create_account("Big Shop", "a" * 32, NOW)
@@ -93,6 +70,7 @@ def test_find_accounts_by_id_name_and_key(run: Any) -> None:
     run(body)
 
 
+@covers("find_accounts")
 def test_find_accounts_reads_wildcards_literally(run: Any) -> None:
     async def body(store: Store) -> None:
         await store.create_account("plain", "a" * 32, NOW)

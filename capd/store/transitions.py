@@ -1,0 +1,453 @@
+"""The task and money transitions: one state machine, written once for every backend.
+
+A task moves through ``TaskState`` (``capd.store.base``); every move is one atomic
+transition, and the money it moves goes with it in the same transaction. An account holds
+``balance`` (B, the sum of its ledger) and ``reserved`` (R, prices of its open tasks);
+always ``0 <= R <= B <= MAX_UNITS``.
+
+Task transitions (from -> to: guard; money):
+
+- ``create_task``   (new) -> queued: B - R >= price, else InsufficientFunds (nothing
+  written); R += price, the task reserves its price.
+- ``claim_tasks``   queued, or leased with the lease over -> leased: a type asked for,
+  deadline ahead, oldest first, each task to one claimer; attempts + 1, lease to
+  now + lease_s. No money.
+- ``extend_lease``  leased -> leased: the owner holds a live lease; the lease end moves,
+  never past the deadline. No money.
+- ``finish_task``   queued or leased -> solved (with a solution): with ``owner``, only the
+  holder of a live lease; capture: R -= reserved, B -= price, ledger ``charge`` of -price.
+- ``finish_task``   queued or leased -> failed (with an error code): same guard;
+  release: R -= reserved.
+- ``report_task``   solved, not yet reported -> solved and reported: the account's own
+  task, ended within ``window_s``; with ``refund``, B += cost and a ledger ``refund``.
+
+Account transitions:
+
+- ``create_account``  0 <= opening <= MAX_UNITS, else ValueError; B = opening, with a
+  ledger ``topup`` when it is positive; the account and its key in the same transaction.
+- ``adjust_balance``  R <= B + amount, else InsufficientFunds; B + amount <= MAX_UNITS,
+  else ValueError; B += amount with a ledger entry of the given kind.
+
+``solved`` and ``failed`` are final: nothing leaves them (a report only stamps
+``reported_at``), so each task is charged at most once and refunded at most once (the
+ledger's unique (task_id, kind) index says the same in SQL).
+
+The SQL backends share the statements below, written with PostgreSQL's numbered ``$n``
+placeholders; a ``Dialect`` fills the few places where SQLite and PostgreSQL differ (row
+locks, list parameters). ``capd.store.memory`` applies the same rules (the ``may_*`` and
+``check_*`` functions) to Python objects.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from capd.constants import MAX_UNITS
+from capd.errors import InsufficientFunds
+from capd.store.base import (
+    OPEN_STATES,
+    Account,
+    Ban,
+    KeyRecord,
+    LedgerEntry,
+    NewTask,
+    Task,
+    TaskState,
+)
+from capd.store.counters import FinalTasks
+
+SYSTEM_ACTOR = "capd"  # the ledger's actor for charges and refunds
+CHARGE_NOTE = "task solved"
+REFUND_NOTE = "reported incorrect"
+NEW_ID_TRIES = 20  # draws of ``new_id`` before create_task gives up
+
+
+# -- the rules, in Python ------------------------------------------------------------------
+def check_balance_move(balance: int, reserved: int, amount: int) -> int:
+    """The balance after moving it by ``amount``; raises InsufficientFunds when it would fall
+    below what is reserved and ValueError when it would pass MAX_UNITS."""
+    after = balance + amount
+    if after < reserved:
+        raise InsufficientFunds()
+    if after > MAX_UNITS:
+        raise ValueError("balance would leave the supported range")
+    return after
+
+
+def check_opening(opening_units: int) -> None:
+    """Raises ValueError unless an opening balance is within 0..MAX_UNITS."""
+    if not 0 <= opening_units <= MAX_UNITS:
+        raise ValueError("opening balance is out of range")
+
+
+def finish_outcome(solution: dict[str, Any] | None, error_code: str | None) -> TaskState:
+    """The final state a finish leads to; exactly one of solution and error code."""
+    if (solution is None) == (error_code is None):
+        raise ValueError("finish_task needs exactly one of solution and error_code")
+    return TaskState.SOLVED if solution is not None else TaskState.FAILED
+
+
+def may_finish(state: str, lease_owner: str | None, lease_until: float | None,
+               owner: str | None, now: float) -> bool:
+    """Whether a task in ``state`` may be finished (by ``owner``, when given)."""
+    if state not in OPEN_STATES:
+        return False
+    return owner is None or (state == TaskState.LEASED and lease_owner == owner
+                             and lease_until is not None and lease_until > now)
+
+
+def may_claim(state: str, lease_until: float | None, deadline_at: float, now: float) -> bool:
+    """Whether a task is up for claiming (the type and order are the caller's)."""
+    return deadline_at > now and (state == TaskState.QUEUED or (
+        state == TaskState.LEASED and lease_until is not None and lease_until <= now))
+
+
+def may_extend(state: str, lease_owner: str | None, lease_until: float | None, owner: str,
+               now: float) -> bool:
+    return (state == TaskState.LEASED and lease_owner == owner and lease_until is not None
+            and lease_until > now)
+
+
+def may_report(state: str, task_account: int, reported_at: float | None,
+               ended_at: float | None, account_id: int, now: float, window_s: float) -> bool:
+    return (state == TaskState.SOLVED and task_account == account_id and reported_at is None
+            and ended_at is not None and ended_at >= now - window_s)
+
+
+# -- rows ----------------------------------------------------------------------------------
+TASK_COLS = (
+    "id, account_id, type, payload, options, state, price_units, reserved_units, created_at,"
+    " deadline_at, lease_until, lease_owner, attempts, ended_at, solution, error_code,"
+    " cost_units, client_ip, callback_url, reported_at"
+)
+# the poll path reads a task without its payload (an image can be 70 KB of base64)
+TASK_COLS_LIGHT = TASK_COLS.replace("payload,", "'{}' AS payload,")
+BAN_COLS = "id, scope, ip, account_id, reason, started_at, ends_at, lifted_at"
+
+
+def task_from_row(row: Sequence[Any]) -> Task:
+    return Task(
+        id=row[0], account_id=row[1], type=row[2], payload=orjson.loads(row[3]),
+        options=orjson.loads(row[4]), state=TaskState(row[5]), price_units=row[6],
+        reserved_units=row[7], created_at=row[8], deadline_at=row[9], lease_until=row[10],
+        lease_owner=row[11], attempts=row[12], ended_at=row[13],
+        solution=orjson.loads(row[14]) if row[14] is not None else None,
+        error_code=row[15], cost_units=row[16], client_ip=row[17], callback_url=row[18],
+        reported_at=row[19],
+    )
+
+
+def ban_from_row(row: Sequence[Any]) -> Ban:
+    return Ban(*row)
+
+
+def json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# -- the SQL, once -------------------------------------------------------------------------
+class Tx(Protocol):
+    """Statements inside one transaction (or one autocommitted statement each)."""
+
+    async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None: ...
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]: ...
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+
+class Db(Tx, Protocol):
+    """A backend's connection: autocommitted statements, transactions, and announcements."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
+
+    async def keys_changed(self, tx: Tx) -> None:
+        """Inside ``tx``: accounts, keys, whitelists or bans changed (drop read caches)."""
+
+    async def task_queued(self, tx: Tx, task_type: str) -> None:
+        """Inside ``tx``: a task of this type was queued (wake its solvers)."""
+
+
+@dataclass(frozen=True)
+class AccountSearch:
+    """What an operator's account search matches: an id, a name fragment, an exact key."""
+
+    text: str
+    account_id: int  # -1 when the text is not an id
+    like_pattern: str  # the text as a literal LIKE fragment (escape character: backslash)
+
+
+def account_search(query: str) -> AccountSearch | None:
+    text = query.strip()
+    if not text:
+        return None
+    account_id = int(text) if text.isascii() and text.isdigit() and len(text) < 19 else -1
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return AccountSearch(text, account_id, f"%{escaped}%")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """Where the two SQL dialects differ, for the statements below."""
+
+    name: str
+    row_lock: str  # after a SELECT of the row a transition is about to change
+    skip_locked: str  # after the claim's inner SELECT
+    sql: Callable[[str], str]  # a statement's "$1" placeholders to the driver's own
+    text_list_match: str  # "{col} matches any of the text list ${n}"
+    text_list: Callable[[Sequence[str]], Any]  # a Python list as that parameter
+    ilike: str  # the case-insensitive LIKE operator
+
+
+_DOLLAR = re.compile(r"\$(\d+)")
+
+SQLITE = Dialect(
+    name="sqlite", row_lock="", skip_locked="",  # BEGIN IMMEDIATE locks the whole file
+    sql=lambda text: _DOLLAR.sub(r"?\1", text),  # SQLite's ?NNN: numbered, reusable
+    text_list_match="{col} IN (SELECT value FROM json_each(${n}))",
+    text_list=lambda values: json_text(list(values)),
+    ilike="LIKE")  # SQLite's LIKE ignores ASCII case already
+
+POSTGRES = Dialect(
+    name="postgres", row_lock=" FOR UPDATE", skip_locked=" FOR UPDATE SKIP LOCKED",
+    sql=lambda text: text,
+    text_list_match="{col} = ANY(${n}::text[])",
+    text_list=list,
+    ilike="ILIKE")
+
+
+class Statements:
+    """The transitions' SQL in one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = d = dialect
+        q = d.sql
+        account_cols = "a.id, a.name, a.balance_units, a.reserved_units, a.created_at"
+        self.account = q(f"SELECT {account_cols} FROM accounts a WHERE a.id = $1")
+        self.account_for_key = q(f"SELECT {account_cols} FROM accounts a"
+                                 f" JOIN api_keys k ON k.account_id = a.id WHERE k.key = $1")
+        self.find_accounts = q(
+            f"SELECT {account_cols} FROM accounts a WHERE a.id = $1"
+            f" OR a.name {d.ilike} $2 ESCAPE '\\'"
+            " OR a.id IN (SELECT account_id FROM api_keys WHERE key = $3)"
+            " ORDER BY a.id LIMIT $4")
+        self.keys = q("SELECT key, account_id, created_at, revoked_at FROM api_keys"
+                      " WHERE account_id = $1 ORDER BY created_at, key")
+        self.whitelist = q("SELECT network FROM whitelist WHERE account_id = $1"
+                           " ORDER BY network")
+        self.ledger = q("SELECT id, account_id, at, kind, amount_units, task_id, actor, note"
+                        " FROM ledger WHERE account_id = $1 ORDER BY id DESC LIMIT $2")
+        self.ledger_sum = q("SELECT COALESCE(SUM(amount_units), 0) FROM ledger"
+                            " WHERE account_id = $1")
+        self.task = q(f"SELECT {TASK_COLS} FROM tasks WHERE id = $1")
+        self.task_light = q(f"SELECT {TASK_COLS_LIGHT} FROM tasks WHERE id = $1")
+        self.overdue = q(f"SELECT {TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
+                         f" AND deadline_at <= $1 ORDER BY deadline_at LIMIT $2")
+        self.queue_depth = q("SELECT COUNT(*) FROM tasks WHERE type = $1 AND state = 'queued'")
+        self.insert_account = q("INSERT INTO accounts (name, created_at, balance_units)"
+                                " VALUES ($1, $2, $3) RETURNING id")
+        self.insert_key = q("INSERT INTO api_keys (key, account_id, created_at)"
+                            " VALUES ($1, $2, $3)")
+        self.insert_ledger = q("INSERT INTO ledger (account_id, at, kind, amount_units,"
+                               " task_id, actor, note) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        self.move_balance = q("UPDATE accounts SET balance_units = balance_units + $1"
+                              " WHERE id = $2")
+        self.funds = q("SELECT balance_units, reserved_units FROM accounts WHERE id = $1"
+                       + d.row_lock)
+        self.reserve = q("UPDATE accounts SET reserved_units = reserved_units + $1"
+                         " WHERE id = $2 AND balance_units - reserved_units >= $1 RETURNING id")
+        self.insert_task = q(
+            "INSERT INTO tasks (id, account_id, type, payload, options, state, price_units,"
+            " reserved_units, created_at, deadline_at, client_ip, callback_url)"
+            " VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, $8, $9, $10)"
+            " ON CONFLICT (id) DO NOTHING RETURNING id")
+        type_match = d.text_list_match.format(col="type", n=3)
+        self.claim = q(
+            f"UPDATE tasks SET state = 'leased', lease_until = $1, lease_owner = $2,"
+            f" attempts = attempts + 1 WHERE id IN ("
+            f"  SELECT id FROM tasks WHERE {type_match}"
+            f"   AND state IN ('queued', 'leased')"
+            f"   AND (state = 'queued' OR lease_until <= $4) AND deadline_at > $4"
+            f"  ORDER BY created_at, id LIMIT $5{d.skip_locked}) RETURNING {TASK_COLS}")
+        self.task_to_finish = q("SELECT state, account_id, reserved_units, price_units,"
+                                " lease_owner, lease_until FROM tasks WHERE id = $1"
+                                + d.row_lock)
+        self.finish = q(
+            f"UPDATE tasks SET state = $1, ended_at = $2, solution = $3, error_code = $4,"
+            f" cost_units = $5, reserved_units = 0, lease_until = NULL WHERE id = $6"
+            f" RETURNING {TASK_COLS}")
+        self.settle = q("UPDATE accounts SET reserved_units = reserved_units - $1,"
+                        " balance_units = balance_units - $2 WHERE id = $3")
+        self.extend = q(
+            "UPDATE tasks SET lease_until = CASE WHEN $1 < deadline_at THEN $1"
+            " ELSE deadline_at END WHERE id = $2 AND state = 'leased' AND lease_owner = $3"
+            " AND lease_until > $4 RETURNING lease_until")
+        self.report = q(
+            "UPDATE tasks SET reported_at = $1 WHERE id = $2 AND account_id = $3"
+            " AND state = 'solved' AND reported_at IS NULL AND ended_at >= $4"
+            " RETURNING cost_units")
+
+
+class SqlTransitions:
+    """The transitions, and the plain reads both dialects write alike, as Store methods
+    for a SQL backend: the backend sets ``_sql`` (the statements of its dialect), ``_tdb``
+    (its connection as a ``Db``) and ``_final_tasks`` (its cache of finished tasks for the
+    poll path). Cached reads (keys, bans) stay with each backend: they cache differently."""
+
+    _sql: Statements
+    _tdb: Db
+    _final_tasks: FinalTasks
+
+    async def account(self, account_id: int) -> Account | None:
+        row = await self._tdb.fetchrow(self._sql.account, account_id)
+        return Account(*row) if row else None
+
+    async def account_for_key(self, key: str) -> Account | None:
+        """The account a key (live or revoked) belongs to."""
+        row = await self._tdb.fetchrow(self._sql.account_for_key, key)
+        return Account(*row) if row else None
+
+    async def keys(self, account_id: int) -> list[KeyRecord]:
+        return [KeyRecord(*r) for r in await self._tdb.fetch(self._sql.keys, account_id)]
+
+    async def find_accounts(self, query: str, limit: int = 50) -> list[Account]:
+        search = account_search(query)
+        if search is None or limit <= 0:
+            return []
+        rows = await self._tdb.fetch(self._sql.find_accounts, search.account_id,
+                                     search.like_pattern, search.text, limit)
+        return [Account(*r) for r in rows]
+
+    async def whitelist(self, account_id: int) -> list[str]:
+        return [r[0] for r in await self._tdb.fetch(self._sql.whitelist, account_id)]
+
+    async def ledger(self, account_id: int, limit: int = 20) -> list[LedgerEntry]:
+        rows = await self._tdb.fetch(self._sql.ledger, account_id, limit)
+        return [LedgerEntry(*r) for r in rows]
+
+    async def ledger_sum(self, account_id: int) -> int:
+        row = await self._tdb.fetchrow(self._sql.ledger_sum, account_id)
+        return int(row[0]) if row else 0
+
+    async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:
+        if not with_payload:
+            final = self._final_tasks.get(task_id)
+            if final is not None:
+                return final
+        row = await self._tdb.fetchrow(self._sql.task if with_payload else self._sql.task_light,
+                                       task_id)
+        if row is None:
+            return None
+        task = task_from_row(row)
+        if not with_payload:
+            self._final_tasks.keep(task)
+        return task
+
+    async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
+        return [task_from_row(r) for r in await self._tdb.fetch(self._sql.overdue, now, limit)]
+
+    async def queue_depth(self, task_type: str) -> int:
+        row = await self._tdb.fetchrow(self._sql.queue_depth, task_type)
+        return int(row[0]) if row else 0
+
+    async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
+                             actor: str = "operator", note: str = "") -> int:
+        check_opening(opening_units)
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            row = await tx.fetchrow(sql.insert_account, name, now, opening_units)
+            assert row is not None
+            account_id = int(row[0])
+            await tx.execute(sql.insert_key, key, account_id, now)
+            if opening_units > 0:
+                await tx.execute(sql.insert_ledger, account_id, now, "topup", opening_units,
+                                 None, actor, note)
+            await self._tdb.keys_changed(tx)
+        return account_id
+
+    async def adjust_balance(self, account_id: int, amount_units: int, kind: str,
+                             actor: str, note: str, now: float) -> int:
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            row = await tx.fetchrow(sql.funds, account_id)
+            if row is None:
+                raise KeyError(account_id)
+            after = check_balance_move(row[0], row[1], amount_units)
+            await tx.execute(sql.insert_ledger, account_id, now, kind, amount_units, None,
+                             actor, note)
+            await tx.execute(sql.move_balance, amount_units, account_id)
+        return int(after)
+
+    async def create_task(self, task: NewTask, new_id: Callable[[], int]) -> int:
+        payload, options = json_text(task.payload), json_text(task.options)
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            if await tx.fetchrow(sql.reserve, task.price_units, task.account_id) is None:
+                raise InsufficientFunds()
+            for _ in range(NEW_ID_TRIES):
+                row = await tx.fetchrow(
+                    sql.insert_task, new_id(), task.account_id, task.type, payload, options,
+                    task.price_units, task.created_at, task.deadline_at, task.client_ip,
+                    task.callback_url)
+                if row is not None:
+                    await self._tdb.task_queued(tx, task.type)
+                    return int(row[0])
+            raise RuntimeError("could not draw an unused task id")
+
+    async def claim_tasks(self, types: list[str], limit: int, owner: str,
+                          lease_s: float, now: float) -> list[Task]:
+        if not types or limit <= 0:
+            return []
+        sql = self._sql
+        # one statement: atomic on its own (SKIP LOCKED hands each row to one claimer)
+        rows = await self._tdb.fetch(sql.claim, now + lease_s, owner,
+                                     sql.dialect.text_list(types), now, limit)
+        return sorted((task_from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
+
+    async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
+                          error_code: str | None = None, owner: str | None = None) -> Task | None:
+        outcome = finish_outcome(solution, error_code)
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            row = await tx.fetchrow(sql.task_to_finish, task_id)
+            if row is None:
+                return None
+            state, account_id, reserved, price, lease_owner, lease_until = row
+            if not may_finish(state, lease_owner, lease_until, owner, now):
+                return None
+            charge = price if outcome == TaskState.SOLVED else 0
+            done = await tx.fetchrow(
+                sql.finish, outcome.value, now,
+                json_text(solution) if solution is not None else None, error_code, charge,
+                task_id)
+            await tx.execute(sql.settle, reserved, charge, account_id)
+            if charge:
+                await tx.execute(sql.insert_ledger, account_id, now, "charge", -charge,
+                                 task_id, SYSTEM_ACTOR, CHARGE_NOTE)
+        assert done is not None
+        return task_from_row(done)
+
+    async def extend_lease(self, task_id: int, owner: str, until: float,
+                           now: float) -> float | None:
+        row = await self._tdb.fetchrow(self._sql.extend, until, task_id, owner, now)
+        return float(row[0]) if row else None
+
+    async def report_task(self, task_id: int, account_id: int, refund: bool,
+                          now: float, window_s: float) -> bool:
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            row = await tx.fetchrow(sql.report, now, task_id, account_id, now - window_s)
+            if row is None:
+                return False
+            cost = int(row[0])
+            if refund and cost > 0:
+                await tx.execute(sql.insert_ledger, account_id, now, "refund", cost, task_id,
+                                 SYSTEM_ACTOR, REFUND_NOTE)
+                await tx.execute(sql.move_balance, cost, account_id)
+        return True
