@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shlex
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,7 @@ from capd.admin import AdminError, AdminService, domain_text, network_text, task
 from capd.config import Settings, load_settings
 from capd.domain.money import parse_amount, usd_text
 from capd.errors import ConfigError
-from capd.store import open_store, sqlite_path
+from capd.store import is_database_error, open_store, sqlite_path
 
 
 class CliError(Exception):
@@ -468,15 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ConfigError, AdminError) as exc:
         print(f"capd: error: {exc}", file=sys.stderr)
         return 1
-    except (sqlite3.Error, OSError) as exc:
-        print(f"capd: error: database {_safe_url(settings.database_url)}: {exc}",
-              file=sys.stderr)
-        return 1
-    except Exception as exc:  # a driver's own errors (e.g. asyncpg's), never a traceback
-        if type(exc).__module__.split(".")[0] not in ("asyncpg",):
+    except Exception as exc:  # a database driver's errors: one line, never a traceback
+        if not is_database_error(exc):
             raise
-        print(f"capd: error: database {_safe_url(settings.database_url)}:"
-              f" {type(exc).__name__}: {exc}", file=sys.stderr)
+        named = type(exc).__module__.startswith("asyncpg")  # its messages lack the kind
+        detail = f"{type(exc).__name__}: {exc}" if named else str(exc)
+        print(f"capd: error: database {_safe_url(settings.database_url)}: {detail}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -35,3 +35,12 @@ def open_store(url: str) -> Store:
 
         return PostgresStore(url)
     raise ConfigError(f"database URL {url!r}: unsupported scheme (use sqlite:///path)")
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a database driver (an outage, a constraint, a refused
+    login): callers report it in one line without naming the drivers themselves."""
+    if isinstance(exc, OSError):  # StoreUnavailable included
+        return True
+    root = type(exc).__module__.split(".")[0]
+    return root in ("sqlite3", "_sqlite3", "asyncpg")
