@@ -7,7 +7,7 @@ Usage::
         --types ImageToTextTask,RecaptchaV2TaskProxyless [--once]
 
 TOKEN is a worker token from ``capd worker-token create [--types A,B]`` (the last line it
-prints). The program speaks capd's worker protocol (API.md section 7): it long-polls
+prints). The program speaks capd's worker protocol (docs/workers.md): it long-polls
 ``/worker/v1/lease`` for one task at a time, shows it, reads your answer from stdin, and
 sends it with ``/worker/v1/complete``, printing the server's answer.
 
