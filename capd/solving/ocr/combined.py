@@ -1,0 +1,190 @@
+"""The combined engine ("auto"): several engines, cheapest first, stopping as soon as the
+answer is sure enough.
+
+The members and the stopping point are data (models/auto.json, fitted by
+training/evaluate_real.py --calibrate on held-out captchas), so a new engine slots in by
+adding its name there. Per task:
+
+1. Members run in the listed order (cheapest first). After each one, the answers so far
+   are grouped: readings that agree (case-insensitively when the task is case-sensitive,
+   so that case variants vote together) pool their calibrated confidences.
+2. The best group wins (ties: the earlier member). Its score is the chance, if the
+   members' calibrated confidences were independent, that some agreeing member is right
+   and the strongest disagreeing answer is not: ``noisy_or(best) * (1 - noisy_or(next))``.
+3. Once the score reaches ``stop_at`` the remaining members are skipped.
+4. The confidence returned is the score through the combined engine's own isotonic map
+   (fitted like every engine's), so that recognizingThreshold keeps its meaning.
+
+Case (case:true): some engines cannot tell c/C, k/K, o/O, p/P, s/S ... apart by
+themselves (ddddocr's models; they borrow the case of those letters from capd's CRNN,
+ddddocr_engine.py); engines that can are listed in ``case_aware``. The winning group's
+spelling is that of its most confident case-aware member, if it has one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import import_module, resources
+
+from capd.domain.tasks import ImageSpec
+from capd.errors import ConfigError
+from capd.solving.ocr.base import Reading, Recogniser
+from capd.solving.ocr.onnx_engine import Calibration
+
+POLICY_FILE = "auto.json"
+# members when models/auto.json is absent: every engine, cheapest first
+DEFAULT_MEMBERS = ("capd", "ddddocr", "ddddocr-beta", "rapidocr", "finetuned")
+DEFAULT_CASE_AWARE = ("capd", "rapidocr", "finetuned")
+DEFAULT_STOP_AT = 0.95
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which engines run, in what order, and when to stop."""
+
+    members: tuple[str, ...]
+    stop_at: float = DEFAULT_STOP_AT
+    case_aware: tuple[str, ...] = DEFAULT_CASE_AWARE
+    calibration: Calibration | None = field(default=None, compare=False)
+
+    def to_json(self) -> dict:
+        out: dict = {"members": list(self.members), "stop_at": self.stop_at,
+                     "case_aware": list(self.case_aware)}
+        if self.calibration is not None:
+            out["raw"] = [round(float(x), 6) for x in self.calibration.xs]
+            out["calibrated"] = [round(float(y), 6) for y in self.calibration.ys]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> Policy:
+        cal = Calibration(data["raw"], data["calibrated"]) if "raw" in data else None
+        return cls(tuple(data["members"]), float(data["stop_at"]),
+                   tuple(data.get("case_aware", DEFAULT_CASE_AWARE)), cal)
+
+
+def load_policy() -> Policy:
+    """The shipped policy (models/auto.json), else every engine with a default stop."""
+    path = resources.files("capd.solving.ocr").joinpath("models", POLICY_FILE)
+    if not path.is_file():
+        return Policy(DEFAULT_MEMBERS)
+    return Policy.from_json(json.loads(path.read_text()))
+
+
+# -- members ---------------------------------------------------------------------------------
+def member_available(name: str) -> bool:
+    """Whether an engine's module and model can be loaded here."""
+    try:
+        return load_member(name, calibrate=False) is not None
+    except ConfigError:
+        return False
+
+
+def load_member(name: str, calibrate: bool = True) -> Recogniser | None:
+    """A member engine, or None when it is not installed (its module or model missing)."""
+    from capd.solving.ocr import _REGISTRY
+
+    if name not in _REGISTRY or name == "auto":
+        raise ConfigError(f"unknown OCR engine {name!r} in the combined engine")
+    module_name, class_name = _REGISTRY[name]
+    try:
+        cls = getattr(import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        return None
+    try:
+        try:
+            engine: Recogniser = cls(calibrate=calibrate)
+        except TypeError:  # an engine without the option
+            engine = cls()
+    except (ConfigError, FileNotFoundError, OSError):
+        return None
+    return engine
+
+
+# -- the decision ----------------------------------------------------------------------------
+def noisy_or(confidences: Sequence[float]) -> float:
+    miss = 1.0
+    for c in confidences:
+        miss *= 1.0 - c
+    return 1.0 - miss
+
+
+@dataclass
+class _Group:
+    votes: list[tuple[str, Reading]]  # (member, reading), in member order
+
+    @property
+    def score(self) -> float:
+        return noisy_or([r.confidence for _, r in self.votes])
+
+
+def _groups(readings: Sequence[tuple[str, Reading]], spec: ImageSpec) -> list[_Group]:
+    by_key: dict[str, _Group] = {}
+    for name, r in readings:
+        if not r.text:
+            continue
+        key = r.text.lower() if spec.case_sensitive and not spec.math else r.text
+        by_key.setdefault(key, _Group([])).votes.append((name, r))
+    return sorted(by_key.values(), key=lambda g: -g.score)  # stable: ties keep member order
+
+
+def decide(readings: Sequence[tuple[str, Reading]], spec: ImageSpec) -> tuple[str, float,
+                                                                              str]:
+    """The winning text, its raw combined score and the member whose reading it is."""
+    groups = _groups(readings, spec)
+    if not groups:
+        return "", 0.0, ""
+    best = groups[0]
+    runner_up = groups[1].score if len(groups) > 1 else 0.0
+    name, reading = max(best.votes, key=lambda v: v[1].confidence)
+    return reading.text, best.score * (1.0 - runner_up), name
+
+
+def cascade(policy: Policy, spec: ImageSpec, read: Callable[[str], Reading]) -> Reading:
+    """Run the members through ``read`` (name -> that member's Reading) cheapest first,
+    stopping once the combined score reaches ``policy.stop_at``; the combined Reading."""
+    readings: list[tuple[str, Reading]] = []
+    text, score, winner = "", 0.0, ""
+    for name in policy.members:
+        readings.append((name, read(name)))
+        text, score, winner = decide(readings, spec)
+        if text and score >= policy.stop_at:
+            break
+    if not text:
+        return Reading("", 0.0)
+    if spec.case_sensitive and not spec.math:
+        text = _spelling(text, policy, readings)
+    confidence = policy.calibration(score) if policy.calibration else score
+    chars = next(r.chars for n, r in readings if n == winner)
+    return Reading(text, confidence, chars)
+
+
+def _spelling(text: str, policy: Policy, readings: list[tuple[str, Reading]]) -> str:
+    """The winning answer as spelt by its most confident case-aware member, if any."""
+    same = [r for n, r in readings if n in policy.case_aware and r.text.lower() == text.lower()]
+    return max(same, key=lambda r: r.confidence).text if same else text
+
+
+class CombinedEngine:
+    """Every available member engine behind one Recogniser (see the module docstring)."""
+
+    name = "auto"
+
+    def __init__(self, policy: Policy | None = None,
+                 members: dict[str, Recogniser] | None = None) -> None:
+        policy = policy or load_policy()
+        if members is None:
+            members = {}
+            for name in policy.members:
+                engine = load_member(name)
+                if engine is not None:
+                    members[name] = engine
+        if not members:
+            raise ConfigError("the combined OCR engine has no member engine installed")
+        self.members = members
+        self.policy = Policy(tuple(n for n in policy.members if n in members), policy.stop_at,
+                             policy.case_aware, policy.calibration)
+
+    def read(self, image: bytes, spec: ImageSpec) -> Reading:
+        return cascade(self.policy, spec, lambda name: self.members[name].read(image, spec))
