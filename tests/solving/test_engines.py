@@ -160,17 +160,18 @@ def test_noise_reads_below_a_threshold_of_90(engines: dict[str, Recogniser], nam
 
 def test_ddddocr_own_case_is_what_issue_14_saw() -> None:
     """The default model alone reads a same-shape capital as small; the engine borrows the
-    case of such letters from capd's CRNN."""
+    case of its letters from capd's CRNN."""
     image = captcha_png("Kx7pW", size=36)
     assert DdddOcrEngine(restore_case=False).read(image, ImageSpec()).text == "Kx7pw"
     assert DdddOcrEngine().read(image, ImageSpec()).text == "Kx7pW"
 
 
-def test_recase_takes_case_of_same_shape_letters_only() -> None:
+def test_recase_takes_the_case_of_aligned_letters() -> None:
     assert recase("kx7pw", "KX7PW") == "KX7PW"
-    assert recase("ab3k9", "AB3K9") == "ab3K9"  # a/A and b/B differ in shape: kept
-    assert recase("kx7pw", "KX7P") == "kx7pw"   # lengths differ: unchanged
-    assert recase("kx7pw", "KY7PW") == "Kx7PW"  # only where the letters agree
+    assert recase("kx7pw", "KY7PW") == "Kx7PW"  # x is not aligned with Y: kept
+    assert recase("kx7pw", "KX7P") == "KX7Pw"   # aligned although one is shorter
+    assert recase("abcd", "xAbCd") == "AbCd"    # aligned although shifted
+    assert recase("ab3k9", "") == "ab3k9"
 
 
 # -- the combined engine ---------------------------------------------------------------------

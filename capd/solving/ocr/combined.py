@@ -11,6 +11,8 @@ adding its name there. Per task:
 2. The best group wins (ties: the earlier member). Its score is the chance, if the
    members' calibrated confidences were independent, that some agreeing member is right
    and the strongest disagreeing answer is not: ``noisy_or(best) * (1 - noisy_or(next))``.
+   When no two members agree at all, the readings of the most supported length vote
+   character by character instead (vote_characters).
 3. Once the score reaches ``stop_at`` the remaining members are skipped.
 4. The confidence returned is the score through the combined engine's own isotonic map
    (fitted like every engine's), so that recognizingThreshold keeps its meaning.
@@ -138,7 +140,44 @@ def decide(readings: Sequence[tuple[str, Reading]], spec: ImageSpec) -> tuple[st
     best = groups[0]
     runner_up = groups[1].score if len(groups) > 1 else 0.0
     name, reading = max(best.votes, key=lambda v: v[1].confidence)
+    if len(best.votes) == 1 and len(groups) > 1 and not spec.math:
+        voted = vote_characters(readings, spec)
+        if voted is not None:
+            return voted[0], voted[1], name
     return reading.text, best.score * (1.0 - runner_up), name
+
+
+def vote_characters(readings: Sequence[tuple[str, Reading]], spec: ImageSpec
+                    ) -> tuple[str, float] | None:
+    """When no two members agree: a per-position vote among the readings of the most
+    supported length (each character weighted by its reading's confidence times its own
+    probability). The text and its score (the product of the winning vote shares times
+    the noisy-or of the voters' confidences); None without two readings of one length."""
+    by_length: dict[int, list[Reading]] = {}
+    for _, r in readings:
+        if r.text and len(r.chars) == len(r.text):
+            by_length.setdefault(len(r.text), []).append(r)
+    voters = max(by_length.values(), key=lambda rs: sum(r.confidence for r in rs),
+                 default=[])
+    if len(voters) < 2:
+        return None
+    text, share = [], 1.0
+    for i in range(len(voters[0].text)):
+        weights: dict[str, float] = {}
+        spelling: dict[str, tuple[float, str]] = {}
+        for r in voters:
+            ch, w = r.text[i], r.confidence * r.chars[i]
+            key = ch.lower() if spec.case_sensitive else ch
+            weights[key] = weights.get(key, 0.0) + w
+            if w > spelling.get(key, (-1.0, ""))[0]:
+                spelling[key] = (w, ch)
+        total = sum(weights.values())
+        if total <= 0.0:
+            return None
+        key = max(weights, key=lambda k: weights[k])
+        text.append(spelling[key][1])
+        share *= weights[key] / total
+    return "".join(text), share * noisy_or([r.confidence for r in voters])
 
 
 def cascade(policy: Policy, spec: ImageSpec, read: Callable[[str], Reading]) -> Reading:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Sequence
+from difflib import SequenceMatcher
 
 import numpy as np
 
@@ -65,18 +66,16 @@ def ctc_greedy_chars(probs: np.ndarray, symbols: Sequence[str], blank: int = 0
     return "".join(chars), tuple(peaks)
 
 
-# letters whose capital is the small letter drawn bigger: a reader that judges case by
-# shape alone cannot tell them apart
-SAME_SHAPE_LETTERS = frozenset("ckopsuvwxzCKOPSUVWXZ")
-
-
-def recase(text: str, reference: str, letters: frozenset[str] = SAME_SHAPE_LETTERS) -> str:
-    """``text`` with the case of ``reference`` at every position where both read the same
-    letter of ``letters``; unchanged unless both have the same length."""
-    if len(text) != len(reference):
-        return text
-    return "".join(r if t in letters and t.lower() == r.lower() else t
-                   for t, r in zip(text, reference, strict=True))
+def recase(text: str, reference: str) -> str:
+    """``text`` with the case of ``reference`` for every letter the two read alike: the
+    strings are aligned case-insensitively (longest matching blocks), and each letter in
+    a matching block takes the reference's case; other characters are kept."""
+    out = list(text)
+    matcher = SequenceMatcher(None, text.lower(), reference.lower(), autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            out[block.a + k] = reference[block.b + k]
+    return "".join(out)
 
 
 def evaluate_expression(text: str) -> str | None:
