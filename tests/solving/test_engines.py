@@ -73,16 +73,39 @@ def real_sample() -> list[tuple[str, bytes, str]]:
 
 
 # -- accuracy floors on real held-out captchas -----------------------------------------------
+@pytest.fixture(scope="module")
+def real_readings(engines: dict[str, Recogniser], real_sample: list
+                  ) -> Callable[[str], list[tuple[Reading, str]]]:
+    """name -> (reading, label) of every sample image by that engine, read once."""
+    done: dict[str, list[tuple[Reading, str]]] = {}
+
+    def readings(name: str) -> list[tuple[Reading, str]]:
+        if name not in done:
+            engine = get(engines, name)
+            done[name] = [
+                (engine.read(image, ImageSpec(numeric=1) if scheme in DIGIT_SCHEMES
+                             else ImageSpec(case_sensitive=False)), label)
+                for scheme, image, label in real_sample]
+        return done[name]
+
+    return readings
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_accuracy_floor_on_real_held_out_captchas(engines: dict[str, Recogniser], name: str,
-                                                  real_sample: list) -> None:
-    engine = get(engines, name)
-    right = 0
-    for scheme, image, label in real_sample:
-        spec = ImageSpec(numeric=1) if scheme in DIGIT_SCHEMES else ImageSpec(
-            case_sensitive=False)
-        right += engine.read(image, spec).text == label
-    assert right / len(real_sample) >= FLOORS[name], (name, right, len(real_sample))
+def test_accuracy_floor_on_real_held_out_captchas(real_readings: Callable, name: str) -> None:
+    readings = real_readings(name)
+    right = sum(r.text == label for r, label in readings)
+    assert right / len(readings) >= FLOORS[name], (name, right, len(readings))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_threshold_70_keeps_answers_that_are_right(real_readings: Callable, name: str) -> None:
+    """recognizingThreshold 70 on the calibrated confidence lets some answers through, and
+    most of them are right (the calibration promises about 70% or more; measured on this
+    sample: 27/29 for ddddocr, 33/35 for ddddocr-beta, every one of 28-36 for capd,
+    rapidocr and auto)."""
+    kept = [r.text == label for r, label in real_readings(name) if r.confidence >= 0.70]
+    assert len(kept) >= 20 and sum(kept) / len(kept) >= 0.85, (name, sum(kept), len(kept))
 
 
 def test_held_out_split_is_fixed_and_disjoint() -> None:
@@ -237,6 +260,15 @@ def test_decide_scores_agreement_against_the_runner_up() -> None:
     text, score, winner = decide(readings, ImageSpec())
     assert (text, winner) == ("abcd", "a")
     assert score == pytest.approx((1 - 0.25) * (1 - 0.6))
+
+
+def test_characters_are_voted_when_no_two_members_agree() -> None:
+    readings = [("a", Reading("ab3d", 0.5, (0.9, 0.9, 0.9, 0.2))),
+                ("b", Reading("xb3d", 0.4, (0.3, 0.9, 0.9, 0.9))),
+                ("c", Reading("ab8dd", 0.3, (0.9,) * 5))]
+    text, score, _ = decide(readings, ImageSpec())
+    assert text == "ab3d"  # position 0: a (0.45) beats x (0.12); the 5-letter reading abstains
+    assert 0.0 < score < 1 - 0.5 * 0.6
 
 
 def test_cascade_reads_members_in_order() -> None:
