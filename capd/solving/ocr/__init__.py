@@ -31,8 +31,11 @@ def load_recogniser(name: str) -> Recogniser:
         raise ConfigError(f"unknown OCR engine {name!r}; known: {', '.join(ENGINES)}")
     module_name, class_name = _REGISTRY[name]
     try:
-        module = import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"OCR engine {name!r} is not available: {exc}") from None
-    engine: Recogniser = getattr(module, class_name)()
+        cls = getattr(import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"OCR engine {name!r} is not installed: {exc}") from None
+    try:
+        engine: Recogniser = cls()
+    except FileNotFoundError as exc:  # its model file is missing
+        raise ConfigError(f"OCR engine {name!r} has no model: {exc}") from None
     return engine
