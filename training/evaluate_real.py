@@ -213,9 +213,9 @@ STOP_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.01)
 
 
 def fit_policy(names: list[str], items: list[Item], answers: dict[str, list[Reading]],
-               ms: dict[str, list[float]]) -> combined.Policy:
+               ms: dict[str, list[float]], tolerance: float = 0.005) -> combined.Policy:
     """Members (a subset in any order that starts with the cheapest engine) and stop_at:
-    the most accurate on the calibration set, and among those within half a point of it
+    the most accurate on the calibration set, and among those within ``tolerance`` of it
     the fastest (p50); then the isotonic map of its combined score."""
     from itertools import permutations
 
@@ -236,7 +236,7 @@ def fit_policy(names: list[str], items: list[Item], answers: dict[str, list[Read
                 acc = sum(right(it, r) for it, r in zip(items, out, strict=True)) / len(items)
                 trials.append((acc, statistics.median(times), p))
     top = max(t[0] for t in trials)
-    near = sorted((t for t in trials if t[0] >= top - 0.005), key=lambda t: (t[1], -t[0]))
+    near = sorted((t for t in trials if t[0] >= top - tolerance), key=lambda t: (t[1], -t[0]))
     print("auto candidates (accuracy, p50 ms, members, stop_at), best accuracy first:")
     for acc, p50, p in sorted(trials, key=lambda t: (-t[0], t[1]))[:12]:
         print(f"  {acc:.3f} {p50:7.1f}  {','.join(p.members)}  {p.stop_at}")
@@ -389,6 +389,8 @@ def main() -> None:
     ap.add_argument("--calib-synth", type=int, default=40)
     ap.add_argument("--engines", default=",".join(BASE_ENGINES))
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--tolerance", type=float, default=0.005,
+                    help="accuracy the combined policy may give up for speed")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--json", default="")
     ap.add_argument("--latency", type=int, default=0,
@@ -412,7 +414,7 @@ def main() -> None:
                 fit_engine_calibration(n, cal_items, recs)
             cal_answers[n] = calibrated(n, recs)
             cal_ms[n] = [r["ms"] for r in recs]
-        policy = fit_policy(names, cal_items, cal_answers, cal_ms)
+        policy = fit_policy(names, cal_items, cal_answers, cal_ms, args.tolerance)
         with open(os.path.join(MODELS_DIR, combined.POLICY_FILE), "w") as f:
             json.dump({"fitted_on": f"{len(cal_items)} calibration images "
                                     "(training/evaluate_real.py --calibrate)",
