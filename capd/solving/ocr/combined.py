@@ -17,9 +17,9 @@ adding its name there. Per task:
 4. The confidence returned is the score through the combined engine's own isotonic map
    (fitted like every engine's), so that recognizingThreshold keeps its meaning.
 
-Case (case:true): some engines cannot tell c/C, k/K, o/O, p/P, s/S ... apart by
-themselves (ddddocr's models; they borrow the case of those letters from capd's CRNN,
-ddddocr_engine.py); engines that can are listed in ``case_aware``. The winning group's
+Case (case:true): some engines do not know case by themselves (ddddocr's models, which
+borrow the case of their letters from capd's CRNN, ddddocr_engine.py); engines that do
+are listed in ``case_aware``. The winning group's
 spelling is that of its most confident case-aware member, if it has one.
 """
 
@@ -29,6 +29,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module, resources
+from inspect import signature
 
 from capd.domain.tasks import ImageSpec
 from capd.errors import ConfigError
@@ -94,12 +95,10 @@ def load_member(name: str, calibrate: bool = True) -> Recogniser | None:
         cls = getattr(import_module(module_name), class_name)
     except (ImportError, AttributeError):
         return None
+    options = {"calibrate": calibrate} if "calibrate" in signature(cls).parameters else {}
     try:
-        try:
-            engine: Recogniser = cls(calibrate=calibrate)
-        except TypeError:  # an engine without the option
-            engine = cls()
-    except (ConfigError, FileNotFoundError, OSError):
+        engine: Recogniser = cls(**options)
+    except (ConfigError, OSError):  # OSError: its model file is missing or unreadable
         return None
     return engine
 
@@ -196,7 +195,7 @@ def cascade(policy: Policy, spec: ImageSpec, read: Callable[[str], Reading]) -> 
         text = _spelling(text, policy, readings)
     confidence = policy.calibration(score) if policy.calibration else score
     chars = next(r.chars for n, r in readings if n == winner)
-    return Reading(text, confidence, chars)
+    return Reading(text, confidence, chars if len(chars) == len(text) else ())
 
 
 def _spelling(text: str, policy: Policy, readings: list[tuple[str, Reading]]) -> str:
