@@ -32,7 +32,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from capd.domain.tasks import ImageSpec
 from capd.solving.ocr import combined
@@ -210,6 +210,7 @@ def simulate_auto(policy: combined.Policy, items: list[Item],
 
 
 STOP_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.01)
+AGREEMENT_GRID = (1.0, 0.5, 0.3, 0.1)
 
 
 def fit_policy(names: list[str], items: list[Item], answers: dict[str, list[Reading]],
@@ -231,21 +232,23 @@ def fit_policy(names: list[str], items: list[Item], answers: dict[str, list[Read
             if subset[0] != order[0]:
                 continue
             for stop in STOP_GRID:
-                p = combined.Policy(subset, stop, aware)
-                out, times = simulate_auto(p, items, answers, ms)
-                acc = sum(right(it, r) for it, r in zip(items, out, strict=True)) / len(items)
-                trials.append((acc, statistics.median(times), p))
+                for agreement in AGREEMENT_GRID:
+                    p = combined.Policy(subset, stop, aware, None, agreement)
+                    out, times = simulate_auto(p, items, answers, ms)
+                    acc = sum(right(it, r) for it, r in zip(items, out, strict=True))
+                    trials.append((acc / len(items), statistics.median(times), p))
     top = max(t[0] for t in trials)
     near = sorted((t for t in trials if t[0] >= top - tolerance), key=lambda t: (t[1], -t[0]))
-    print("auto candidates (accuracy, p50 ms, members, stop_at), best accuracy first:")
+    print("auto candidates (accuracy, p50 ms, members, stop_at, agreement), best first:")
     for acc, p50, p in sorted(trials, key=lambda t: (-t[0], t[1]))[:12]:
-        print(f"  {acc:.3f} {p50:7.1f}  {','.join(p.members)}  {p.stop_at}")
+        print(f"  {acc:.3f} {p50:7.1f}  {','.join(p.members)}  {p.stop_at}  {p.agreement}")
     acc, p50, chosen = near[0]
     print(f"chosen: {acc:.3f} at p50 {p50:.1f} ms")
     out, _ = simulate_auto(chosen, items, answers, ms)
     xs, ys = fit_isotonic([(r.confidence, right(it, r)) for it, r in zip(items, out,
                                                                         strict=True)])
-    return combined.Policy(chosen.members, chosen.stop_at, aware, Calibration(xs, ys))
+    return combined.Policy(chosen.members, chosen.stop_at, aware, Calibration(xs, ys),
+                           chosen.agreement)
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -419,7 +422,8 @@ def main() -> None:
             json.dump({"fitted_on": f"{len(cal_items)} calibration images "
                                     "(training/evaluate_real.py --calibrate)",
                        **policy.to_json()}, f, indent=1)
-        print(f"auto: members {policy.members}, stop at {policy.stop_at}")
+        print(f"auto: members {policy.members}, stop at {policy.stop_at}, "
+              f"agreement {policy.agreement}")
 
     items = real_items(args.real, False) + synthetic_items(args.synth, False)
     print(f"evaluation: {len(items)} images ({args.real} held-out per real scheme, "
@@ -431,8 +435,7 @@ def main() -> None:
         answers[n] = calibrated(n, recs)
         ms[n] = [r["ms"] for r in recs]
     policy = combined.load_policy()
-    policy = combined.Policy(tuple(n for n in policy.members if n in answers), policy.stop_at,
-                             policy.case_aware, policy.calibration)
+    policy = replace(policy, members=tuple(n for n in policy.members if n in answers))
     answers["auto"], ms["auto"] = simulate_auto(policy, items, answers, ms)
     result = report([*names, "auto"], items, answers, ms)
     if args.latency:

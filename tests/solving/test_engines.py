@@ -271,6 +271,14 @@ def test_characters_are_voted_when_no_two_members_agree() -> None:
     assert 0.0 < score < 1 - 0.5 * 0.6
 
 
+def test_agreement_can_count_for_more_than_independence() -> None:
+    readings = [("a", Reading("abcd", 0.4)), ("b", Reading("abcd", 0.4)),
+                ("c", Reading("wxyz", 0.8))]
+    assert decide(readings, ImageSpec())[0] == "wxyz"  # 1 - 0.6 * 0.6 = 0.64 < 0.8
+    text, score, _ = decide(readings, ImageSpec(), agreement=0.3)  # 1 - 0.36 * 0.3 > 0.8
+    assert text == "abcd" and score == pytest.approx((1 - 0.36) * (1 - 0.8))
+
+
 def test_cascade_reads_members_in_order() -> None:
     seen: list[str] = []
 

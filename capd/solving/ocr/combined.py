@@ -8,9 +8,13 @@ adding its name there. Per task:
 1. Members run in the listed order (cheapest first). After each one, the answers so far
    are grouped: readings that agree (case-insensitively when the task is case-sensitive,
    so that case variants vote together) pool their calibrated confidences.
-2. The best group wins (ties: the earlier member). Its score is the chance, if the
-   members' calibrated confidences were independent, that some agreeing member is right
-   and the strongest disagreeing answer is not: ``noisy_or(best) * (1 - noisy_or(next))``.
+2. The best group wins (ties: the earlier member): the one most likely to hold a right
+   reading, where agreement may count for more than independent members would make it
+   (``agreement``: two engines rarely misread a captcha into the same wrong text). Its
+   score is the chance, members taken as independent, that some agreeing member is
+   right and the strongest disagreeing answer is not:
+   ``noisy_or(best) * (1 - noisy_or(next))`` (that score separates right from wrong
+   answers better than an agreement-weighted one, which is what a threshold needs).
    When no two members agree at all, the readings of the most supported length vote
    character by character instead (vote_characters).
 3. Once the score reaches ``stop_at`` the remaining members are skipped.
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import import_module, resources
 from inspect import signature
 
@@ -51,10 +55,13 @@ class Policy:
     stop_at: float = DEFAULT_STOP_AT
     case_aware: tuple[str, ...] = DEFAULT_CASE_AWARE
     calibration: Calibration | None = field(default=None, compare=False)
+    # each further member agreeing multiplies the chance that all of them are wrong by
+    # this (1.0: independent members; below: agreement counts for more)
+    agreement: float = 1.0
 
     def to_json(self) -> dict:
         out: dict = {"members": list(self.members), "stop_at": self.stop_at,
-                     "case_aware": list(self.case_aware)}
+                     "agreement": self.agreement, "case_aware": list(self.case_aware)}
         if self.calibration is not None:
             out["raw"] = [round(float(x), 6) for x in self.calibration.xs]
             out["calibrated"] = [round(float(y), 6) for y in self.calibration.ys]
@@ -64,7 +71,8 @@ class Policy:
     def from_json(cls, data: dict) -> Policy:
         cal = Calibration(data["raw"], data["calibrated"]) if "raw" in data else None
         return cls(tuple(data["members"]), float(data["stop_at"]),
-                   tuple(data.get("case_aware", DEFAULT_CASE_AWARE)), cal)
+                   tuple(data.get("case_aware", DEFAULT_CASE_AWARE)), cal,
+                   float(data.get("agreement", 1.0)))
 
 
 def load_policy() -> Policy:
@@ -104,46 +112,53 @@ def load_member(name: str, calibrate: bool = True) -> Recogniser | None:
 
 
 # -- the decision ----------------------------------------------------------------------------
-def noisy_or(confidences: Sequence[float]) -> float:
+def noisy_or(confidences: Sequence[float], agreement: float = 1.0) -> float:
+    """The chance that at least one of several readers is right, each right with its
+    confidence: independent readers (agreement 1), or readers whose agreement counts for
+    more (each one after the first multiplies the chance that all are wrong by it)."""
     miss = 1.0
     for c in confidences:
         miss *= 1.0 - c
-    return 1.0 - miss
+    return 1.0 - miss * agreement ** max(0, len(confidences) - 1)
 
 
 @dataclass
 class _Group:
     votes: list[tuple[str, Reading]]  # (member, reading), in member order
-
-    @property
-    def score(self) -> float:
-        return noisy_or([r.confidence for _, r in self.votes])
+    score: float = 0.0
 
 
-def _groups(readings: Sequence[tuple[str, Reading]], spec: ImageSpec) -> list[_Group]:
+def _groups(readings: Sequence[tuple[str, Reading]], spec: ImageSpec,
+            agreement: float) -> list[_Group]:
     by_key: dict[str, _Group] = {}
     for name, r in readings:
         if not r.text:
             continue
         key = r.text.lower() if spec.case_sensitive and not spec.math else r.text
         by_key.setdefault(key, _Group([])).votes.append((name, r))
+    for g in by_key.values():
+        g.score = noisy_or([r.confidence for _, r in g.votes], agreement)
     return sorted(by_key.values(), key=lambda g: -g.score)  # stable: ties keep member order
 
 
-def decide(readings: Sequence[tuple[str, Reading]], spec: ImageSpec) -> tuple[str, float,
-                                                                              str]:
+def decide(readings: Sequence[tuple[str, Reading]], spec: ImageSpec, agreement: float = 1.0
+           ) -> tuple[str, float, str]:
     """The winning text, its raw combined score and the member whose reading it is."""
-    groups = _groups(readings, spec)
+    groups = _groups(readings, spec, agreement)
     if not groups:
         return "", 0.0, ""
     best = groups[0]
-    runner_up = groups[1].score if len(groups) > 1 else 0.0
     name, reading = max(best.votes, key=lambda v: v[1].confidence)
     if len(best.votes) == 1 and len(groups) > 1 and not spec.math:
         voted = vote_characters(readings, spec)
         if voted is not None:
             return voted[0], voted[1], name
-    return reading.text, best.score * (1.0 - runner_up), name
+    # the score treats members as independent whatever ``agreement`` chose the winner:
+    # it ranks answers by how sure they are better than the agreement-weighted one
+    runner_up = max((noisy_or([r.confidence for _, r in g.votes]) for g in groups[1:]),
+                    default=0.0)
+    return reading.text, noisy_or([r.confidence for _, r in best.votes]) * (1.0 - runner_up), \
+        name
 
 
 def vote_characters(readings: Sequence[tuple[str, Reading]], spec: ImageSpec
@@ -186,7 +201,7 @@ def cascade(policy: Policy, spec: ImageSpec, read: Callable[[str], Reading]) -> 
     text, score, winner = "", 0.0, ""
     for name in policy.members:
         readings.append((name, read(name)))
-        text, score, winner = decide(readings, spec)
+        text, score, winner = decide(readings, spec, policy.agreement)
         if text and score >= policy.stop_at:
             break
     if not text:
@@ -221,8 +236,7 @@ class CombinedEngine:
         if not members:
             raise ConfigError("the combined OCR engine has no member engine installed")
         self.members = members
-        self.policy = Policy(tuple(n for n in policy.members if n in members), policy.stop_at,
-                             policy.case_aware, policy.calibration)
+        self.policy = replace(policy, members=tuple(n for n in policy.members if n in members))
 
     def read(self, image: bytes, spec: ImageSpec) -> Reading:
         return cascade(self.policy, spec, lambda name: self.members[name].read(image, spec))
