@@ -33,10 +33,17 @@ def open_image(image: bytes) -> Image.Image:
 
 @dataclass(frozen=True)
 class Reading:
-    """A recogniser's answer: the text to return and its confidence in [0, 1]."""
+    """A recogniser's answer: the text to return and its confidence in [0, 1].
+
+    ``confidence`` is calibrated where the engine has a calibration: about that share of
+    answers given with it are right (recognizingThreshold compares with it). ``chars``
+    holds the per-character probabilities the answer was decoded with (empty when the
+    engine has none; for math, those of the expression read, not of the result).
+    """
 
     text: str
     confidence: float
+    chars: tuple[float, ...] = ()
 
 
 class Recogniser(Protocol):

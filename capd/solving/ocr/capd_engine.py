@@ -13,12 +13,11 @@ import json
 from importlib import resources
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
-from capd.domain.tasks import ImageSpec
-from capd.solving.ocr.base import Reading, open_image
-from capd.solving.ocr.post import MaskedDecoder, evaluate_expression
+from capd.solving.ocr.onnx_engine import Calibration, CtcEngine, flatten_alpha, onnx_session
+
+__all__ = ["Calibration", "CapdEngine", "grey_input", "preprocess", "standardise"]
 
 INPUT_HEIGHT = 32
 INPUT_WIDTH = 128
@@ -29,12 +28,8 @@ _ALIASES = {"*": "×"}
 def grey_input(img: Image.Image) -> np.ndarray:
     """PIL image -> (32, 128) uint8 grey, transparency flattened onto white. Training
     caches exactly these pixels (training/gen.py imports this)."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        flat.alpha_composite(rgba)
-        img = flat
-    gray = img.convert("L").resize((INPUT_WIDTH, INPUT_HEIGHT), Image.Resampling.BILINEAR)
+    gray = flatten_alpha(img).convert("L").resize((INPUT_WIDTH, INPUT_HEIGHT),
+                                                  Image.Resampling.BILINEAR)
     return np.asarray(gray, dtype=np.uint8)
 
 
@@ -53,61 +48,30 @@ def preprocess(img: Image.Image) -> np.ndarray:
     return standardise(grey_input(img))
 
 
-class Calibration:
-    """Piecewise-linear, non-decreasing map from raw CTC confidence to the probability
-    that the answer is right (isotonic regression knots)."""
-
-    def __init__(self, xs: list[float], ys: list[float]) -> None:
-        self.xs = np.asarray(xs, dtype=np.float64)
-        self.ys = np.asarray(ys, dtype=np.float64)
-
-    def __call__(self, raw: float) -> float:
-        if raw <= 0.0:
-            return 0.0
-        return float(np.clip(np.interp(raw, self.xs, self.ys), 0.0, 1.0))
-
-
-class CapdEngine:
+class CapdEngine(CtcEngine):
     """capd's CRNN with task-aware masked CTC decoding and calibrated confidence."""
 
     name = "capd"
+    case_aware = True
 
     def __init__(self, model: bytes | None = None, calibrate: bool = True) -> None:
         pkg = resources.files("capd.solving.ocr").joinpath("models")
         if model is None:
             model = pkg.joinpath("capd_crnn.onnx").read_bytes()
         meta = json.loads(pkg.joinpath("charset.json").read_text())
-        opts = ort.SessionOptions()
-        # one thread per inference: the pool runs one inference per core instead
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self._session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        self._session = onnx_session(model)
         self._input = self._session.get_inputs()[0].name
         self._charset: list[str] = ["", *meta["charset"]]  # column 0 is the CTC blank
-        self._calibration: Calibration | None = None
-        if calibrate:
-            cal = json.loads(pkg.joinpath("calibration.json").read_text())
-            self._calibration = Calibration(cal["raw"], cal["calibrated"])
-        self._decoder = MaskedDecoder(self._charset, _ALIASES)
+        super().__init__(self._charset, _ALIASES,
+                         Calibration.load("calibration.json") if calibrate else None)
+
+    @property
+    def _calibration(self) -> Calibration | None:
+        return self.calibration
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw model output for a (N, 1, 32, 128) batch: (T, N, classes)."""
         return self._session.run(None, {self._input: batch})[0]
 
-    def decode(self, frames: np.ndarray, spec: ImageSpec) -> tuple[str, float]:
-        """Masked greedy CTC over one image's (T, classes) logits: text, raw confidence."""
-        return self._decoder.decode(frames, spec)
-
-    def finish(self, text: str, raw: float, spec: ImageSpec) -> Reading:
-        confidence = self._calibration(raw) if self._calibration else raw
-        if spec.math:
-            answer = evaluate_expression(text)
-            return Reading(answer or "", confidence if answer else 0.0)
-        return Reading(text, confidence if text else 0.0)
-
-    def read(self, image: bytes, spec: ImageSpec) -> Reading:
-        pixels = preprocess(open_image(image))[np.newaxis]
-        frames = self.logits(pixels)[:, 0, :]
-        text, raw = self.decode(frames, spec)
-        return self.finish(text, raw, spec)
+    def frames(self, img: Image.Image) -> np.ndarray:
+        return self.logits(preprocess(img)[np.newaxis])[:, 0, :]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Sequence
+from difflib import SequenceMatcher
 
 import numpy as np
 
@@ -34,16 +35,26 @@ def ctc_greedy(probs: np.ndarray, symbols: Sequence[str], blank: int = 0) -> tup
     Returns the text and its confidence: the product over emitted characters of the best
     per-frame probability within that character's run of frames.
     """
+    text, chars = ctc_greedy_chars(probs, symbols, blank)
+    if not text:
+        return "", 0.0
+    return text, float(np.prod(chars))
+
+
+def ctc_greedy_chars(probs: np.ndarray, symbols: Sequence[str], blank: int = 0
+                     ) -> tuple[str, tuple[float, ...]]:
+    """Greedy CTC decode: the text and, per emitted character, the best per-frame
+    probability within that character's run of frames (one number per character)."""
     best = probs.argmax(axis=1)
     peak = probs.max(axis=1)
     chars: list[str] = []
-    confidence = 1.0
+    peaks: list[float] = []
     prev = blank
     run_peak = 0.0
     for idx, p in zip(best.tolist(), peak.tolist(), strict=True):
         if idx != prev:
             if prev != blank:
-                confidence *= run_peak
+                peaks.append(run_peak)
             run_peak = 0.0
             if idx != blank:
                 chars.append(symbols[idx])
@@ -51,10 +62,20 @@ def ctc_greedy(probs: np.ndarray, symbols: Sequence[str], blank: int = 0) -> tup
             run_peak = max(run_peak, p)
         prev = idx
     if prev != blank:
-        confidence *= run_peak
-    if not chars:
-        return "", 0.0
-    return "".join(chars), confidence
+        peaks.append(run_peak)
+    return "".join(chars), tuple(peaks)
+
+
+def recase(text: str, reference: str) -> str:
+    """``text`` with the case of ``reference`` for every letter the two read alike: the
+    strings are aligned case-insensitively (longest matching blocks), and each letter in
+    a matching block takes the reference's case; other characters are kept."""
+    out = list(text)
+    matcher = SequenceMatcher(None, text.lower(), reference.lower(), autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            out[block.a + k] = reference[block.b + k]
+    return "".join(out)
 
 
 def evaluate_expression(text: str) -> str | None:
@@ -117,6 +138,13 @@ class MaskedDecoder:
 
     def decode(self, frames: np.ndarray, spec: ImageSpec) -> tuple[str, float]:
         """Text and raw confidence from one image's (frames x classes) logits."""
+        text, chars = self.decode_chars(frames, spec)
+        return (text, float(np.prod(chars))) if text else ("", 0.0)
+
+    def decode_chars(self, frames: np.ndarray, spec: ImageSpec
+                     ) -> tuple[str, tuple[float, ...]]:
+        """Text and per-character probabilities from one image's (frames x classes)
+        logits (log-probabilities work too: only differences between columns count)."""
         fold = not spec.case_sensitive and not spec.math and spec.numeric != 1
         cols, symbols, partner = self._columns_for(alphabet_for(spec), fold)
         sub = frames[:, cols].astype(np.float64)
@@ -129,4 +157,4 @@ class MaskedDecoder:
             sub[:, partner] += sub[:, -n_extra:]
             sub = sub[:, :-n_extra]
             symbols = symbols[:-n_extra]
-        return ctc_greedy(sub, symbols)
+        return ctc_greedy_chars(sub, symbols)
