@@ -14,15 +14,18 @@ from functools import lru_cache
 from typing import Any
 
 from capd.config import Settings
+from capd.constants import QUEUE_STATS_CACHE_S, QUEUE_STATS_SPEED_WINDOW_S, SPENDING_STATS_HOURS
 from capd.domain.catalogue import TASK_TYPES
 from capd.domain.keys import KeyOptions, parse_client_key
 from capd.domain.limits import LimitRules, Limits
-from capd.domain.money import balance_number, format_cost, task_price_units
+from capd.domain.money import balance_number, format_cost, from_units, task_price_units
 from capd.domain.tasks import GuardLike, ValidationRules, validate_task
-from capd.errors import CapdError, InsufficientFunds
+from capd.domain.usage import QUEUE_NAMES, QUEUES, queue_load, series
+from capd.errors import BadParameter, CapdError, InsufficientFunds
 from capd.metrics import Metrics
 from capd.outbound.proxycheck import ProxyChecker, ProxySpec
 from capd.solving.dispatch import Dispatcher
+from capd.solving.pool import default_threads
 from capd.store.base import Caller, NewTask, Store, Task, TaskState
 
 MAX_TASK_ID = 2**31 - 1  # JSON integer that every client (including 32-bit ones) can hold
@@ -87,6 +90,7 @@ class Service:
             poll_window_s=max(s.image_deadline_s, s.worker_deadline_s,
                               *s.deadlines_s.values()) + s.result_ttl_s))
         self.finish_listeners: list[Callable[[Task], Any]] = []
+        self._queue_stats_cache: dict[int, tuple[float, dict[str, Any]]] = {}  # getQueueStats
 
     # -- who is calling ---------------------------------------------------------------------
     async def authenticate(self, raw_key: Any, ip: str) -> tuple[Caller, KeyOptions]:
@@ -266,3 +270,70 @@ class Service:
                                             refund=task.type in IMAGE_REPORT_TYPES, now=now,
                                             window_s=self.settings.report_window_s):
             raise CapdError("ERROR_NO_SUCH_CAPCHA_ID", "not a reportable solved task")
+
+    # -- anti-captcha's statistics methods: getQueueStats, getSpendingStats ----------------
+    async def queue_stats(self, body: dict[str, Any]) -> dict[str, Any]:
+        """getQueueStats: solver slots, load, price and speed of one of anti-captcha's queue
+        ids (no key needed; answers are cached ``QUEUE_STATS_CACHE_S``, as anti-captcha's)."""
+        raw = body.get("queueId")
+        queue_id = parse_task_id(raw) if not isinstance(raw, float) else None
+        if queue_id is None or queue_id not in QUEUES:
+            raise BadParameter("queueId", "not one of the queue ids (1, 2, 5-7, 10, 12, 13,"
+                                          " 18-29)")
+        now = self.clock()
+        cached = self._queue_stats_cache.get(queue_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        types = QUEUES[queue_id]
+        open_tasks = await self.store.open_tasks()
+        seen = {w.type: w for w in await self.store.workers_online(now)}
+        since = now - QUEUE_STATS_SPEED_WINDOW_S
+        speeds = [s for t, s in await self.store.solve_durations(None, since) if t in types]
+        slots = busy = queued = 0
+        for name in types:
+            queued += open_tasks.get(name, (0, 0))[0]
+            busy += open_tasks.get(name, (0, 0))[1]
+            if TASK_TYPES[name].built_in and self.settings.builtin_ocr:
+                slots += self.settings.ocr_threads or default_threads()
+            worker = seen.get(name)
+            if worker is not None:
+                recent = (worker.last_seen or 0) >= now - self.settings.worker_seen_window_s
+                slots += worker.leases_held - worker.builtin_leases + int(recent)
+        price = float(from_units(task_price_units(self.settings.price_per_1000(types[0]))))
+        load = queue_load(slots, busy, queued, price, speeds)
+        answer = {"errorId": 0, "waiting": load.waiting, "load": load.load, "bid": load.bid,
+                  "speed": load.speed, "total": load.total}
+        self._queue_stats_cache[queue_id] = (now + QUEUE_STATS_CACHE_S, answer)
+        return answer
+
+    async def spending_stats(self, body: dict[str, Any], ip: str) -> list[dict[str, Any]]:
+        """getSpendingStats: the caller's tasks and money per hour for 24 hours from the
+        hour of ``date`` (default: the 24 hours up to now), optionally of one ``queue`` (an
+        anti-captcha queue name or a capd task type) and one client ``ip``."""
+        caller, _ = await self.authenticate(body.get("clientKey"), ip)
+        hour = 3600
+        now = self.clock()
+        raw_date = body.get("date")
+        if raw_date is None:
+            start = (int(now) // hour - SPENDING_STATS_HOURS + 1) * hour
+        else:
+            date = parse_task_id(raw_date) if not isinstance(raw_date, float) else None
+            if date is None or date > 2**40:
+                raise BadParameter("date", "not a unix timestamp")
+            start = date // hour * hour
+        queue = body.get("queue")
+        types: tuple[str, ...] | None = None
+        if queue is not None and queue != "":
+            if not isinstance(queue, str):
+                raise BadParameter("queue", "not a string")
+            types = QUEUE_NAMES.get(queue) or ((queue,) if queue in TASK_TYPES else None)
+            if types is None:
+                raise BadParameter("queue", "not a queue name or task type")
+        only_ip = body.get("ip")
+        if only_ip is not None and not isinstance(only_ip, str):
+            raise BadParameter("ip", "not a string")
+        rows = await self.store.usage(caller.account_id, start,
+                                      start + SPENDING_STATS_HOURS * hour, hour, ip=only_ip)
+        return [{"dateFrom": int(b.start), "dateTill": int(b.end), "volume": b.tasks,
+                 "money": balance_number(b.spent_units)}
+                for b in series(rows, start, SPENDING_STATS_HOURS, hour, types)]

@@ -118,6 +118,15 @@ async def report_token(service: Service, body: dict[str, Any], ip: str) -> dict[
     return {"errorId": 0, "status": "success"}
 
 
+async def get_queue_stats(service: Service, body: dict[str, Any], ip: str) -> dict[str, Any]:
+    return await service.queue_stats(body)
+
+
+async def get_spending_stats(service: Service, body: dict[str, Any], ip: str
+                             ) -> dict[str, Any]:
+    return {"errorId": 0, "data": await service.spending_stats(body, ip)}
+
+
 METHODS: dict[str, tuple[Handler, str]] = {
     "createTask": (create_task, "ERROR_TASK_ABSENT"),
     "getTaskResult": (get_task_result, "ERROR_KEY_DOES_NOT_EXIST"),
@@ -125,6 +134,8 @@ METHODS: dict[str, tuple[Handler, str]] = {
     "reportIncorrectImageCaptcha": (report_image, "ERROR_KEY_DOES_NOT_EXIST"),
     "reportIncorrectTokenCaptcha": (report_token, "ERROR_KEY_DOES_NOT_EXIST"),
     "reportIncorrectRecaptcha": (report_token, "ERROR_KEY_DOES_NOT_EXIST"),
+    "getQueueStats": (get_queue_stats, "ERROR_BAD_PARAMETERS"),
+    "getSpendingStats": (get_spending_stats, "ERROR_KEY_DOES_NOT_EXIST"),
 }
 
 

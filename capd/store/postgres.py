@@ -21,14 +21,19 @@ from capd.domain.money import MAX_UNITS
 from capd.errors import InsufficientFunds
 from capd.store.base import (
     Account,
+    AdminToken,
     Ban,
     Caller,
+    ConsoleSession,
     KeyRecord,
     LedgerEntry,
     NewTask,
     Task,
     TaskState,
+    UsageRow,
+    WorkerActivity,
     WorkerToken,
+    merge_usage,
 )
 from capd.store.migrations import migration_scripts
 
@@ -575,3 +580,110 @@ class PostgresStore:
         await (await self._p()).execute(
             "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name)"
             " DO UPDATE SET value = excluded.value", name, value)
+
+    # -- console (web dashboard): admin tokens, sessions, read-only views -----------------
+    async def create_admin_token(self, token_hash: str, name: str, now: float) -> int:
+        value = await (await self._p()).fetchval(
+            "INSERT INTO admin_tokens (token_hash, name, created_at) VALUES ($1, $2, $3)"
+            " RETURNING id", token_hash, name, now)
+        return int(value)
+
+    async def revoke_admin_token(self, token_hash: str, now: float) -> bool:
+        status = await (await self._p()).execute(
+            "UPDATE admin_tokens SET revoked_at = $1 WHERE token_hash = $2"
+            " AND revoked_at IS NULL", now, token_hash)
+        return bool(status.endswith(" 1"))
+
+    async def admin_token(self, token_hash: str) -> AdminToken | None:
+        row = await (await self._p()).fetchrow(
+            "SELECT id, name, created_at FROM admin_tokens WHERE token_hash = $1"
+            " AND revoked_at IS NULL", token_hash)
+        return AdminToken(*row) if row else None
+
+    async def create_console_session(self, session: ConsoleSession) -> None:
+        s = session
+        await (await self._p()).execute(
+            "INSERT INTO console_sessions (token_hash, kind, account_id, api_key,"
+            " admin_token_hash, csrf, created_at, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", s.token_hash, s.kind, s.account_id,
+            s.api_key, s.admin_token_hash, s.csrf, s.created_at, s.expires_at)
+
+    async def console_session(self, token_hash: str, now: float) -> ConsoleSession | None:
+        row = await (await self._p()).fetchrow(
+            "SELECT token_hash, kind, account_id, api_key, admin_token_hash, csrf, created_at,"
+            " expires_at FROM console_sessions WHERE token_hash = $1 AND expires_at > $2",
+            token_hash, now)
+        return ConsoleSession(*row) if row else None
+
+    async def set_console_session_key(self, token_hash: str, api_key: str) -> None:
+        await (await self._p()).execute(
+            "UPDATE console_sessions SET api_key = $1 WHERE token_hash = $2", api_key,
+            token_hash)
+
+    async def delete_console_session(self, token_hash: str) -> None:
+        await (await self._p()).execute("DELETE FROM console_sessions WHERE token_hash = $1",
+                                        token_hash)
+
+    async def sweep_console_sessions(self, now: float) -> int:
+        status = await (await self._p()).execute(
+            "DELETE FROM console_sessions WHERE expires_at <= $1", now)
+        return int(status.split()[-1])
+
+    async def usage(self, account_id: int | None, since: float, until: float, bucket_s: float,
+                    ip: str | None = None) -> list[UsageRow]:
+        pool = await self._p()
+        args: list[Any] = [float(bucket_s), since, until]
+        where = ""
+        if account_id is not None:
+            args.append(account_id)
+            where += f" AND t.account_id = ${len(args)}"
+        if ip is not None:
+            args.append(ip)
+            where += f" AND t.client_ip = ${len(args)}"
+        counts = await pool.fetch(
+            f"SELECT floor(t.created_at / $1) * $1, t.type, COUNT(*),"
+            f" COUNT(*) FILTER (WHERE t.state = 'solved'),"
+            f" COUNT(*) FILTER (WHERE t.state = 'failed') FROM tasks t"
+            f" WHERE t.created_at >= $2 AND t.created_at < $3{where} GROUP BY 1, 2", *args)
+        money = await pool.fetch(
+            f"SELECT floor(l.at / $1) * $1, t.type, -SUM(l.amount_units)"
+            f" FROM ledger l JOIN tasks t ON t.id = l.task_id"
+            f" WHERE l.kind IN ('charge', 'refund') AND l.at >= $2 AND l.at < $3{where}"
+            f" GROUP BY 1, 2", *args)
+        return merge_usage([tuple(r) for r in counts], [tuple(r) for r in money])
+
+    async def solve_durations(self, account_id: int | None, since: float,
+                              limit: int = 10_000) -> list[tuple[str, float]]:
+        sql = ("SELECT type, ended_at - created_at FROM tasks WHERE state = 'solved'"
+               " AND ended_at >= $1")
+        args: list[Any] = [since]
+        if account_id is not None:
+            args.append(account_id)
+            sql += f" AND account_id = ${len(args)}"
+        args.append(limit)
+        rows = await (await self._p()).fetch(
+            sql + f" ORDER BY ended_at DESC LIMIT ${len(args)}", *args)
+        return [(r[0], float(r[1])) for r in rows]
+
+    async def recent_tasks(self, account_id: int, limit: int = 50) -> list[Task]:
+        rows = await (await self._p()).fetch(
+            f"SELECT {_TASK_COLS_LIGHT} FROM tasks WHERE account_id = $1"
+            f" ORDER BY created_at DESC, id DESC LIMIT $2", account_id, limit)
+        return [_task(r) for r in rows]
+
+    async def workers_online(self, now: float) -> list[WorkerActivity]:
+        pool = await self._p()
+        leases = {r[0]: (int(r[1]), int(r[2])) for r in await pool.fetch(
+            "SELECT type, COUNT(*), COUNT(*) FILTER (WHERE lease_owner LIKE 'builtin-%')"
+            " FROM tasks WHERE state = 'leased' AND lease_until > $1 GROUP BY type", now)}
+        seen = {r[0]: float(r[1]) for r in await pool.fetch(
+            "SELECT type, seen_at FROM worker_seen")}
+        return [WorkerActivity(t, seen.get(t), *leases.get(t, (0, 0)))
+                for t in sorted(set(leases) | set(seen))]
+
+    async def open_tasks(self) -> dict[str, tuple[int, int]]:
+        rows = await (await self._p()).fetch(
+            "SELECT type, COUNT(*) FILTER (WHERE state = 'queued'),"
+            " COUNT(*) FILTER (WHERE state = 'leased') FROM tasks"
+            " WHERE state IN ('queued', 'leased') GROUP BY type")
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}

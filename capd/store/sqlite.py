@@ -19,14 +19,19 @@ from capd.domain.money import MAX_UNITS
 from capd.errors import InsufficientFunds
 from capd.store.base import (
     Account,
+    AdminToken,
     Ban,
     Caller,
+    ConsoleSession,
     KeyRecord,
     LedgerEntry,
     NewTask,
     Task,
     TaskState,
+    UsageRow,
+    WorkerActivity,
     WorkerToken,
+    merge_usage,
 )
 from capd.store.counters import MemoryCounters
 from capd.store.migrations import migration_scripts
@@ -517,3 +522,97 @@ class SQLiteStore:
     async def meta_set(self, name: str, value: str) -> None:
         self._db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name)"
                          " DO UPDATE SET value = excluded.value", (name, value))
+
+    # -- console (web dashboard): admin tokens, sessions, read-only views -----------------
+    async def create_admin_token(self, token_hash: str, name: str, now: float) -> int:
+        cur = self._db.execute("INSERT INTO admin_tokens (token_hash, name, created_at)"
+                               " VALUES (?, ?, ?)", (token_hash, name, now))
+        return int(cur.lastrowid or 0)
+
+    async def revoke_admin_token(self, token_hash: str, now: float) -> bool:
+        cur = self._db.execute("UPDATE admin_tokens SET revoked_at = ? WHERE token_hash = ?"
+                               " AND revoked_at IS NULL", (now, token_hash))
+        return cur.rowcount == 1
+
+    async def admin_token(self, token_hash: str) -> AdminToken | None:
+        row = self._one("SELECT id, name, created_at FROM admin_tokens WHERE token_hash = ?"
+                        " AND revoked_at IS NULL", (token_hash,))
+        return AdminToken(*row) if row else None
+
+    async def create_console_session(self, session: ConsoleSession) -> None:
+        s = session
+        self._db.execute(
+            "INSERT INTO console_sessions (token_hash, kind, account_id, api_key,"
+            " admin_token_hash, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (s.token_hash, s.kind, s.account_id, s.api_key, s.admin_token_hash, s.csrf,
+             s.created_at, s.expires_at))
+
+    async def console_session(self, token_hash: str, now: float) -> ConsoleSession | None:
+        row = self._one("SELECT token_hash, kind, account_id, api_key, admin_token_hash, csrf,"
+                        " created_at, expires_at FROM console_sessions"
+                        " WHERE token_hash = ? AND expires_at > ?", (token_hash, now))
+        return ConsoleSession(*row) if row else None
+
+    async def set_console_session_key(self, token_hash: str, api_key: str) -> None:
+        self._db.execute("UPDATE console_sessions SET api_key = ? WHERE token_hash = ?",
+                         (api_key, token_hash))
+
+    async def delete_console_session(self, token_hash: str) -> None:
+        self._db.execute("DELETE FROM console_sessions WHERE token_hash = ?", (token_hash,))
+
+    async def sweep_console_sessions(self, now: float) -> int:
+        return self._db.execute("DELETE FROM console_sessions WHERE expires_at <= ?",
+                                (now,)).rowcount
+
+    async def usage(self, account_id: int | None, since: float, until: float, bucket_s: float,
+                    ip: str | None = None) -> list[UsageRow]:
+        where, args = "", list[Any]()
+        if account_id is not None:
+            where += " AND t.account_id = ?"
+            args.append(account_id)
+        if ip is not None:
+            where += " AND t.client_ip = ?"
+            args.append(ip)
+        counts = self._db.execute(
+            f"SELECT CAST(t.created_at / ? AS INTEGER) * ?, t.type, COUNT(*),"
+            f" SUM(t.state = 'solved'), SUM(t.state = 'failed') FROM tasks t"
+            f" WHERE t.created_at >= ? AND t.created_at < ?{where} GROUP BY 1, 2",
+            (bucket_s, bucket_s, since, until, *args)).fetchall()
+        money = self._db.execute(
+            f"SELECT CAST(l.at / ? AS INTEGER) * ?, t.type, -SUM(l.amount_units)"
+            f" FROM ledger l JOIN tasks t ON t.id = l.task_id"
+            f" WHERE l.kind IN ('charge', 'refund') AND l.at >= ? AND l.at < ?{where}"
+            f" GROUP BY 1, 2", (bucket_s, bucket_s, since, until, *args)).fetchall()
+        return merge_usage(counts, money)
+
+    async def solve_durations(self, account_id: int | None, since: float,
+                              limit: int = 10_000) -> list[tuple[str, float]]:
+        sql = ("SELECT type, ended_at - created_at FROM tasks WHERE state = 'solved'"
+               " AND ended_at >= ?")
+        args: list[Any] = [since]
+        if account_id is not None:
+            sql += " AND account_id = ?"
+            args.append(account_id)
+        rows = self._db.execute(sql + " ORDER BY ended_at DESC LIMIT ?", (*args, limit))
+        return [(r[0], float(r[1])) for r in rows]
+
+    async def recent_tasks(self, account_id: int, limit: int = 50) -> list[Task]:
+        rows = self._db.execute(
+            f"SELECT {_TASK_COLS_LIGHT} FROM tasks WHERE account_id = ?"
+            f" ORDER BY created_at DESC, id DESC LIMIT ?", (account_id, limit)).fetchall()
+        return [_task(r) for r in rows]
+
+    async def workers_online(self, now: float) -> list[WorkerActivity]:
+        leases = {r[0]: (r[1], r[2]) for r in self._db.execute(
+            "SELECT type, COUNT(*), SUM(lease_owner LIKE 'builtin-%') FROM tasks"
+            " WHERE state = 'leased' AND lease_until > ? GROUP BY type", (now,))}
+        types = sorted(set(leases) | set(self._worker_seen))
+        return [WorkerActivity(t, self._worker_seen.get(t), *leases.get(t, (0, 0)))
+                for t in types]
+
+    async def open_tasks(self) -> dict[str, tuple[int, int]]:
+        rows = self._db.execute(
+            "SELECT type, SUM(state = 'queued'), SUM(state = 'leased') FROM tasks"
+            " WHERE state IN ('queued', 'leased') GROUP BY type")
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
