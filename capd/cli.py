@@ -328,6 +328,43 @@ async def _with_store(settings: Settings,
         await store.close()
 
 
+# -- admin tokens for the web console (issue 16) --------------------------------------------
+ADMIN_TOKEN_BYTES = 32  # 64 hex characters: never confused with a key (32) or worker token (48)
+
+
+async def cmd_admin_token_create(store: Store, args: argparse.Namespace,
+                                 settings: Settings) -> None:
+    import hashlib
+    import secrets
+
+    token = secrets.token_hex(ADMIN_TOKEN_BYTES)
+    token_id = await store.create_admin_token(hashlib.sha256(token.encode()).hexdigest(),
+                                              args.name, time.time())
+    print(f"admin token {token_id} ({args.name}) for /console/admin; shown once:")
+    print(token)
+
+
+async def cmd_admin_token_revoke(store: Store, args: argparse.Namespace,
+                                 settings: Settings) -> None:
+    import hashlib
+
+    digest = hashlib.sha256(args.token.strip().encode()).hexdigest()
+    if not await store.revoke_admin_token(digest, time.time()):
+        raise CliError("no live admin token matches")
+    print("revoked (its console sessions end with it)")
+
+
+def _add_admin_token_parser(sub: Any) -> None:
+    at = sub.add_parser("admin-token", help="tokens for the operator's web console").add_subparsers(
+        dest="sub", required=True, parser_class=_Parser)
+    a = at.add_parser("create", help="issue a token; prints it last")
+    a.add_argument("--name", default="operator")
+    a.set_defaults(fn=cmd_admin_token_create)
+    a = at.add_parser("revoke", help="revoke a token (and end its sessions)")
+    a.add_argument("token")
+    a.set_defaults(fn=cmd_admin_token_revoke)
+
+
 # -- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="capd", description="Self-hosted captcha recognition service")
@@ -410,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="tasks by type and state, solve latency, charges")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_stats)
+    _add_admin_token_parser(sub)
     return p
 
 

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from capd import console
 from capd.api import capmonster, twocaptcha, workers
 from capd.api.capmonster import error_payload, json_response
 from capd.api.middleware import BodyLimitMiddleware, ClientAddressMiddleware
@@ -141,6 +142,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/api/useragent/actual", user_agent, methods=["GET"]),
         *twocaptcha.routes(),
+        *console.routes(),  # the web console: GET / and /console/ (capd/console)
         Route("/{path:path}", no_such_method, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     middleware = [
@@ -151,6 +153,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.service = service
     app.state.desk = WorkerDesk(service)
+    app.state.callbacks = callbacks  # the console shows what is pending
     app.state.ready = False
     app.state.openapi = openapi_document()
     return app
