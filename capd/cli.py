@@ -1,33 +1,32 @@
-"""Operator commands: parse arguments, call the store and domain, print.
+"""Operator commands: parse arguments, call the admin service (``capd.admin``), print.
 
 Every command takes its database from ``--db URL``, else ``CAPD_DATABASE_URL``, else
-``sqlite:///capd.db`` in the working directory. Bad input prints one line on stderr and
-exits non-zero.
+``sqlite:///capd.db`` in the working directory. Only ``serve``, ``migrate`` and ``account
+create`` may create a SQLite file; the others refuse a path where none exists. Bad input
+prints one line on stderr and exits non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
+import contextlib
 import json
 import os
+import shlex
 import sqlite3
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, NoReturn
 
+from capd.admin import AdminError, AdminService, domain_text, network_text, task_types, units_of
 from capd.config import Settings, load_settings
-from capd.domain.keys import is_key, new_key
-from capd.domain.money import parse_amount, to_units, usd_text
-from capd.errors import ConfigError, InsufficientFunds
-from capd.store import open_store
-from capd.store.base import Store
-
-DEMO_KEY_META = "demo_key"
+from capd.domain.money import parse_amount, usd_text
+from capd.errors import ConfigError
+from capd.store import open_store, sqlite_path
 
 
 class CliError(Exception):
@@ -54,166 +53,120 @@ def _amount(text: str) -> Decimal:
         raise CliError(f"not a usable amount in USD: {text!r} ({exc})") from None
 
 
-def _key_arg(text: str) -> str:
-    if not is_key(text):
-        raise CliError(f"not an API key (32 lowercase hex characters): {text!r}")
-    return text
+# -- commands (each gets the admin service of an open, migrated store) ------------------------
+Command = Callable[[AdminService, argparse.Namespace], Awaitable[None]]
 
 
-async def _account_id(store: Store, key: str) -> int:
-    account = await store.account_for_key(_key_arg(key))
-    if account is None:
-        raise CliError("no account holds that key")
-    return account.id
+async def cmd_migrate(admin: AdminService, args: argparse.Namespace) -> None:
+    print(f"schema version {await admin.migrate()}")
 
 
-# -- commands -------------------------------------------------------------------------------
-async def cmd_migrate(store: Store, args: argparse.Namespace, settings: Settings) -> None:
-    print(f"schema version {await store.migrate()}")
-
-
-async def cmd_account_create(store: Store, args: argparse.Namespace, settings: Settings) -> None:
+async def cmd_account_create(admin: AdminService, args: argparse.Namespace) -> None:
     amount = _amount(args.balance)
-    if amount < 0:
-        raise CliError("the opening balance cannot be negative")
-    key = new_key()
-    now = time.time()
-    account_id = await store.create_account(args.name, key, now)
-    if amount:
-        await store.adjust_balance(account_id, to_units(amount), "topup", "operator",
-                                   "opening balance", now)
-    print(f"account {account_id} ({args.name}) balance {usd_text(to_units(amount))} USD")
-    print(key)
+    created = await admin.create_account(args.name, amount)
+    print(f"account {created.account_id} ({args.name}) balance {usd_text(units_of(amount))} USD")
+    print(created.key)
 
 
-async def cmd_account_topup(store: Store, args: argparse.Namespace, settings: Settings) -> None:
+async def cmd_account_topup(admin: AdminService, args: argparse.Namespace) -> None:
     amount = _amount(args.amount)
-    if amount == 0:
-        raise CliError("a top-up of zero changes nothing")
-    account_id = await _account_id(store, args.key)
-    kind = "topup" if amount > 0 else "adjustment"
-    try:
-        balance = await store.adjust_balance(account_id, to_units(amount), kind, "operator",
-                                             args.note, time.time())
-    except InsufficientFunds:
-        raise CliError("that would take the balance below what running tasks reserve") from None
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    print(f"balance {usd_text(balance)} USD")
+    account_id = await admin.account_id_for_key(args.key)
+    balance = await admin.adjust(account_id, amount, args.note)
+    print(f"balance {balance:f} USD")
 
 
-async def cmd_account_show(store: Store, args: argparse.Namespace, settings: Settings) -> None:
-    account_id = await _account_id(store, args.key)
-    account = await store.account(account_id)
-    assert account is not None
+async def cmd_account_show(admin: AdminService, args: argparse.Namespace) -> None:
+    view = await admin.account_view(await admin.account_id_for_key(args.key), ledger_limit=10)
+    account = view.account
     print(f"account {account.id} ({account.name}) created {_iso(account.created_at)}")
-    print(f"balance {usd_text(account.balance_units)} USD,"
-          f" reserved {usd_text(account.reserved_units)} USD,"
-          f" available {usd_text(account.balance_units - account.reserved_units)} USD")
+    print(f"balance {view.balance:f} USD, reserved {view.reserved:f} USD,"
+          f" available {view.available:f} USD")
     print("keys:")
-    for k in await store.keys(account_id):
+    for k in view.keys:
         state = f"revoked {_iso(k.revoked_at)}" if k.revoked_at else "live"
         print(f"  {k.key}  {state}")
-    nets = await store.whitelist(account_id)
-    print("whitelist: " + (", ".join(nets) if nets else "(any address)"))
+    print("whitelist: " + (", ".join(view.whitelist) if view.whitelist else "(any address)"))
     print("recent ledger:")
-    for e in await store.ledger(account_id, 10):
+    for e in view.ledger:
         task = f" task {e.task_id}" if e.task_id else ""
         print(f"  {_iso(e.at)}  {e.kind:<10} {usd_text(e.amount_units):>14}  {e.actor}{task}"
               f"  {e.note}")
-    bans = await store.bans(time.time(), active_only=False, account_id=account_id)
-    print("bans:" + ("" if bans else " none"))
-    for b in bans:
+    print("bans:" + ("" if view.bans else " none"))
+    for b in view.bans:
         print(f"  #{b.id} {b.scope} {b.ip} {_iso(b.started_at)} .. {_iso(b.ends_at)}"
               f"{' lifted' if b.lifted_at else ''}  {b.reason}")
 
 
-async def cmd_key_add(store: Store, args: argparse.Namespace, settings: Settings) -> None:
-    account_id = await _account_id(store, args.key)
-    key = new_key()
-    await store.add_key(account_id, key, time.time())
-    print(key)
+async def cmd_account_find(admin: AdminService, args: argparse.Namespace) -> None:
+    accounts = await admin.find_accounts(args.query, args.limit)
+    if not accounts:
+        print("no accounts match")
+    for a in accounts:
+        print(f"{a.id}\t{a.name}\t{usd_text(a.balance_units)} USD"
+              f"\treserved {usd_text(a.reserved_units)} USD\tcreated {_iso(a.created_at)}")
 
 
-async def cmd_key_revoke(store: Store, args: argparse.Namespace, settings: Settings) -> None:
-    if not await store.revoke_key(_key_arg(args.key), time.time()):
+async def cmd_key_add(admin: AdminService, args: argparse.Namespace) -> None:
+    print(await admin.add_key(await admin.account_id_for_key(args.key)))
+
+
+async def cmd_key_revoke(admin: AdminService, args: argparse.Namespace) -> None:
+    if not await admin.revoke_key(args.key):
         raise CliError("no live key matches")
     print("revoked")
 
 
-def _network(text: str) -> str:
-    try:
-        return str(ipaddress.ip_network(text.strip(), strict=False))
-    except ValueError:
-        raise CliError(f"not an IP address or CIDR range: {text!r}") from None
+async def cmd_key_rotate(admin: AdminService, args: argparse.Namespace) -> None:
+    print(await admin.rotate_key(await admin.account_id_for_key(args.key), args.key))
 
 
-async def cmd_whitelist(store: Store, args: argparse.Namespace, settings: Settings) -> None:
-    account_id = await _account_id(store, args.key)
-    net = _network(args.network)
+async def cmd_whitelist(admin: AdminService, args: argparse.Namespace) -> None:
+    account_id = await admin.account_id_for_key(args.key)
+    net = network_text(args.network)
     if args.action == "add":
-        changed = await store.whitelist_add(account_id, net)
+        changed = await admin.whitelist_add(account_id, net)
     else:
-        changed = await store.whitelist_remove(account_id, net)
+        changed = await admin.whitelist_remove(account_id, net)
         if not changed:
             raise CliError(f"{net} is not on the whitelist")
     print(f"{args.action} {net}" + ("" if changed else " (already there)"))
 
 
-async def cmd_bans_list(store: Store, args: argparse.Namespace, settings: Settings) -> None:
-    bans = await store.bans(time.time(), active_only=not args.all)
+async def cmd_bans_list(admin: AdminService, args: argparse.Namespace) -> None:
+    bans = await admin.bans(active_only=not args.all)
     if not bans:
         print("no bans")
+    now = admin.clock()
     for b in bans:
         who = f"account {b.account_id} from {b.ip}" if b.account_id else f"ip {b.ip}"
-        state = "lifted" if b.lifted_at else ("active" if b.ends_at > time.time() else "ended")
+        state = "lifted" if b.lifted_at else ("active" if b.ends_at > now else "ended")
         print(f"#{b.id}\t{b.scope}\t{who}\t{_iso(b.started_at)}\t{_iso(b.ends_at)}\t{state}"
               f"\t{b.reason}")
 
 
-async def cmd_bans_lift(store: Store, args: argparse.Namespace, settings: Settings) -> None:
-    if not await store.lift_ban(args.ban_id, time.time(), "operator"):
+async def cmd_bans_lift(admin: AdminService, args: argparse.Namespace) -> None:
+    if not await admin.lift_ban(args.ban_id):
         raise CliError(f"no ban #{args.ban_id} that is not already lifted")
     print(f"lifted #{args.ban_id}")
 
 
-def _domain(text: str) -> str:
-    domain = text.strip().rstrip(".").lower()
-    if not domain or "/" in domain or " " in domain or ".." in domain:
-        raise CliError(f"not a domain name: {text!r}")
-    return domain
-
-
-async def cmd_blocklist(store: Store, args: argparse.Namespace, settings: Settings) -> None:
+async def cmd_blocklist(admin: AdminService, args: argparse.Namespace) -> None:
     if args.action == "list":
-        for d in await store.blocklist():
+        for d in await admin.blocklist():
             print(d)
         return
-    domain = _domain(args.domain or "")
+    domain = domain_text(args.domain or "")
     if args.action == "add":
-        added = await store.blocklist_add(domain, time.time())
+        added = await admin.blocklist_add(domain)
         print(f"blocked {domain}" + ("" if added else " (already listed)"))
-    elif not await store.blocklist_remove(domain):
+    elif not await admin.blocklist_remove(domain):
         raise CliError(f"{domain} is not on the blocklist")
     else:
         print(f"unblocked {domain}")
 
 
-async def cmd_stats(store: Store, args: argparse.Namespace, settings: Settings) -> None:
-    stats = await store.stats(time.time())
-    lat = sorted(stats["solve_latencies_s"])
-    summary = {
-        "tasks": stats["tasks"],
-        "solve_latency_s": {
-            "count": len(lat),
-            "p50": statistics.median(lat) if lat else None,
-            "p95": lat[int(0.95 * (len(lat) - 1))] if lat else None,
-        },
-        "charges": {"count": stats["charges"]["count"],
-                    "usd": usd_text(stats["charges"]["units"])},
-        "refunds": {"count": stats["refunds"]["count"],
-                    "usd": usd_text(stats["refunds"]["units"])},
-    }
+async def cmd_stats(admin: AdminService, args: argparse.Namespace) -> None:
+    summary = await admin.stats()
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -230,28 +183,15 @@ async def cmd_stats(store: Store, args: argparse.Namespace, settings: Settings) 
           f" refunds: {summary['refunds']['count']} totalling {summary['refunds']['usd']} USD")
 
 
-async def cmd_worker_token_create(store: Store, args: argparse.Namespace,
-                                  settings: Settings) -> None:
-    from capd.domain.catalogue import TASK_TYPES
-    from capd.workers import new_worker_token, token_digest
-
-    types = None
-    if args.types:
-        types = tuple(t.strip() for t in args.types.split(",") if t.strip())
-        unknown = [t for t in types if t not in TASK_TYPES]
-        if unknown or not types:
-            raise CliError(f"unknown task type {unknown[0] if unknown else args.types!r}")
-    token = new_worker_token()
-    await store.create_worker_token(token_digest(token), args.name, types, time.time())
+async def cmd_worker_token_create(admin: AdminService, args: argparse.Namespace) -> None:
+    types = task_types(tuple(args.types.split(","))) if args.types else None
+    token = await admin.create_worker_token(args.name, types)
     print(f"worker token for {', '.join(types) if types else 'every task type'}")
     print(token)
 
 
-async def cmd_worker_token_revoke(store: Store, args: argparse.Namespace,
-                                  settings: Settings) -> None:
-    from capd.workers import token_digest
-
-    if not await store.revoke_worker_token(token_digest(args.token), time.time()):
+async def cmd_worker_token_revoke(admin: AdminService, args: argparse.Namespace) -> None:
+    if not await admin.revoke_worker_token(args.token):
         raise CliError("no live worker token matches")
     print("revoked")
 
@@ -285,84 +225,127 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
         pool.close()
 
 
+def _base_url(host: str, port: int) -> str:
+    """A URL a local client can use for ``host:port`` (a wildcard bind means loopback)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _cli_hint() -> str:
+    """How the operator runs this CLI again: the script's path (``.venv/bin/capd`` under
+    ``./run``) relative to here, or ``python -m capd``."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or script.name != "capd":
+        return f"{Path(sys.executable).name} -m capd"
+    try:
+        return str(script.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(script)
+
+
+def serve_banner(url: str, database_url: str, demo_key: str | None, cli: str) -> str:
+    """What ``capd serve`` prints once it answers requests: where, and what to try next."""
+    lines = [
+        f"capd serving on {url} ({_safe_url(database_url)})",
+        "next steps:",
+        f"  curl -s {url}/getBalance -d '{{\"clientKey\":\"{demo_key or '<key>'}\"}}'",
+        "  solve the sample captcha: the quick start in README.md (examples/sample.png)",
+        f"  the API: README.md and docs/; machine-readable: {url}/openapi.json",
+        f"  operator CLI: {cli} --help   (e.g. {cli} account create --balance 5)",
+    ]
+    if demo_key is None:
+        lines.insert(2, f"  no key yet: {cli} account create --balance 5 prints one")
+    return "\n".join(lines)
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     from capd.api.app import create_app
 
     # migrate (and so reach the database) before serving: a bad URL is one clear line
-    asyncio.run(_with_store(settings, lambda store, s: store.migrate()))
+    asyncio.run(_with_admin(settings, lambda admin: admin.migrate()))
+    demo_key = None
     if args.demo:
-        key = asyncio.run(_with_store(settings, _ensure_demo))
-        print(f"demo API key (balance {settings.demo_balance} USD): {key}", flush=True)
+        demo_key = asyncio.run(_with_admin(
+            settings, lambda admin: admin.ensure_demo_key(settings.demo_balance)))
+        print(f"demo API key (balance {settings.demo_balance} USD): {demo_key}", flush=True)
     app = create_app(settings)
-    print(f"capd serving on http://{args.host}:{args.port} ({settings.database_url})",
-          flush=True)
+    cli = _cli_hint()  # the same database and settings as this server
+    cli += f" --db {shlex.quote(_safe_url(args.db))}" if args.db else ""
+    cli += f" --config {shlex.quote(args.config)}" if args.config else ""
+    banner = serve_banner(_base_url(args.host, args.port), settings.database_url, demo_key,
+                          cli)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # listening, and the app's start-up (migrations, OCR) is done
+                print(banner, flush=True)
+
     # proxy_headers off: uvicorn would otherwise trust X-Forwarded-For from loopback peers;
     # capd applies its own trusted-proxy rule (spec §4) in ClientAddressMiddleware.
-    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
-                access_log=False, log_level=args.log_level, lifespan="on",
-                proxy_headers=False, server_header=False)
+    config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop",
+                            http="httptools", access_log=False, log_level=args.log_level,
+                            lifespan="on", proxy_headers=False, server_header=False)
+    server = Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run would
 
 
-async def _ensure_demo(store: Store, settings: Settings) -> str:
-    key = await store.meta_get(DEMO_KEY_META)
-    if key and await store.caller_for_key(key):
-        return key
-    key = new_key()
-    now = time.time()
-    account_id = await store.create_account("demo", key, now)
-    await store.adjust_balance(account_id, to_units(settings.demo_balance), "topup", "operator",
-                               "demo balance", now)
-    await store.meta_set(DEMO_KEY_META, key)
-    return key
-
-
-async def _with_store(settings: Settings,
-                      fn: Callable[[Store, Settings], Awaitable[Any]]) -> Any:
+async def _with_admin(settings: Settings, fn: Callable[[AdminService], Awaitable[Any]]) -> Any:
     store = open_store(settings.database_url)
     try:
         await store.migrate()
-        return await fn(store, settings)
+        return await fn(AdminService(store, time.time, settings))
     finally:
         await store.close()
 
 
 # -- admin tokens for the web console (issue 16) --------------------------------------------
-ADMIN_TOKEN_BYTES = 32  # 64 hex characters: never confused with a key (32) or worker token (48)
+async def cmd_admin_token_create(admin: AdminService, args: argparse.Namespace) -> None:
+    from capd.console.tokens import create_admin_token
 
-
-async def cmd_admin_token_create(store: Store, args: argparse.Namespace,
-                                 settings: Settings) -> None:
-    import hashlib
-    import secrets
-
-    token = secrets.token_hex(ADMIN_TOKEN_BYTES)
-    token_id = await store.create_admin_token(hashlib.sha256(token.encode()).hexdigest(),
-                                              args.name, time.time())
+    token_id, token = await create_admin_token(admin.store, admin.clock, args.name)
     print(f"admin token {token_id} ({args.name}) for /console/admin; shown once:")
     print(token)
 
 
-async def cmd_admin_token_revoke(store: Store, args: argparse.Namespace,
-                                 settings: Settings) -> None:
-    import hashlib
+async def cmd_admin_token_revoke(admin: AdminService, args: argparse.Namespace) -> None:
+    from capd.console.tokens import revoke_admin_token
 
-    digest = hashlib.sha256(args.token.strip().encode()).hexdigest()
-    if not await store.revoke_admin_token(digest, time.time()):
+    if not await revoke_admin_token(admin.store, admin.clock, args.token):
         raise CliError("no live admin token matches")
     print("revoked (its console sessions end with it)")
 
 
 def _add_admin_token_parser(sub: Any) -> None:
-    at = sub.add_parser("admin-token", help="tokens for the operator's web console").add_subparsers(
-        dest="sub", required=True, parser_class=_Parser)
+    at = sub.add_parser("admin-token", help="tokens for the operator's web console"
+                        ).add_subparsers(dest="sub", required=True, parser_class=_Parser)
     a = at.add_parser("create", help="issue a token; prints it last")
     a.add_argument("--name", default="operator")
     a.set_defaults(fn=cmd_admin_token_create)
     a = at.add_parser("revoke", help="revoke a token (and end its sessions)")
     a.add_argument("token")
     a.set_defaults(fn=cmd_admin_token_revoke)
+
+
+def _require_database(url: str) -> None:
+    """Refuse a SQLite URL whose file does not exist: opening it would create an empty
+    database, and the command would then act on nothing (a typo, or the wrong directory)."""
+    if not url.startswith("sqlite://"):
+        return
+    path = sqlite_path(url)
+    if path != ":memory:" and not os.path.exists(path):
+        raise CliError(f"no database at {os.path.abspath(path)}: run `capd serve` or"
+                       " `capd migrate` first, or pass --db")
 
 
 # -- parser ---------------------------------------------------------------------------------
@@ -396,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     a = acc.add_parser("show", help="balance, keys, whitelist, ledger, bans")
     a.add_argument("key")
     a.set_defaults(fn=cmd_account_show)
+    a = acc.add_parser("find", help="accounts by id, name (substring) or key")
+    a.add_argument("query")
+    a.add_argument("--limit", type=int, default=50)
+    a.set_defaults(fn=cmd_account_find)
 
     keys = sub.add_parser("key", help="API keys").add_subparsers(dest="sub", required=True,
                                                                  parser_class=_Parser)
@@ -405,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("revoke", help="revoke a key")
     k.add_argument("key")
     k.set_defaults(fn=cmd_key_revoke)
+    k = keys.add_parser("rotate", help="replace KEY by a new key of its account; prints it")
+    k.add_argument("key")
+    k.set_defaults(fn=cmd_key_rotate)
 
     w = sub.add_parser("whitelist", help="IP whitelist of an account")
     w.add_argument("action", choices=["add", "remove"])
@@ -475,9 +465,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "blocklist" and args.action != "list" and not args.domain:
             raise CliError("blocklist add/remove needs a DOMAIN")
-        asyncio.run(_with_store(settings, lambda store, s: args.fn(store, args, s)))
+        creates = args.command == "migrate" or (args.command, getattr(args, "sub", None)) == (
+            "account", "create")
+        if not creates:
+            _require_database(settings.database_url)
+        command: Command = args.fn
+        asyncio.run(_with_admin(settings, lambda admin: command(admin, args)))
         return 0
-    except (CliError, ConfigError) as exc:
+    except (CliError, ConfigError, AdminError) as exc:
         print(f"capd: error: {exc}", file=sys.stderr)
         return 1
     except (sqlite3.Error, OSError) as exc:

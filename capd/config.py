@@ -73,6 +73,8 @@ class Settings:
     proxy_ban_s: float = C.PROXY_BAN_S
     callback_timeout_s: float = C.CALLBACK_TIMEOUT_S
     callback_retries: int = C.CALLBACK_RETRIES
+    # one line per request (time, client, method, path, status, ms; never a key or body)
+    access_log: bool = False
     # demo account printed by `capd serve --demo`
     demo_balance: Decimal = C.DEMO_BALANCE
 

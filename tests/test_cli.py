@@ -153,7 +153,11 @@ def section(show_output: str, title: str) -> list[str]:
 
 @pytest.fixture
 def capd(tmp_path: Path) -> Capd:
-    return Capd(tmp_path)
+    """The CLI on a migrated, empty database: commands other than serve, migrate and
+    account create refuse a SQLite file that does not exist."""
+    capd = Capd(tmp_path)
+    capd.store(lambda s: s.migrate())
+    return capd
 
 
 @pytest.fixture
@@ -711,3 +715,142 @@ def test_float_for_int_setting_fails_cleanly(tmp_path: Path) -> None:
     config.write_text("ocr_threads = 1.5\n")
     assert_fails_cleanly(run_capd("--config", str(config), "stats", cwd=tmp_path),
                          prefix="capd: error:")
+
+
+# -- a missing SQLite file is never created by a command that reads or changes it -----------
+@pytest.mark.parametrize("args", [
+    pytest.param(["stats"], id="stats"),
+    pytest.param(["bans", "list"], id="bans-list"),
+    pytest.param(["bans", "lift", "1"], id="bans-lift"),
+    pytest.param(["blocklist", "list"], id="blocklist-list"),
+    pytest.param(["blocklist", "add", "example.com"], id="blocklist-add"),
+    pytest.param(["account", "show", "a" * 32], id="account-show"),
+    pytest.param(["account", "topup", "a" * 32, "1"], id="account-topup"),
+    pytest.param(["account", "find", "bob"], id="account-find"),
+    pytest.param(["key", "add", "a" * 32], id="key-add"),
+    pytest.param(["key", "revoke", "a" * 32], id="key-revoke"),
+    pytest.param(["whitelist", "add", "a" * 32, "10.0.0.0/8"], id="whitelist-add"),
+    pytest.param(["worker-token", "create"], id="worker-token-create"),
+    pytest.param(["worker-token", "revoke", "b" * 48], id="worker-token-revoke"),
+])
+def test_command_refuses_a_missing_database(tmp_path: Path, args: list[str]) -> None:
+    line = assert_fails_cleanly(run_capd(*args, cwd=tmp_path), prefix="capd: error:")
+    assert f"no database at {tmp_path / 'capd.db'}" in line, line
+    assert "capd migrate" in line and "--db" in line, line
+    assert not (tmp_path / "capd.db").exists()
+
+
+def test_command_refuses_a_missing_database_named_by_db_flag(tmp_path: Path) -> None:
+    db = tmp_path / "typo.db"
+    line = assert_fails_cleanly(run_capd("--db", f"sqlite:///{db}", "stats", cwd=tmp_path),
+                                prefix="capd: error:")
+    assert f"no database at {db}" in line, line
+    assert not db.exists()
+
+
+def test_migrate_creates_the_database(tmp_path: Path) -> None:
+    run = assert_ok(run_capd("migrate", cwd=tmp_path))
+    assert re.fullmatch(r"schema version \d+", run.out.strip()), str(run)
+    assert (tmp_path / "capd.db").exists()
+    assert assert_ok(run_capd("blocklist", "list", cwd=tmp_path)).out == ""
+
+
+# -- account find, key rotate ------------------------------------------------------------------
+def test_account_find_by_name_substring(capd: Capd) -> None:
+    capd.create("1", "alice-shop")
+    capd.create("2", "bob")
+    lines = capd.ok("account", "find", "SHOP").lines
+    assert len(lines) == 1, lines
+    assert lines[0].split("\t")[:3] == ["1", "alice-shop", "1.00000000 USD"], lines
+
+
+def test_account_find_by_key_and_by_id(capd: Capd) -> None:
+    capd.create("1", "alice")
+    bob = capd.create("2", "bob")
+    assert [line.split("\t")[1] for line in capd.ok("account", "find", bob).lines] == ["bob"]
+    assert [line.split("\t")[1] for line in capd.ok("account", "find", "1").lines] == ["alice"]
+
+
+def test_account_find_without_match(capd: Capd, key: str) -> None:
+    assert capd.ok("account", "find", "nobody").lines == ["no accounts match"]
+
+
+def test_key_rotate_replaces_the_key(capd: Capd, key: str) -> None:
+    run = capd.ok("key", "rotate", key)
+    assert len(run.lines) == 1 and KEY_RE.fullmatch(run.lines[0]), str(run)
+    new = run.lines[0]
+    keys = section(capd.show(new), "keys")
+    assert f"{new}  live" in keys
+    assert any(re.fullmatch(rf"{key}  revoked \S+Z", k) for k in keys), keys
+    assert capd.store(lambda s: s.caller_for_key(key)) is None
+
+
+def test_key_rotate_of_a_revoked_key_fails_cleanly(capd: Capd, key: str) -> None:
+    second = capd.ok("key", "add", key).lines[0]
+    capd.ok("key", "revoke", second)
+    assert_fails_cleanly(capd("key", "rotate", second), prefix="capd: error:")
+    assert len(capd.store(lambda s: s.keys(1))) == 2
+
+
+@pytest.mark.parametrize("types", ["NoSuchTask", ",", "ImageToTextTask,Bogus"])
+def test_worker_token_create_with_unknown_type_fails_cleanly(capd: Capd, types: str) -> None:
+    assert_fails_cleanly(capd("worker-token", "create", "--types", types),
+                         prefix="capd: error:")
+
+
+def test_worker_token_create_then_revoke(capd: Capd) -> None:
+    run = capd.ok("worker-token", "create", "--types", "ImageToTextTask", "--name", "ocr")
+    assert run.lines[0] == "worker token for ImageToTextTask"
+    token = run.lines[-1]
+    assert re.fullmatch(r"[0-9a-f]{48}", token), str(run)
+    assert capd.ok("worker-token", "revoke", token).lines == ["revoked"]
+    assert_fails_cleanly(capd("worker-token", "revoke", token), prefix="capd: error:")
+
+
+# -- the serve banner ----------------------------------------------------------------------------
+def test_serve_prints_a_banner_once_it_answers(tmp_path: Path) -> None:
+    import httpx
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "capd", "--db", f"sqlite:///{tmp_path}/capd.db", "serve",
+             "--demo", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path, env=cli_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while "next steps:" not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.02)
+            # printed only once the app's start-up is done: it answers at once
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    match = DEMO_LINE.search(text)
+    assert match, text
+    demo_key = match.group(2)
+    assert f"capd serving on http://127.0.0.1:{port} (sqlite:///" in text
+    assert (f"curl -s http://127.0.0.1:{port}/getBalance -d '{{\"clientKey\":\"{demo_key}\"}}'"
+            in text), text
+    # how to call the CLI again, on the same database
+    assert f"-m capd --db sqlite:///{tmp_path}/capd.db --help" in text, text
+
+
+def test_serve_banner_names_the_venv_script_under_run(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from capd.cli import _cli_hint, serve_banner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / ".venv" / "bin" / "capd"), "serve"])
+    assert _cli_hint() == os.path.join(".venv", "bin", "capd")
+    banner = serve_banner("http://127.0.0.1:8080", "sqlite:///capd.db", None, _cli_hint())
+    assert ".venv/bin/capd account create --balance 5" in banner
+    assert "\"clientKey\":\"<key>\"" in banner

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from capd import console
 from capd.api import capmonster, twocaptcha, workers
+from capd.api.accesslog import access_log_middleware
 from capd.api.capmonster import error_payload, json_response
 from capd.api.middleware import BodyLimitMiddleware, ClientAddressMiddleware
 from capd.api.openapi import openapi_document
@@ -147,6 +148,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     ]
     middleware = [
         Middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies),
+        *access_log_middleware(settings.access_log),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                    create_paths=capmonster.CREATE_PATHS, text_paths=twocaptcha.UPLOAD_PATHS),
     ]

@@ -194,8 +194,19 @@ class Store(Protocol):
         """Call ``on_task(type)`` when another node queues work (no-op for one process)."""
 
     # accounts and keys
-    async def create_account(self, name: str, key: str, now: float) -> int:
-        """Create an account holding ``key``; returns its id."""
+    async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
+                             actor: str = "operator", note: str = "") -> int:
+        """Create an account holding ``key`` and, when ``opening_units`` > 0, fund it with a
+        ``topup`` ledger entry, all in one transaction; returns its id.
+
+        Raises ValueError (nothing written) when ``opening_units`` is negative or past
+        ``capd.domain.money.MAX_UNITS``.
+        """
+
+    async def find_accounts(self, query: str, limit: int = 50) -> list[Account]:
+        """Accounts whose id is ``query`` (when it is a number), whose name contains it
+        (case-insensitive), or that hold it as a key (live or revoked); by id, at most
+        ``limit``."""
 
     async def add_key(self, account_id: int, key: str, now: float) -> None: ...
 

@@ -157,16 +157,37 @@ class PostgresStore:
         await self._listener.add_listener(CHANNEL, handler)
 
     # -- accounts and keys -----------------------------------------------------------------
-    async def create_account(self, name: str, key: str, now: float) -> int:
+    async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
+                             actor: str = "operator", note: str = "") -> int:
+        if not 0 <= opening_units <= MAX_UNITS:
+            raise ValueError("opening balance outside the supported range")
         pool = await self._p()
         async with pool.acquire() as conn, conn.transaction():
             account_id = await conn.fetchval(
-                "INSERT INTO accounts (name, created_at) VALUES ($1, $2) RETURNING id",
-                name, now)
+                "INSERT INTO accounts (name, balance_units, created_at) VALUES ($1, $2, $3)"
+                " RETURNING id", name, opening_units, now)
             await conn.execute("INSERT INTO api_keys (key, account_id, created_at)"
                                " VALUES ($1, $2, $3)", key, account_id, now)
+            if opening_units:
+                await conn.execute(
+                    "INSERT INTO ledger (account_id, at, kind, amount_units, actor, note)"
+                    " VALUES ($1, $2, 'topup', $3, $4, $5)", account_id, now, opening_units,
+                    actor, note)
             await self._changed(conn)
         return int(account_id)
+
+    async def find_accounts(self, query: str, limit: int = 50) -> list[Account]:
+        text = query.strip()
+        if not text or limit <= 0:
+            return []
+        by_id = int(text) if text.isascii() and text.isdigit() and len(text) < 19 else -1
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = await (await self._p()).fetch(
+            "SELECT id, name, balance_units, reserved_units, created_at FROM accounts"
+            " WHERE id = $1 OR name ILIKE $2 ESCAPE '\\'"
+            " OR id IN (SELECT account_id FROM api_keys WHERE key = $3)"
+            " ORDER BY id LIMIT $4", by_id, pattern, text, limit)
+        return [Account(*r) for r in rows]
 
     async def _write(self, sql: str, *args: Any) -> str:
         """One statement that changes keys, whitelists or bans, announced to every node."""

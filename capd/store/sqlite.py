@@ -148,14 +148,35 @@ class SQLiteStore:
         """One serving process: the dispatcher hears of new work directly."""
 
     # -- accounts and keys -----------------------------------------------------------------
-    async def create_account(self, name: str, key: str, now: float) -> int:
+    async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
+                             actor: str = "operator", note: str = "") -> int:
+        if not 0 <= opening_units <= MAX_UNITS:
+            raise ValueError("opening balance outside the supported range")
         self._invalidate()
         with self._tx() as db:
-            cur = db.execute("INSERT INTO accounts (name, created_at) VALUES (?, ?)", (name, now))
+            cur = db.execute("INSERT INTO accounts (name, balance_units, created_at)"
+                             " VALUES (?, ?, ?)", (name, opening_units, now))
             account_id = int(cur.lastrowid or 0)
             db.execute("INSERT INTO api_keys (key, account_id, created_at) VALUES (?, ?, ?)",
                        (key, account_id, now))
+            if opening_units:
+                db.execute("INSERT INTO ledger (account_id, at, kind, amount_units, actor, note)"
+                           " VALUES (?, ?, 'topup', ?, ?, ?)",
+                           (account_id, now, opening_units, actor, note))
         return account_id
+
+    async def find_accounts(self, query: str, limit: int = 50) -> list[Account]:
+        text = query.strip()
+        if not text or limit <= 0:
+            return []
+        by_id = int(text) if text.isascii() and text.isdigit() and len(text) < 19 else -1
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._db.execute(
+            "SELECT id, name, balance_units, reserved_units, created_at FROM accounts"
+            " WHERE id = ? OR name LIKE ? ESCAPE '\\'"
+            " OR id IN (SELECT account_id FROM api_keys WHERE key = ?)"
+            " ORDER BY id LIMIT ?", (by_id, pattern, text, limit))
+        return [Account(*r) for r in rows]
 
     async def add_key(self, account_id: int, key: str, now: float) -> None:
         self._invalidate()
