@@ -54,8 +54,10 @@ def make_server(tmp_path: Any, engine: Recogniser, clock: FakeClock, backend: st
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """One chromium for this package, closed when the package ends: playwright's driver
+    keeps an event loop running on the test thread while it is open."""
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (./run test installs it)")
     from playwright.sync_api import sync_playwright
