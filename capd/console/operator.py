@@ -148,7 +148,7 @@ async def create_account(request: Request, session: ConsoleSession) -> Response:
 async def _account_page(request: Request, session: ConsoleSession, account_id: int,
                         status: int = 200, error: str = "") -> Response:
     try:
-        view = await admin(request).account_view(account_id, 50)
+        view = await admin(request).account_view(account_id, 20)
     except AdminError as exc:
         return page(request, "message.html", 404, title="No such account", text=str(exc),
                     back="/console/admin/accounts")
