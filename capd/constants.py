@@ -60,3 +60,4 @@ QUEUE_STATS_SPEED_WINDOW_S = 3600  # getQueueStats' speed: median over the last 
 SPENDING_STATS_HOURS = 24  # getSpendingStats: one record per hour for 24 hours
 CONSOLE_SESSION_S = 8 * 3600  # a console sign-in lasts this long (then sign in again)
 CONSOLE_USAGE_DAYS = 30  # the console's charts: tasks and spending per day
+CONSOLE_ALL_USAGE_CACHE_S = 60.0  # the operator's all-accounts charts are this fresh

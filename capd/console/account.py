@@ -37,7 +37,7 @@ from capd.console.sessions import (
     signin_form,
     signin_token,
 )
-from capd.constants import CONSOLE_USAGE_DAYS
+from capd.constants import CONSOLE_ALL_USAGE_CACHE_S, CONSOLE_USAGE_DAYS
 from capd.domain.usage import median, series, solve_rate
 from capd.errors import CapdError
 from capd.store.base import ConsoleSession
@@ -81,11 +81,8 @@ async def signin(request: Request) -> Response:
     svc = service(request)
     raw = form.get("key", "")
     try:
-        _, opts = await svc.authenticate(raw.strip() if isinstance(raw, str) else None,
-                                         client_ip(request))
-        caller = await svc.store.caller_for_key(opts.key)
-        if caller is None:
-            raise CapdError("ERROR_KEY_DOES_NOT_EXIST")
+        caller, opts = await svc.authenticate(raw.strip() if isinstance(raw, str) else None,
+                                              client_ip(request))
     except CapdError as exc:
         status, text = SIGNIN_REFUSALS.get(exc.code, (403, exc.description))
         return signin_page(request, "signin.html", status, text)
@@ -113,9 +110,25 @@ async def signout(request: Request) -> Response:
 
 async def usage_context(request: Request, account_id: int | None) -> dict[str, Any]:
     """Tasks and spending per day and per type over CONSOLE_USAGE_DAYS, as charts and a
-    table, with solve rate and median solve time (also used by the operator's pages)."""
+    table, with solve rate and median solve time (also used by the operator's pages).
+
+    Every account's together (the operator's dashboard) reads all of the month's tasks:
+    that answer is kept CONSOLE_ALL_USAGE_CACHE_S."""
     svc = service(request)
     now = svc.clock()
+    if account_id is None:
+        cached = getattr(request.app.state, "console_all_usage", None)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        context = await _usage_context(request, None, now)
+        request.app.state.console_all_usage = (now + CONSOLE_ALL_USAGE_CACHE_S, context)
+        return context
+    return await _usage_context(request, account_id, now)
+
+
+async def _usage_context(request: Request, account_id: int | None,
+                         now: float) -> dict[str, Any]:
+    svc = service(request)
     start = (int(now) // DAY_S - CONSOLE_USAGE_DAYS + 1) * DAY_S
     rows = await svc.store.usage(account_id, start, start + CONSOLE_USAGE_DAYS * DAY_S, DAY_S)
     durations = await svc.store.solve_durations(account_id, start)

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from capd.admin import AdminError, AdminService
+from capd.admin import AdminService
 from capd.api.middleware import CLIENT_IP
 from capd.console.render import page
 from capd.console.sessions import ACCOUNT, ADMIN, Denied, current_session
@@ -87,6 +87,3 @@ def form_text(form: Any, name: str, limit: int = 200) -> str:
         raise Denied(400, f"The field '{name}' is not usable.")
     return value.strip()
 
-
-__all__ = ["AdminError", "account_page", "admin", "admin_page", "client_ip", "form_text",
-           "message", "redirect", "service"]

@@ -90,7 +90,7 @@ async def signin(request: Request) -> Response:
 
 
 async def dashboard(request: Request, session: ConsoleSession) -> Response:
-    """Queues and latency per type, workers online, pending callbacks, money totals."""
+    """Queues and latency per type, workers online, pending callbacks, 30-day usage."""
     svc = service(request)
     now = svc.clock()
     open_tasks = await svc.store.open_tasks()
@@ -107,12 +107,11 @@ async def dashboard(request: Request, session: ConsoleSession) -> Response:
                 "external": w.leases_held - w.builtin_leases}
                for w in await svc.store.workers_online(now)]
     callbacks = getattr(request.app.state, "callbacks", None)
-    stats = await svc.store.stats(now)
     return page(request, "admin/dashboard.html", queues=queues, workers=workers, now=now,
                 builtin_threads=(svc.settings.ocr_threads or default_threads())
                 if svc.settings.builtin_ocr else 0,
                 callbacks=callbacks.snapshot() if callbacks is not None else None,
-                stats=stats, csrf=session.csrf, **await usage_context(request, None))
+                csrf=session.csrf, **await usage_context(request, None))
 
 
 @admin_page

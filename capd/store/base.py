@@ -8,7 +8,7 @@ in by the caller — a store never reads a clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -169,18 +169,12 @@ class WorkerActivity:
     builtin_leases: int
 
 
-def merge_usage(counts: list[Any], money: list[Any]) -> list[UsageRow]:
-    """One UsageRow per (bucket, type) from the task counts and the money rows."""
-    rows: dict[tuple[float, str], UsageRow] = {}
-    for bucket, ttype, created, solved, failed in counts:
-        rows[(float(bucket), ttype)] = UsageRow(float(bucket), ttype, int(created),
-                                                int(solved or 0), int(failed or 0))
-    for bucket, ttype, units in money:
-        key = (float(bucket), ttype)
-        old = rows.get(key, UsageRow(float(bucket), ttype))
-        rows[key] = UsageRow(old.bucket_start, ttype, old.created, old.solved, old.failed,
-                             int(units or 0))
-    return [rows[k] for k in sorted(rows)]
+def usage_rows(rows: Iterable[Sequence[Any]]) -> list[UsageRow]:
+    """UsageRows from (bucket, type, created, solved, failed, spent) result rows."""
+    out = [UsageRow(float(r[0]), r[1], int(r[2]), int(r[3] or 0), int(r[4] or 0),
+                    int(r[5] or 0)) for r in rows]
+    return sorted(out, key=lambda u: (u.bucket_start, u.type))
+
 
 class Store(Protocol):
     """Persistence primitives. Every method is atomic on its own."""
@@ -365,9 +359,10 @@ class Store(Protocol):
     async def usage(self, account_id: int | None, since: float, until: float, bucket_s: float,
                     ip: str | None = None) -> list[UsageRow]:
         """Per bucket of ``bucket_s`` seconds (aligned to multiples of it) and task type:
-        tasks created in ``[since, until)`` (by the account, or all; from ``ip`` if given)
-        with how many of them were solved or failed, and the money booked in the bucket
-        (charges less refunds, of those tasks' account). Buckets without tasks are absent."""
+        tasks created in ``[since, until)`` (by the account, or all; from ``ip`` if given),
+        how many of them were solved or failed, and what they cost (charges less refunds).
+        Buckets without tasks are absent. One pass over the tasks: SQLite runs it on a
+        reading connection off the event loop."""
 
     async def solve_durations(self, account_id: int | None, since: float,
                               limit: int = 10_000) -> list[tuple[str, float]]:

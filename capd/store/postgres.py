@@ -33,7 +33,7 @@ from capd.store.base import (
     UsageRow,
     WorkerActivity,
     WorkerToken,
-    merge_usage,
+    usage_rows,
 )
 from capd.store.migrations import migration_scripts
 
@@ -652,7 +652,6 @@ class PostgresStore:
 
     async def usage(self, account_id: int | None, since: float, until: float, bucket_s: float,
                     ip: str | None = None) -> list[UsageRow]:
-        pool = await self._p()
         args: list[Any] = [float(bucket_s), since, until]
         where = ""
         if account_id is not None:
@@ -661,17 +660,15 @@ class PostgresStore:
         if ip is not None:
             args.append(ip)
             where += f" AND t.client_ip = ${len(args)}"
-        counts = await pool.fetch(
+        # the refund lookup runs only for reported tasks (few), inside the CASE
+        rows = await (await self._p()).fetch(
             f"SELECT floor(t.created_at / $1) * $1, t.type, COUNT(*),"
             f" COUNT(*) FILTER (WHERE t.state = 'solved'),"
-            f" COUNT(*) FILTER (WHERE t.state = 'failed') FROM tasks t"
+            f" COUNT(*) FILTER (WHERE t.state = 'failed'), SUM(t.cost_units) - COALESCE("
+            f"SUM(CASE WHEN t.reported_at IS NOT NULL THEN (SELECT l.amount_units FROM ledger l"
+            f" WHERE l.task_id = t.id AND l.kind = 'refund') END), 0) FROM tasks t"
             f" WHERE t.created_at >= $2 AND t.created_at < $3{where} GROUP BY 1, 2", *args)
-        money = await pool.fetch(
-            f"SELECT floor(l.at / $1) * $1, t.type, -SUM(l.amount_units)"
-            f" FROM ledger l JOIN tasks t ON t.id = l.task_id"
-            f" WHERE l.kind IN ('charge', 'refund') AND l.at >= $2 AND l.at < $3{where}"
-            f" GROUP BY 1, 2", *args)
-        return merge_usage([tuple(r) for r in counts], [tuple(r) for r in money])
+        return usage_rows(tuple(r) for r in rows)
 
     async def solve_durations(self, account_id: int | None, since: float,
                               limit: int = 10_000) -> list[tuple[str, float]]:

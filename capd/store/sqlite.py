@@ -8,7 +8,9 @@ processes (the CLI) share the file through SQLite's own locking with a busy time
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,7 +33,7 @@ from capd.store.base import (
     UsageRow,
     WorkerActivity,
     WorkerToken,
-    merge_usage,
+    usage_rows,
 )
 from capd.store.counters import MemoryCounters
 from capd.store.migrations import migration_scripts
@@ -70,6 +72,9 @@ class SQLiteStore:
 
     def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
         self.path = path
+        self._busy_timeout_s = busy_timeout_ms / 1000
+        self._reader: sqlite3.Connection | None = None  # the console's long reads
+        self._reader_lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=busy_timeout_ms / 1000)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -143,6 +148,10 @@ class SQLiteStore:
 
     async def close(self) -> None:
         self._db.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     async def subscribe(self, on_task: Callable[[str], None]) -> None:
         """One serving process: the dispatcher hears of new work directly."""
@@ -585,6 +594,21 @@ class SQLiteStore:
         return self._db.execute("DELETE FROM console_sessions WHERE expires_at <= ?",
                                 (now,)).rowcount
 
+    def _read_sync(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(self.path, check_same_thread=False,
+                                               timeout=self._busy_timeout_s)
+            return self._reader.execute(sql, args).fetchall()
+
+    async def _read_heavy(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """A long read-only query (the console's 30-day views): on a second connection in
+        a worker thread (WAL lets it read beside the writer), so the event loop, which
+        runs every other statement, keeps serving the API meanwhile."""
+        if self.path == ":memory:":  # a second connection would see another database
+            return self._db.execute(sql, args).fetchall()
+        return await asyncio.to_thread(self._read_sync, sql, args)
+
     async def usage(self, account_id: int | None, since: float, until: float, bucket_s: float,
                     ip: str | None = None) -> list[UsageRow]:
         where, args = "", list[Any]()
@@ -594,17 +618,15 @@ class SQLiteStore:
         if ip is not None:
             where += " AND t.client_ip = ?"
             args.append(ip)
-        counts = self._db.execute(
+        # the refund lookup runs only for reported tasks (few), inside the CASE
+        rows = await self._read_heavy(
             f"SELECT CAST(t.created_at / ? AS INTEGER) * ?, t.type, COUNT(*),"
-            f" SUM(t.state = 'solved'), SUM(t.state = 'failed') FROM tasks t"
+            f" SUM(t.state = 'solved'), SUM(t.state = 'failed'), SUM(t.cost_units) - COALESCE("
+            f"SUM(CASE WHEN t.reported_at IS NOT NULL THEN (SELECT l.amount_units FROM ledger l"
+            f" WHERE l.task_id = t.id AND l.kind = 'refund') END), 0) FROM tasks t"
             f" WHERE t.created_at >= ? AND t.created_at < ?{where} GROUP BY 1, 2",
-            (bucket_s, bucket_s, since, until, *args)).fetchall()
-        money = self._db.execute(
-            f"SELECT CAST(l.at / ? AS INTEGER) * ?, t.type, -SUM(l.amount_units)"
-            f" FROM ledger l JOIN tasks t ON t.id = l.task_id"
-            f" WHERE l.kind IN ('charge', 'refund') AND l.at >= ? AND l.at < ?{where}"
-            f" GROUP BY 1, 2", (bucket_s, bucket_s, since, until, *args)).fetchall()
-        return merge_usage(counts, money)
+            (bucket_s, bucket_s, since, until, *args))
+        return usage_rows(rows)
 
     async def solve_durations(self, account_id: int | None, since: float,
                               limit: int = 10_000) -> list[tuple[str, float]]:
@@ -614,7 +636,7 @@ class SQLiteStore:
         if account_id is not None:
             sql += " AND account_id = ?"
             args.append(account_id)
-        rows = self._db.execute(sql + " ORDER BY ended_at DESC LIMIT ?", (*args, limit))
+        rows = await self._read_heavy(sql + " ORDER BY ended_at DESC LIMIT ?", (*args, limit))
         return [(r[0], float(r[1])) for r in rows]
 
     async def recent_tasks(self, account_id: int, limit: int = 50) -> list[Task]:
