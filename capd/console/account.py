@@ -63,7 +63,7 @@ def signin_page(request: Request, template: str, status: int = 200, error: str =
 
 async def index(request: Request) -> Response:
     svc = service(request)
-    session = await current_session(request, svc.store, svc.clock())
+    session = await current_session(request, svc.store, svc.clock(), client_ip(request))
     if session is None:
         return signin_page(request, "signin.html")
     if session.kind == ADMIN:
@@ -95,7 +95,7 @@ async def signin(request: Request) -> Response:
 
 async def signout(request: Request) -> Response:
     svc = service(request)
-    session = await current_session(request, svc.store, svc.clock())
+    session = await current_session(request, svc.store, svc.clock(), client_ip(request))
     back = "/console/admin" if session is not None and session.kind == ADMIN else "/console/"
     if session is not None:
         try:

@@ -55,7 +55,7 @@ def _guard(kind: str, signin_url: str) -> Callable[[Handler], Callable[[Request]
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             svc = service(request)
-            session = await current_session(request, svc.store, svc.clock())
+            session = await current_session(request, svc.store, svc.clock(), client_ip(request))
             if session is None:
                 if request.method == "GET":
                     return redirect(signin_url)

@@ -50,7 +50,7 @@ async def _token_name(request: Request, session: ConsoleSession) -> str:
 
 async def index(request: Request) -> Response:
     svc = service(request)
-    session = await current_session(request, svc.store, svc.clock())
+    session = await current_session(request, svc.store, svc.clock(), client_ip(request))
     if session is None:
         return signin_page(request, "admin/signin.html")
     if session.kind == ACCOUNT:

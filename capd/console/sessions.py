@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from capd.constants import CONSOLE_SESSION_S
+from capd.service import ip_allowed
 from capd.store.base import ConsoleSession, Store
 
 SESSION_COOKIE = "capd_console"
@@ -73,8 +75,10 @@ async def open_session(store: Store, now: float, kind: str, *, account_id: int |
     return Opened(token, session)
 
 
-async def current_session(request: Request, store: Store, now: float) -> ConsoleSession | None:
-    """The request's live session: unexpired, and its key or admin token still live."""
+async def current_session(request: Request, store: Store, now: float,
+                          ip: str) -> ConsoleSession | None:
+    """The request's live session: unexpired, its key or admin token still live, and for
+    an account, ``ip`` on the account's whitelist (as for the key's API requests)."""
     token = request.cookies.get(SESSION_COOKIE, "")
     if not token or len(token) > _MAX_TOKEN_CHARS:
         return None
@@ -84,6 +88,8 @@ async def current_session(request: Request, store: Store, now: float) -> Console
     if session.kind == ACCOUNT:
         caller = await store.caller_for_key(session.api_key or "")
         alive = caller is not None and caller.account_id == session.account_id
+        if alive and caller is not None and not ip_allowed(ip, caller.whitelist):
+            return None  # kept: it works again from an allowed address
     else:
         alive = await store.admin_token(session.admin_token_hash or "") is not None
     if not alive:
@@ -93,7 +99,19 @@ async def current_session(request: Request, store: Store, now: float) -> Console
 
 
 def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
+    """Whether the browser reached us over TLS: directly, or through a trusted proxy
+    (``trusted_proxies``) that says so in X-Forwarded-Proto."""
+    if request.url.scheme == "https":
+        return True
+    proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    if proto != "https" or request.client is None:
+        return False
+    try:
+        peer = ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return False
+    trusted = request.app.state.service.settings.trusted_proxies
+    return any(peer in net for net in trusted if net.version == peer.version)
 
 
 def set_session_cookie(response: Response, request: Request, token: str) -> None:

@@ -88,13 +88,28 @@ def test_whitelist_add_and_remove(new_page: Any, server: LiveServer) -> None:
     page.goto(f"{server.url}/console/access")
     page.fill("#network", "127.0.0.0/8")
     page.click("button:has-text('Add')")
-    assert "127.0.0.0/8" in page.inner_text("ul.plain")
     page.fill("#network", "10.1.2.3")
     page.click("button:has-text('Add')")
+    assert page.inner_text("ul.plain").split() == ["10.1.2.3/32", "Remove", "127.0.0.0/8",
+                                                   "Remove"]
     assert server.call("getBalance", {"clientKey": key})["errorId"] == 0
-    page.click("li:has-text('127.0.0.0/8') button:has-text('Remove')")
-    assert "127.0.0.0/8" not in page.inner_text("ul.plain")
+    page.click("li:has-text('10.1.2.3/32') button:has-text('Remove')")
+    assert "10.1.2.3" not in page.inner_text("ul.plain")
+    assert "127.0.0.0/8" in page.inner_text("ul.plain")
+
+
+def test_a_whitelist_without_this_address_closes_the_console(new_page: Any,
+                                                             server: LiveServer) -> None:
+    key = server.new_account("1")
+    page = new_page()
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/console/access")
+    page.fill("#network", "10.1.2.3")
+    page.click("button:has-text('Add')")
+    assert page.url == f"{server.url}/console/"  # signed out here, as the key is refused
     assert server.call("getBalance", {"clientKey": key})["errorCode"] == "ERROR_IP_NOT_ALLOWED"
+    sign_in(page, server, key)
+    assert "not on this account's IP whitelist" in page.inner_text("[role=alert]")
 
 
 def test_a_bad_whitelist_entry_is_explained(new_page: Any, server: LiveServer) -> None:
