@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from urllib.parse import quote
 
 from starlette.middleware import Middleware
@@ -43,6 +44,7 @@ def _default_logger() -> logging.Logger:
     return logger
 
 
+@lru_cache(maxsize=1024)  # a server sees a handful of paths; each is worked out once
 def log_path(path: str) -> str:
     """The request path as it may be logged: percent-encoded (no control characters or
     spaces), cut to MAX_PATH_CHARS, hex runs that could be keys masked."""
@@ -50,8 +52,13 @@ def log_path(path: str) -> str:
     return _HEX_RUN.sub("<masked>", text)
 
 
+@lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
 def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+    return f"{_utc_second(int(ts))}.{int(ts % 1 * 1000):03d}Z"
 
 
 class AccessLogMiddleware:
