@@ -69,7 +69,7 @@ def _guard(kind: str, signin_url: str) -> Callable[[Handler], Callable[[Request]
             try:
                 return await handler(request, session)
             except Denied as exc:
-                return message(request, exc.status, "Refused", exc.message, request.url.path)
+                return message(request, exc.status, "Refused", exc.message, signin_url)
 
         return endpoint
 

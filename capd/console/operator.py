@@ -39,13 +39,10 @@ LATENCY_WINDOW_S = 3600
 SECRET_SETTINGS = ("database_url",)
 
 
-def actor(session: ConsoleSession, name: str) -> str:
-    return f"console:{name}"
-
-
-async def _token_name(request: Request, session: ConsoleSession) -> str:
+async def actor(request: Request, session: ConsoleSession) -> str:
+    """Who the ledger and ban records name: ``console:<admin token name>``."""
     token = await service(request).store.admin_token(session.admin_token_hash or "")
-    return token.name if token is not None else "operator"
+    return f"console:{token.name if token is not None else 'operator'}"
 
 
 async def index(request: Request) -> Response:
@@ -170,7 +167,7 @@ async def adjust(request: Request, session: ConsoleSession) -> Response:
     try:
         amount = _amount(form_text(form, "amount", 40))
         await admin(request).adjust(account_id, amount, note or "console adjustment",
-                                    actor(session, await _token_name(request, session)))
+                                    await actor(request, session))
     except (AdminError, Denied) as exc:
         return await _account_page(request, session, account_id, 400, str(exc))
     return redirect(f"/console/admin/accounts/{account_id}")
@@ -190,7 +187,7 @@ async def bans(request: Request, session: ConsoleSession) -> Response:
 @admin_page
 async def lift_ban(request: Request, session: ConsoleSession) -> Response:
     await session_form(request, session)
-    by = actor(session, await _token_name(request, session))
+    by = await actor(request, session)
     await admin(request).lift_ban(request.path_params["ban_id"], by)
     return redirect("/console/admin/bans")
 
