@@ -6,7 +6,6 @@ filled with a month of made-up traffic.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import sys
 import tempfile
@@ -92,5 +91,4 @@ def main(out: str = "docs/img") -> None:
 
 
 if __name__ == "__main__":
-    asyncio.set_event_loop_policy(None)
     main(*sys.argv[1:])
