@@ -2,10 +2,11 @@
 
 It keeps the same rules as the SQL backends (``capd.store.transitions``): reservations,
 capture and release, one charge and one refund per task, lease expiry, the report window,
-bans, counters, the blocklist's subdomain match, worker tokens and presence. Every method
-is atomic because none awaits between reading and writing. Payloads, options and solutions
-are kept as JSON, as the SQL backends keep them, so a caller never shares a dict with the
-store. Nothing survives the process; ``subscribe`` has no other node to hear from.
+bans, counters, the blocklist's subdomain match, worker tokens and presence, the console's
+admin tokens and sessions. Every method is atomic because none awaits between reading and
+writing. Payloads, options and solutions are kept as JSON, as the SQL backends keep them,
+so a caller never shares a dict with the store. Nothing survives the process; ``subscribe``
+has no other node to hear from.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class MemoryStore(OneProcess):
         self._ledger_ids = itertools.count(1)
         self._ban_ids = itertools.count(1)
         self._token_ids = itertools.count(1)
+        self._admin_token_ids = itertools.count(1)
         self._charged: set[tuple[int, str]] = set()  # (task id, kind): once per task
 
     # -- schema -----------------------------------------------------------------------------
@@ -438,7 +440,7 @@ class MemoryStore(OneProcess):
     async def create_admin_token(self, token_hash: str, name: str, now: float) -> int:
         if token_hash in self._admin_tokens:
             raise ValueError("an admin token with this digest exists")
-        token_id = len(self._admin_tokens) + 1
+        token_id = next(self._admin_token_ids)
         self._admin_tokens[token_hash] = _Token(token_id, name, None, now)
         return token_id
 
