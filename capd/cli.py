@@ -308,6 +308,34 @@ async def _with_admin(settings: Settings, fn: Callable[[AdminService], Awaitable
         await store.close()
 
 
+# -- admin tokens for the web console (issue 16) --------------------------------------------
+async def cmd_admin_token_create(admin: AdminService, args: argparse.Namespace) -> None:
+    from capd.console.tokens import create_admin_token
+
+    token_id, token = await create_admin_token(admin.store, admin.clock, args.name)
+    print(f"admin token {token_id} ({args.name}) for /console/admin; shown once:")
+    print(token)
+
+
+async def cmd_admin_token_revoke(admin: AdminService, args: argparse.Namespace) -> None:
+    from capd.console.tokens import revoke_admin_token
+
+    if not await revoke_admin_token(admin.store, admin.clock, args.token):
+        raise CliError("no live admin token matches")
+    print("revoked (its console sessions end with it)")
+
+
+def _add_admin_token_parser(sub: Any) -> None:
+    at = sub.add_parser("admin-token", help="tokens for the operator's web console"
+                        ).add_subparsers(dest="sub", required=True, parser_class=_Parser)
+    a = at.add_parser("create", help="issue a token; prints it last")
+    a.add_argument("--name", default="operator")
+    a.set_defaults(fn=cmd_admin_token_create)
+    a = at.add_parser("revoke", help="revoke a token (and end its sessions)")
+    a.add_argument("token")
+    a.set_defaults(fn=cmd_admin_token_revoke)
+
+
 def _require_database(url: str) -> None:
     """Refuse a SQLite URL whose file does not exist: opening it would create an empty
     database, and the command would then act on nothing (a typo, or the wrong directory)."""
@@ -427,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_stats)
     add_backup_parser(sub)
+    _add_admin_token_parser(sub)
     return p
 
 

@@ -63,3 +63,11 @@ PROXY_CHECK_CACHE_S = 60.0
 PROXY_BAN_S = 600  # a proxy a worker reports banned is refused this long
 CALLBACK_TIMEOUT_S = 2.0  # spec §8
 CALLBACK_RETRIES = 3
+
+# statistics methods and the web console (issue 16)
+QUEUE_STATS_CACHE_S = 10.0  # anti-captcha's getQueueStats: answers are cached 10 s
+QUEUE_STATS_SPEED_WINDOW_S = 3600  # getQueueStats' speed: median over the last hour's solves
+SPENDING_STATS_HOURS = 24  # getSpendingStats: one record per hour for 24 hours
+CONSOLE_SESSION_S = 8 * 3600  # a console sign-in lasts this long (then sign in again)
+CONSOLE_USAGE_DAYS = 30  # the console's charts: tasks and spending per day
+CONSOLE_ALL_USAGE_CACHE_S = 60.0  # the operator's all-accounts charts are this fresh

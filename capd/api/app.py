@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from capd import console
 from capd.api import capmonster, twocaptcha, workers
 from capd.api.accesslog import access_log_middleware
 from capd.api.errors import exception_handlers, json_response
@@ -143,6 +144,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/api/useragent/actual", user_agent, methods=["GET"]),
         *twocaptcha.routes(),
+        *console.routes(),  # the web console: GET / and /console/ (capd/console)
         Route("/{path:path}", no_such_method, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     middleware = [
@@ -155,6 +157,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
                     exception_handlers=exception_handlers())
     app.state.service = service
     app.state.desk = WorkerDesk(store, dispatcher, clock, settings, service.finish_task)
+    app.state.callbacks = callbacks  # the console shows what is pending
     app.state.ready = False
     app.state.openapi = openapi_document()
     return app

@@ -17,14 +17,17 @@ from starlette.routing import Route
 from capd.api.errors import JsonDialect, error_payload, json_response, use_dialect
 from capd.api.middleware import CLIENT_IP
 from capd.domain.money import cost_text
-from capd.errors import CapdError
+from capd.errors import BadParameter, CapdError
 from capd.service import (
     BalanceRequest,
     CreateTaskRequest,
+    Parsed,
+    QueueStatsRequest,
     ReportKind,
     ReportRequest,
     ResultState,
     Service,
+    SpendingStatsRequest,
     TaskResult,
     TaskResultRequest,
     parse_task_id,
@@ -137,6 +140,38 @@ def report(kind: ReportKind) -> Handler:
     return handler
 
 
+def whole_number(raw: object) -> int | None:
+    """A positive integer sent as a JSON integer or a numeric string (not a float)."""
+    return None if isinstance(raw, float) else parse_task_id(raw)
+
+
+def optional_text(body: Body, name: str) -> Parsed[str | None]:
+    raw = body.get(name)
+    if raw is None or isinstance(raw, str):
+        return Parsed(raw)
+    return Parsed(None, BadParameter(name, "not a string"))
+
+
+async def get_queue_stats(service: Service, body: Body, ip: str) -> Response:
+    load = await service.queue_stats(QueueStatsRequest(whole_number(body.get("queueId"))))
+    return json_response({"errorId": 0, "waiting": load.waiting, "load": load.load,
+                          "bid": load.bid, "speed": load.speed, "total": load.total})
+
+
+async def get_spending_stats(service: Service, body: Body, ip: str) -> Response:
+    raw_date = body.get("date")
+    date: Parsed[int | None] = Parsed(None)
+    if raw_date is not None:
+        value = whole_number(raw_date)
+        date = Parsed(value, None if value is not None
+                      else BadParameter("date", "not a unix timestamp"))
+    hours = await service.spending_stats(SpendingStatsRequest(
+        client_key(body), ip, date, optional_text(body, "queue"), optional_text(body, "ip")))
+    return json_response({"errorId": 0, "data": [
+        {"dateFrom": h.date_from, "dateTill": h.date_till, "volume": h.volume,
+         "money": float(h.money)} for h in hours]})
+
+
 # getTaskResult first: routes are matched in order, and it is by far the most called
 METHODS: dict[str, tuple[Handler, str]] = {
     "getTaskResult": (get_task_result, "ERROR_KEY_DOES_NOT_EXIST"),
@@ -145,6 +180,8 @@ METHODS: dict[str, tuple[Handler, str]] = {
     "reportIncorrectImageCaptcha": (report(ReportKind.IMAGE), "ERROR_KEY_DOES_NOT_EXIST"),
     "reportIncorrectTokenCaptcha": (report(ReportKind.TOKEN), "ERROR_KEY_DOES_NOT_EXIST"),
     "reportIncorrectRecaptcha": (report(ReportKind.TOKEN), "ERROR_KEY_DOES_NOT_EXIST"),
+    "getQueueStats": (get_queue_stats, "ERROR_BAD_PARAMETERS"),
+    "getSpendingStats": (get_spending_stats, "ERROR_KEY_DOES_NOT_EXIST"),
 }
 
 

@@ -99,9 +99,40 @@ def openapi_document() -> dict[str, Any]:
                                                     report_ok),
             "/reportIncorrectRecaptcha": _method("Alias of reportIncorrectTokenCaptcha",
                                                  with_task, report_ok),
+            **_statistics_paths(),
             **_worker_paths(),
             **_twocaptcha_paths(),
         },
+    }
+
+
+def _statistics_paths() -> dict[str, Any]:
+    """anti-captcha's statistics methods: queue load (no key) and the caller's spending."""
+    from capd.domain.usage import QUEUE_NAMES, QUEUES
+
+    record = {"type": "object", "required": ["dateFrom", "dateTill", "volume", "money"],
+              "properties": {"dateFrom": {"type": "integer"}, "dateTill": {"type": "integer"},
+                             "volume": {"type": "integer"}, "money": {"type": "number"}}}
+    return {
+        "/getQueueStats": _method("Load of a queue (anti-captcha queue ids)", {
+            "type": "object", "required": ["queueId"],
+            "properties": {"queueId": {"type": "integer", "enum": sorted(QUEUES)}}},
+            _ok({"waiting": {"type": "integer"}, "load": {"type": "number"},
+                 "bid": {"type": "number"}, "speed": {"type": "number"},
+                 "total": {"type": "integer"}},
+                ["waiting", "load", "bid", "speed", "total"])),
+        "/getSpendingStats": _method("The caller's tasks and spending per hour, 24 hours", {
+            "type": "object", "required": ["clientKey"],
+            "properties": {"clientKey": _KEY,
+                           "date": {"type": "integer", "minimum": 0,
+                                    "description": "unix time in the first hour"},
+                           "queue": {"type": "string",
+                                     "description": "an anti-captcha queue name ("
+                                     + ", ".join(sorted(QUEUE_NAMES)) + ") or a task type"},
+                           "softId": {"type": "integer"},
+                           "ip": {"type": "string"}}},
+            _ok({"data": {"type": "array", "minItems": 24, "maxItems": 24,
+                          "items": record}}, ["data"])),
     }
 
 

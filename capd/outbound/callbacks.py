@@ -135,6 +135,13 @@ class CallbackSender:
         self._idle.clear()
         return True
 
+    def snapshot(self) -> dict[str, Any]:
+        """What this process knows of its callbacks (the store keeps no record of them):
+        how many are pending, the counters, and the (redacted) URLs waiting to retry."""
+        return {"pending": self._pending, "queued": self._queue.qsize(),
+                "delivered": self.delivered, "failed": self.failed, "dropped": self.dropped,
+                "retrying": sorted((redacted(job.url), job.attempts) for job in self._waiting)}
+
     async def drain(self) -> None:
         """Wait until every submitted callback is delivered, given up or dropped."""
         await self._idle.wait()

@@ -4,15 +4,19 @@ Every front door (``capd.api``) and the worker desk call it; it calls the domain
 rules and the store.
 """
 
-from capd.service.core import GuardLike, Service, random_task_id, result_of
+from capd.service.core import GuardLike, Service, ip_allowed, random_task_id, result_of
 from capd.service.messages import (
     Balance,
     BalanceRequest,
     CreateTaskRequest,
     Credentials,
+    Parsed,
+    QueueStatsRequest,
     ReportKind,
     ReportRequest,
     ResultState,
+    SpendingHour,
+    SpendingStatsRequest,
     TaskCreated,
     TaskResult,
     TaskResultRequest,
@@ -20,7 +24,8 @@ from capd.service.messages import (
 )
 
 __all__ = [
-    "Balance", "BalanceRequest", "CreateTaskRequest", "Credentials", "GuardLike",
-    "ReportKind", "ReportRequest", "ResultState", "Service", "TaskCreated", "TaskResult",
-    "TaskResultRequest", "parse_task_id", "random_task_id", "result_of",
+    "Balance", "BalanceRequest", "CreateTaskRequest", "Credentials", "GuardLike", "Parsed",
+    "QueueStatsRequest", "ReportKind", "ReportRequest", "ResultState", "Service",
+    "SpendingHour", "SpendingStatsRequest", "TaskCreated", "TaskResult", "TaskResultRequest",
+    "ip_allowed", "parse_task_id", "random_task_id", "result_of",
 ]

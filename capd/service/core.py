@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from capd.config import Settings
+from capd.constants import QUEUE_STATS_CACHE_S, QUEUE_STATS_SPEED_WINDOW_S, SPENDING_STATS_HOURS
 from capd.domain.catalogue import TASK_TYPES
 from capd.domain.keys import KeyOptions, parse_client_key
 from capd.domain.limits import BANNED_PROXY, UNKNOWN_TASK, ZERO_BALANCE, LimitRules
@@ -29,7 +30,8 @@ from capd.domain.tasks import (
     check_task,
     complete_task,
 )
-from capd.errors import CapdError, InsufficientFunds
+from capd.domain.usage import QUEUE_NAMES, QUEUES, QueueLoad, queue_load, series
+from capd.errors import BadParameter, CapdError, InsufficientFunds
 from capd.metrics import Metrics
 from capd.outbound.proxycheck import ProxyChecker, ProxySpec
 from capd.policy import Policy
@@ -38,14 +40,18 @@ from capd.service.messages import (
     BalanceRequest,
     CreateTaskRequest,
     Credentials,
+    QueueStatsRequest,
     ReportKind,
     ReportRequest,
     ResultState,
+    SpendingHour,
+    SpendingStatsRequest,
     TaskCreated,
     TaskResult,
     TaskResultRequest,
 )
 from capd.solving.dispatch import Dispatcher
+from capd.solving.pool import default_threads
 from capd.store.base import Caller, NewTask, Store, Task, TaskState
 
 MAX_TASK_ID = 2**31 - 1  # JSON integer that every client (including 32-bit ones) can hold
@@ -130,6 +136,7 @@ class Service:
         self.finish_listeners: list[Callable[[Task], Any]] = []
         # final outcomes never change: polled again and again, each is built once
         self._final_results: dict[int, TaskResult] = {}
+        self._queue_stats_cache: dict[int, tuple[float, QueueLoad]] = {}  # getQueueStats
 
     # -- who is calling ---------------------------------------------------------------------
     async def authenticate(self, who: Credentials) -> tuple[Caller, KeyOptions]:
@@ -272,6 +279,63 @@ class Service:
         if not await self.store.report_task(task.id, caller.account_id, refund=image, now=now,
                                             window_s=window_s):
             raise CapdError("ERROR_NO_SUCH_CAPCHA_ID", "not a reportable solved task")
+
+    # -- anti-captcha's statistics methods: getQueueStats, getSpendingStats ----------------
+    async def queue_stats(self, req: QueueStatsRequest) -> QueueLoad:
+        """getQueueStats: solver slots, load, price and speed of one of anti-captcha's queue
+        ids (no key needed; answers are cached ``QUEUE_STATS_CACHE_S``, as anti-captcha's)."""
+        queue_id = req.queue_id
+        if queue_id is None or queue_id not in QUEUES:
+            raise BadParameter("queueId", "not one of the queue ids (1, 2, 5-7, 10, 12, 13,"
+                                          " 18-29)")
+        now = self.clock()
+        cached = self._queue_stats_cache.get(queue_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        types = QUEUES[queue_id]
+        open_tasks = await self.store.open_tasks()
+        seen = {w.type: w for w in await self.store.workers_online(now)}
+        since = now - QUEUE_STATS_SPEED_WINDOW_S
+        speeds = [s for t, s in await self.store.solve_durations(None, since) if t in types]
+        slots = busy = queued = 0
+        for name in types:
+            queued += open_tasks.get(name, (0, 0))[0]
+            busy += open_tasks.get(name, (0, 0))[1]
+            if TASK_TYPES[name].built_in and self.settings.builtin_ocr:
+                slots += self.settings.ocr_threads or default_threads()
+            worker = seen.get(name)
+            if worker is not None:
+                recent = (worker.last_seen or 0) >= now - self.settings.worker_seen_window_s
+                slots += worker.leases_held - worker.builtin_leases + int(recent)
+        price = float(from_units(task_price_units(self.settings.price_per_1000(types[0]))))
+        load = queue_load(slots, busy, queued, price, speeds)
+        self._queue_stats_cache[queue_id] = (now + QUEUE_STATS_CACHE_S, load)
+        return load
+
+    async def spending_stats(self, req: SpendingStatsRequest) -> list[SpendingHour]:
+        """getSpendingStats: the caller's tasks and money per hour for 24 hours from the
+        hour of ``date`` (default: the 24 hours up to now), optionally of one ``queue`` (an
+        anti-captcha queue name or a capd task type) and one client ``ip``."""
+        caller, _ = await self.authenticate(req)
+        hour = 3600
+        date = req.date.get()
+        if date is None:
+            start = (int(self.clock()) // hour - SPENDING_STATS_HOURS + 1) * hour
+        elif date > 2**40:
+            raise BadParameter("date", "not a unix timestamp")
+        else:
+            start = date // hour * hour
+        queue = req.queue.get()
+        types: tuple[str, ...] | None = None
+        if queue:
+            types = QUEUE_NAMES.get(queue) or ((queue,) if queue in TASK_TYPES else None)
+            if types is None:
+                raise BadParameter("queue", "not a queue name or task type")
+        rows = await self.store.usage(caller.account_id, start,
+                                      start + SPENDING_STATS_HOURS * hour, hour,
+                                      ip=req.only_ip.get())
+        return [SpendingHour(int(b.start), int(b.end), b.tasks, from_units(b.spent_units))
+                for b in series(rows, start, SPENDING_STATS_HOURS, hour, types)]
 
     # -- finishing ----------------------------------------------------------------------------
     async def finish_task(self, task_id: int, *, solution: dict[str, Any] | None = None,

@@ -98,6 +98,24 @@ class ReportRequest(Credentials):
     kind: ReportKind
 
 
+@dataclass(frozen=True, slots=True)
+class QueueStatsRequest:
+    """getQueueStats (no key): ``queue_id`` as sent, None when it is not an integer."""
+
+    queue_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpendingStatsRequest(Credentials):
+    """getSpendingStats: ``date`` (unix seconds in the first hour; None: the 24 hours up to
+    now), ``queue`` (an anti-captcha queue name or a task type; None or "": all) and
+    ``only_ip`` (the tasks created from this address; None: all)."""
+
+    date: Parsed[int | None] = Parsed(None)
+    queue: Parsed[str | None] = Parsed(None)
+    only_ip: Parsed[str | None] = Parsed(None)
+
+
 # -- results -------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class TaskCreated:
@@ -133,3 +151,14 @@ class Balance:
     """Available balance in USD: the ledger balance less what in-flight tasks reserve."""
 
     amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class SpendingHour:
+    """One hour of getSpendingStats: the caller's tasks created in it and what they cost
+    (charges less refunds), in USD."""
+
+    date_from: int  # unix seconds, the hour's first second
+    date_till: int  # the hour's last second
+    volume: int
+    money: Decimal

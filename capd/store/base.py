@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
@@ -160,6 +160,62 @@ class WorkerToken:
     name: str
     types: tuple[str, ...] | None  # None: every type
     created_at: float
+
+
+# -- console (web dashboard) records --------------------------------------------------------
+@dataclass(frozen=True)
+class AdminToken:
+    """A live operator token for the web console (stored only as its SHA-256 digest)."""
+
+    id: int
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    """A signed-in console session. The cookie holds a random token; the store holds its
+    SHA-256 digest. An account session names the API key it was opened with, an operator
+    session the digest of its admin token, so revoking either ends the session."""
+
+    token_hash: str
+    kind: str  # "account" or "admin"
+    account_id: int | None
+    api_key: str | None
+    admin_token_hash: str | None
+    csrf: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """Tasks and spending of one task type in one time bucket (``bucket_start``, UTC)."""
+
+    bucket_start: float
+    type: str
+    created: int = 0
+    solved: int = 0
+    failed: int = 0
+    spent_units: int = 0  # charges less refunds booked in the bucket
+
+
+@dataclass(frozen=True)
+class WorkerActivity:
+    """What the store knows of the solvers of one task type: when a worker last asked for
+    it (None: never, or not since this process started for SQLite) and the live leases."""
+
+    type: str
+    last_seen: float | None
+    leases_held: int
+    builtin_leases: int
+
+
+def usage_rows(rows: Iterable[Sequence[Any]]) -> list[UsageRow]:
+    """UsageRows from (bucket, type, created, solved, failed, spent) result rows."""
+    out = [UsageRow(float(r[0]), r[1], int(r[2]), int(r[3] or 0), int(r[4] or 0),
+                    int(r[5] or 0)) for r in rows]
+    return sorted(out, key=lambda u: (u.bucket_start, u.type))
 
 
 class Store(Protocol):
@@ -318,3 +374,49 @@ class Store(Protocol):
     async def meta_get(self, name: str) -> str | None: ...
 
     async def meta_set(self, name: str, value: str) -> None: ...
+
+
+    # -- console (web dashboard): admin tokens, sessions, read-only views -----------------
+    async def create_admin_token(self, token_hash: str, name: str, now: float) -> int: ...
+
+    async def revoke_admin_token(self, token_hash: str, now: float) -> bool:
+        """Revoke a live admin token; False when unknown or already revoked."""
+
+    async def admin_token(self, token_hash: str) -> AdminToken | None:
+        """The live admin token with this digest, if any."""
+
+    async def create_console_session(self, session: ConsoleSession) -> None: ...
+
+    async def console_session(self, token_hash: str, now: float) -> ConsoleSession | None:
+        """The unexpired session with this digest, if any."""
+
+    async def set_console_session_key(self, token_hash: str, api_key: str) -> None:
+        """Point an account session at another key of its account (after a rotation)."""
+
+    async def delete_console_session(self, token_hash: str) -> None: ...
+
+    async def sweep_console_sessions(self, now: float) -> int:
+        """Forget expired sessions; returns how many."""
+
+    async def usage(self, account_id: int | None, since: float, until: float, bucket_s: float,
+                    ip: str | None = None) -> list[UsageRow]:
+        """Per bucket of ``bucket_s`` seconds (aligned to multiples of it) and task type:
+        tasks created in ``[since, until)`` (by the account, or all; from ``ip`` if given),
+        how many of them were solved or failed, and what they cost (charges less refunds).
+        Buckets without tasks are absent. One pass over the tasks: SQLite runs it on a
+        reading connection off the event loop."""
+
+    async def solve_durations(self, account_id: int | None, since: float,
+                              limit: int = 10_000) -> list[tuple[str, float]]:
+        """(type, seconds from creation to solution) of the latest solved tasks that ended
+        at or after ``since``, newest first."""
+
+    async def recent_tasks(self, account_id: int, limit: int = 50) -> list[Task]:
+        """The account's latest tasks, newest first, without payloads."""
+
+    async def workers_online(self, now: float) -> list[WorkerActivity]:
+        """Per task type that a worker asked for or that has live leases: last seen and
+        leases held (``builtin_leases`` of them by the in-process OCR)."""
+
+    async def open_tasks(self) -> dict[str, tuple[int, int]]:
+        """(queued, leased) counts per task type with open tasks."""

@@ -73,6 +73,9 @@ class OneProcess:
     async def worker_seen_since(self, task_type: str, since: float) -> bool:
         return self._worker_seen.get(task_type, float("-inf")) >= since
 
+    async def _workers_seen(self) -> dict[str, float]:
+        return dict(self._worker_seen)
+
     async def subscribe(self, on_task: Callable[[str], None]) -> None:
         """One serving process: the dispatcher hears of new work directly."""
 

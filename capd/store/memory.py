@@ -2,10 +2,11 @@
 
 It keeps the same rules as the SQL backends (``capd.store.transitions``): reservations,
 capture and release, one charge and one refund per task, lease expiry, the report window,
-bans, counters, the blocklist's subdomain match, worker tokens and presence. Every method
-is atomic because none awaits between reading and writing. Payloads, options and solutions
-are kept as JSON, as the SQL backends keep them, so a caller never shares a dict with the
-store. Nothing survives the process; ``subscribe`` has no other node to hear from.
+bans, counters, the blocklist's subdomain match, worker tokens and presence, the console's
+admin tokens and sessions. Every method is atomic because none awaits between reading and
+writing. Payloads, options and solutions are kept as JSON, as the SQL backends keep them,
+so a caller never shares a dict with the store. Nothing survives the process; ``subscribe``
+has no other node to hear from.
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from capd.errors import InsufficientFunds
 from capd.store.base import (
     OPEN_STATES,
     Account,
+    AdminToken,
     Ban,
     Caller,
+    ConsoleSession,
     KeyRecord,
     LedgerEntry,
     NewTask,
     Task,
     TaskState,
+    UsageRow,
+    WorkerActivity,
     WorkerToken,
 )
 from capd.store.counters import OneProcess
@@ -115,10 +120,13 @@ class MemoryStore(OneProcess):
         self._proxy_bans: dict[tuple[str, int], float] = {}
         self._tokens: dict[str, _Token] = {}
         self._meta: dict[str, str] = {}
+        self._admin_tokens: dict[str, _Token] = {}  # digest -> token (``types`` unused)
+        self._sessions: dict[str, ConsoleSession] = {}
         self._account_ids = itertools.count(1)
         self._ledger_ids = itertools.count(1)
         self._ban_ids = itertools.count(1)
         self._token_ids = itertools.count(1)
+        self._admin_token_ids = itertools.count(1)
         self._charged: set[tuple[int, str]] = set()  # (task id, kind): once per task
 
     # -- schema -----------------------------------------------------------------------------
@@ -427,3 +435,101 @@ class MemoryStore(OneProcess):
 
     async def meta_set(self, name: str, value: str) -> None:
         self._meta[name] = value
+
+    # -- the console: admin tokens, sessions, read-only views ------------------------------
+    async def create_admin_token(self, token_hash: str, name: str, now: float) -> int:
+        if token_hash in self._admin_tokens:
+            raise ValueError("an admin token with this digest exists")
+        token_id = next(self._admin_token_ids)
+        self._admin_tokens[token_hash] = _Token(token_id, name, None, now)
+        return token_id
+
+    async def revoke_admin_token(self, token_hash: str, now: float) -> bool:
+        token = self._admin_tokens.get(token_hash)
+        if token is None or token.revoked_at is not None:
+            return False
+        token.revoked_at = now
+        return True
+
+    async def admin_token(self, token_hash: str) -> AdminToken | None:
+        token = self._admin_tokens.get(token_hash)
+        if token is None or token.revoked_at is not None:
+            return None
+        return AdminToken(token.id, token.name, token.created_at)
+
+    async def create_console_session(self, session: ConsoleSession) -> None:
+        if session.token_hash in self._sessions:
+            raise ValueError("a console session with this digest exists")
+        if session.account_id is not None and session.account_id not in self._accounts:
+            raise KeyError(session.account_id)
+        self._sessions[session.token_hash] = session
+
+    async def console_session(self, token_hash: str, now: float) -> ConsoleSession | None:
+        session = self._sessions.get(token_hash)
+        return session if session is not None and session.expires_at > now else None
+
+    async def set_console_session_key(self, token_hash: str, api_key: str) -> None:
+        session = self._sessions.get(token_hash)
+        if session is not None:
+            self._sessions[token_hash] = replace(session, api_key=api_key)
+
+    async def delete_console_session(self, token_hash: str) -> None:
+        self._sessions.pop(token_hash, None)
+
+    async def sweep_console_sessions(self, now: float) -> int:
+        expired = [h for h, s in self._sessions.items() if s.expires_at <= now]
+        for token_hash in expired:
+            del self._sessions[token_hash]
+        return len(expired)
+
+    async def usage(self, account_id: int | None, since: float, until: float, bucket_s: float,
+                    ip: str | None = None) -> list[UsageRow]:
+        refunds = {e.task_id: e.amount_units for e in self._ledger if e.kind == "refund"}
+        buckets: dict[tuple[float, str], list[int]] = {}
+        for t in self._tasks.values():
+            if not since <= t.created_at < until or (
+                    account_id is not None and t.account_id != account_id) or (
+                    ip is not None and t.client_ip != ip):
+                continue
+            tally = buckets.setdefault((float(t.created_at // bucket_s * bucket_s), t.type),
+                                       [0, 0, 0, 0])
+            tally[0] += 1
+            tally[1] += t.state == TaskState.SOLVED
+            tally[2] += t.state == TaskState.FAILED
+            tally[3] += t.cost_units - (refunds.get(t.id, 0) if t.reported_at is not None
+                                        else 0)
+        return [UsageRow(start, ttype, *tally) for (start, ttype), tally in sorted(buckets.items())]
+
+    async def solve_durations(self, account_id: int | None, since: float,
+                              limit: int = 10_000) -> list[tuple[str, float]]:
+        solved = sorted((t for t in self._tasks.values()
+                         if t.state == TaskState.SOLVED and t.ended_at is not None
+                         and t.ended_at >= since
+                         and (account_id is None or t.account_id == account_id)),
+                        key=lambda t: t.ended_at or 0.0, reverse=True)
+        return [(t.type, (t.ended_at or 0.0) - t.created_at) for t in solved[:max(limit, 0)]]
+
+    async def recent_tasks(self, account_id: int, limit: int = 50) -> list[Task]:
+        mine = sorted((t for t in self._tasks.values() if t.account_id == account_id),
+                      key=lambda t: (t.created_at, t.id), reverse=True)
+        return [t.view(with_payload=False) for t in mine[:max(limit, 0)]]
+
+    async def workers_online(self, now: float) -> list[WorkerActivity]:
+        leases: dict[str, list[int]] = {}
+        for t in self._tasks.values():
+            if t.state == TaskState.LEASED and t.lease_until is not None and t.lease_until > now:
+                held = leases.setdefault(t.type, [0, 0])
+                held[0] += 1
+                held[1] += (t.lease_owner or "").startswith("builtin-")
+        seen = await self._workers_seen()
+        return [WorkerActivity(t, seen.get(t), *leases.get(t, (0, 0)))
+                for t in sorted(set(leases) | set(seen))]
+
+    async def open_tasks(self) -> dict[str, tuple[int, int]]:
+        counts: dict[str, tuple[int, int]] = {}
+        for t in self._tasks.values():
+            if t.state in OPEN_STATES:
+                queued, leased = counts.get(t.type, (0, 0))
+                counts[t.type] = ((queued + 1, leased) if t.state == TaskState.QUEUED
+                                  else (queued, leased + 1))
+        return counts

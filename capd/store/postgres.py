@@ -93,6 +93,10 @@ class _Db:
     async def execute(self, sql: str, *args: Any) -> None:
         await (await self._store._p()).execute(sql, *args)
 
+    async def fetch_long(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        """The server does the work: the event loop only awaits it."""
+        return await self.fetch(sql, *args)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         pool = await self._store._p()
@@ -396,6 +400,10 @@ class PostgresStore(SqlTransitions):
         value = await (await self._p()).fetchval(
             "SELECT 1 FROM worker_seen WHERE type = $1 AND seen_at >= $2", task_type, since)
         return value is not None
+
+    async def _workers_seen(self) -> dict[str, float]:
+        rows = await (await self._p()).fetch("SELECT type, seen_at FROM worker_seen")
+        return {r[0]: float(r[1]) for r in rows}
 
     # -- operator views ----------------------------------------------------------------------
     async def stats(self, now: float) -> dict[str, Any]:

@@ -12,7 +12,9 @@ per method, so the poll path's cache hits cost nothing extra.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -72,6 +74,9 @@ class _Db:
     async def execute(self, sql: str, *args: Any) -> None:
         self._store._run(sql, args)
 
+    async def fetch_long(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        return await self._store._read_long(sql, args)
+
     def transaction(self) -> _Db:
         return self
 
@@ -106,6 +111,9 @@ class SQLiteStore(SqlTransitions, OneProcess):
 
     def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
         self.path = path
+        self._busy_timeout_s = busy_timeout_ms / 1000
+        self._reader: sqlite3.Connection | None = None  # the console's long reads
+        self._reader_lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=busy_timeout_ms / 1000)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -159,6 +167,24 @@ class SQLiteStore(SqlTransitions, OneProcess):
         except sqlite3.OperationalError as exc:
             _reraise(exc)
 
+    def _read_sync(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        with self._reader_lock:
+            try:
+                if self._reader is None:
+                    self._reader = sqlite3.connect(self.path, check_same_thread=False,
+                                                   timeout=self._busy_timeout_s)
+                return self._reader.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                _reraise(exc)
+
+    async def _read_long(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        """A long read-only query (the console's 30-day views) on a second connection in a
+        worker thread (WAL lets it read beside the writer), so that the event loop, which
+        runs every other statement, keeps serving the API meanwhile."""
+        if self.path == ":memory:":  # a second connection would see another database
+            return self._all(sql, args)
+        return await asyncio.to_thread(self._read_sync, sql, args)
+
     # -- schema -----------------------------------------------------------------------------
     async def migrate(self) -> int:
         try:
@@ -192,6 +218,10 @@ class SQLiteStore(SqlTransitions, OneProcess):
 
     async def close(self) -> None:
         self._db.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     # -- accounts and keys -----------------------------------------------------------------
     async def add_key(self, account_id: int, key: str, now: float) -> None:

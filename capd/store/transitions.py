@@ -34,8 +34,9 @@ ledger's unique (task_id, kind) index says the same in SQL).
 
 The SQL backends share the statements below, written with PostgreSQL's numbered ``$n``
 placeholders; a ``Dialect`` fills the few places where SQLite and PostgreSQL differ (row
-locks, list parameters). ``capd.store.memory`` applies the same rules (the ``may_*`` and
-``check_*`` functions) to Python objects.
+locks, list parameters, rounding down); ``Db.fetch_long`` lets SQLite run the console's
+long reads off the event loop. ``capd.store.memory`` applies the same rules (the ``may_*``
+and ``check_*`` functions) to Python objects.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -53,12 +54,17 @@ from capd.errors import InsufficientFunds
 from capd.store.base import (
     OPEN_STATES,
     Account,
+    AdminToken,
     Ban,
+    ConsoleSession,
     KeyRecord,
     LedgerEntry,
     NewTask,
     Task,
     TaskState,
+    UsageRow,
+    WorkerActivity,
+    usage_rows,
 )
 from capd.store.counters import FinalTasks
 
@@ -167,6 +173,10 @@ class Db(Tx, Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
 
+    async def fetch_long(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        """A long read-only query (the console's 30-day views): a backend whose statements
+        run on the event loop runs it elsewhere, so the API keeps serving meanwhile."""
+
     async def keys_changed(self, tx: Tx) -> None:
         """Inside ``tx``: accounts, keys, whitelists or bans changed (drop read caches)."""
 
@@ -203,6 +213,7 @@ class Dialect:
     text_list_match: str  # "{col} matches any of the text list ${n}"
     text_list: Callable[[Sequence[str]], Any]  # a Python list as that parameter
     ilike: str  # the case-insensitive LIKE operator
+    floor: str  # "{x} rounded down" for a non-negative number of seconds
 
 
 _DOLLAR = re.compile(r"\$(\d+)")
@@ -212,14 +223,16 @@ SQLITE = Dialect(
     sql=lambda text: _DOLLAR.sub(r"?\1", text),  # SQLite's ?NNN: numbered, reusable
     text_list_match="{col} IN (SELECT value FROM json_each(${n}))",
     text_list=lambda values: json_text(list(values)),
-    ilike="LIKE")  # SQLite's LIKE ignores ASCII case already
+    ilike="LIKE",  # SQLite's LIKE ignores ASCII case already
+    floor="CAST({x} AS INTEGER)")  # truncation: the same as floor for times after 1970
 
 POSTGRES = Dialect(
     name="postgres", row_lock=" FOR UPDATE", skip_locked=" FOR UPDATE SKIP LOCKED",
     sql=lambda text: text,
     text_list_match="{col} = ANY(${n}::text[])",
     text_list=list,
-    ilike="ILIKE")
+    ilike="ILIKE",
+    floor="floor({x})")
 
 
 class Statements:
@@ -293,6 +306,56 @@ class Statements:
             " AND state = 'solved' AND reported_at IS NULL AND ended_at >= $4"
             " RETURNING cost_units")
 
+        # -- the console: admin tokens, sessions, read-only views --------------------------
+        self.insert_admin_token = q("INSERT INTO admin_tokens (token_hash, name, created_at)"
+                                    " VALUES ($1, $2, $3) RETURNING id")
+        self.revoke_admin_token = q("UPDATE admin_tokens SET revoked_at = $1"
+                                    " WHERE token_hash = $2 AND revoked_at IS NULL RETURNING id")
+        self.admin_token = q("SELECT id, name, created_at FROM admin_tokens"
+                             " WHERE token_hash = $1 AND revoked_at IS NULL")
+        session_cols = ("token_hash, kind, account_id, api_key, admin_token_hash, csrf,"
+                        " created_at, expires_at")
+        self.insert_session = q(f"INSERT INTO console_sessions ({session_cols})"
+                                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        self.session = q(f"SELECT {session_cols} FROM console_sessions"
+                         " WHERE token_hash = $1 AND expires_at > $2")
+        self.session_key = q("UPDATE console_sessions SET api_key = $1 WHERE token_hash = $2")
+        self.delete_session = q("DELETE FROM console_sessions WHERE token_hash = $1")
+        self.sweep_sessions = q("DELETE FROM console_sessions WHERE expires_at <= $1"
+                                " RETURNING token_hash")
+        # usage, by (only this account?, only this ip?): the statement each filter needs,
+        # so that an index on either can serve it. The refund lookup runs only for
+        # reported tasks (few), inside the CASE.
+        bucket = d.floor.format(x="t.created_at / $1") + " * $1"
+        self.usage: dict[tuple[bool, bool], str] = {}
+        for by_account in (False, True):
+            for by_ip in (False, True):
+                where = (" AND t.account_id = $4" if by_account else "") + (
+                    f" AND t.client_ip = ${4 + by_account}" if by_ip else "")
+                self.usage[(by_account, by_ip)] = q(
+                    f"SELECT {bucket}, t.type, COUNT(*),"
+                    " SUM(CASE WHEN t.state = 'solved' THEN 1 ELSE 0 END),"
+                    " SUM(CASE WHEN t.state = 'failed' THEN 1 ELSE 0 END),"
+                    " SUM(t.cost_units) - COALESCE(SUM(CASE WHEN t.reported_at IS NOT NULL"
+                    " THEN (SELECT l.amount_units FROM ledger l WHERE l.task_id = t.id"
+                    " AND l.kind = 'refund') END), 0)"
+                    f" FROM tasks t WHERE t.created_at >= $2 AND t.created_at < $3{where}"
+                    " GROUP BY 1, 2")
+        durations = ("SELECT type, ended_at - created_at FROM tasks WHERE state = 'solved'"
+                     " AND ended_at >= $1")
+        self.solve_durations = {
+            False: q(durations + " ORDER BY ended_at DESC LIMIT $2"),
+            True: q(durations + " AND account_id = $3 ORDER BY ended_at DESC LIMIT $2")}
+        self.recent_tasks = q(f"SELECT {TASK_COLS_LIGHT} FROM tasks WHERE account_id = $1"
+                              " ORDER BY created_at DESC, id DESC LIMIT $2")
+        self.live_leases = q(
+            "SELECT type, COUNT(*), SUM(CASE WHEN lease_owner LIKE 'builtin-%' THEN 1 ELSE 0"
+            " END) FROM tasks WHERE state = 'leased' AND lease_until > $1 GROUP BY type")
+        self.open_tasks = q(
+            "SELECT type, SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN state = 'leased' THEN 1 ELSE 0 END) FROM tasks"
+            " WHERE state IN ('queued', 'leased') GROUP BY type")
+
 
 class SqlTransitions:
     """The transitions, and the plain reads both dialects write alike, as Store methods
@@ -303,6 +366,11 @@ class SqlTransitions:
     _sql: Statements
     _tdb: Db
     _final_tasks: FinalTasks
+
+    if TYPE_CHECKING:  # the backend's own (not defined here, so the MRO finds it)
+        async def _workers_seen(self) -> dict[str, float]:
+            """type -> when a worker last asked for it (``OneProcess`` keeps it in memory,
+            PostgreSQL in a table every node writes)."""
 
     async def account(self, account_id: int) -> Account | None:
         row = await self._tdb.fetchrow(self._sql.account, account_id)
@@ -451,3 +519,70 @@ class SqlTransitions:
                                  SYSTEM_ACTOR, REFUND_NOTE)
                 await tx.execute(sql.move_balance, cost, account_id)
         return True
+
+    # -- the console: admin tokens, sessions, read-only views ------------------------------
+    async def create_admin_token(self, token_hash: str, name: str, now: float) -> int:
+        row = await self._tdb.fetchrow(self._sql.insert_admin_token, token_hash, name, now)
+        assert row is not None
+        return int(row[0])
+
+    async def revoke_admin_token(self, token_hash: str, now: float) -> bool:
+        return await self._tdb.fetchrow(self._sql.revoke_admin_token, now, token_hash) is not None
+
+    async def admin_token(self, token_hash: str) -> AdminToken | None:
+        row = await self._tdb.fetchrow(self._sql.admin_token, token_hash)
+        return AdminToken(*row) if row else None
+
+    async def create_console_session(self, session: ConsoleSession) -> None:
+        s = session
+        await self._tdb.execute(self._sql.insert_session, s.token_hash, s.kind, s.account_id,
+                                s.api_key, s.admin_token_hash, s.csrf, s.created_at,
+                                s.expires_at)
+
+    async def console_session(self, token_hash: str, now: float) -> ConsoleSession | None:
+        row = await self._tdb.fetchrow(self._sql.session, token_hash, now)
+        return ConsoleSession(*row) if row else None
+
+    async def set_console_session_key(self, token_hash: str, api_key: str) -> None:
+        await self._tdb.execute(self._sql.session_key, api_key, token_hash)
+
+    async def delete_console_session(self, token_hash: str) -> None:
+        await self._tdb.execute(self._sql.delete_session, token_hash)
+
+    async def sweep_console_sessions(self, now: float) -> int:
+        return len(await self._tdb.fetch(self._sql.sweep_sessions, now))
+
+    async def usage(self, account_id: int | None, since: float, until: float, bucket_s: float,
+                    ip: str | None = None) -> list[UsageRow]:
+        args: list[Any] = [float(bucket_s), since, until]
+        if account_id is not None:
+            args.append(account_id)
+        if ip is not None:
+            args.append(ip)
+        sql = self._sql.usage[(account_id is not None, ip is not None)]
+        rows = await self._tdb.fetch_long(sql, *args)
+        return usage_rows(tuple(r) for r in rows)
+
+    async def solve_durations(self, account_id: int | None, since: float,
+                              limit: int = 10_000) -> list[tuple[str, float]]:
+        if account_id is None:
+            rows = await self._tdb.fetch_long(self._sql.solve_durations[False], since, limit)
+        else:
+            rows = await self._tdb.fetch_long(self._sql.solve_durations[True], since, limit,
+                                              account_id)
+        return [(r[0], float(r[1])) for r in rows]
+
+    async def recent_tasks(self, account_id: int, limit: int = 50) -> list[Task]:
+        rows = await self._tdb.fetch(self._sql.recent_tasks, account_id, limit)
+        return [task_from_row(r) for r in rows]
+
+    async def workers_online(self, now: float) -> list[WorkerActivity]:
+        leases = {r[0]: (int(r[1]), int(r[2] or 0))
+                  for r in await self._tdb.fetch(self._sql.live_leases, now)}
+        seen = await self._workers_seen()
+        return [WorkerActivity(t, seen.get(t), *leases.get(t, (0, 0)))
+                for t in sorted(set(leases) | set(seen))]
+
+    async def open_tasks(self) -> dict[str, tuple[int, int]]:
+        rows = await self._tdb.fetch(self._sql.open_tasks)
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
