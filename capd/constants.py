@@ -63,3 +63,10 @@ PROXY_CHECK_CACHE_S = 60.0
 PROXY_BAN_S = 600  # a proxy a worker reports banned is refused this long
 CALLBACK_TIMEOUT_S = 2.0  # spec §8
 CALLBACK_RETRIES = 3
+
+# task objects (createTask): bounds on everything but the images, checked before anything
+# is stored; fields outside the type's catalogue entry are refused past the count and
+# otherwise dropped (never stored, never handed to a worker)
+MAX_TASK_DEPTH = 10  # nesting levels below the task object
+MAX_UNKNOWN_FIELDS = 32  # fields the task type does not take
+MAX_TASK_FIELDS_BYTES = 128 * 1024  # serialised size of the fields other than the images

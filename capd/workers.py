@@ -10,7 +10,9 @@ records or raises CapdError. Store, dispatcher, clocks, secrets and settings are
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +32,10 @@ LEASE_RECHECK_S = 1.0  # a long-poll looks at the queue at least this often
 
 Finisher = Callable[..., Awaitable[Task | None]]
 Gone = Callable[[], Awaitable[bool]]
+Renderer = Callable[["Lease"], bytes]
+UNRENDERABLE_CODE = "ERROR_CAPTCHA_UNSOLVABLE"  # a leased task no worker can be sent
+
+log = logging.getLogger("capd.workers")
 
 
 def new_worker_token() -> str:
@@ -85,6 +91,7 @@ class Lease:
     expires_at: float  # unix seconds
     deadline_at: float
     image_options: dict[str, Any] | None = None  # key options, e.g. a threshold
+    rendered: bytes | None = None  # the lease as the door sends it, when a renderer is given
 
 
 def known_types(types: list[str]) -> list[str]:
@@ -126,9 +133,15 @@ class WorkerDesk:
         return Lease(f"{task.id}.{owner}", task.id, task.type, task.payload,
                      task.lease_until or 0, task.deadline_at, task.options.get("image"))
 
-    async def lease(self, req: LeaseRequest, gone: Gone | None = None) -> list[Lease]:
+    async def lease(self, req: LeaseRequest, gone: Gone | None = None,
+                    render: Renderer | None = None) -> list[Lease]:
         """Claim up to ``limit`` tasks, waiting up to ``wait_s`` for work; ``gone`` tells
-        whether the worker hung up meanwhile (then nothing more is claimed for it)."""
+        whether the worker hung up meanwhile (then nothing more is claimed for it).
+
+        ``render`` turns a lease into the bytes the door sends (kept in ``rendered``): a
+        task it cannot render is failed at once (ERROR_CAPTCHA_UNSOLVABLE, uncharged)
+        and left out, so one bad task can neither fail the batch nor stay leased to a
+        worker who never received it."""
         types = req.types.get()
         if types is not None:
             types = known_types(types)
@@ -149,8 +162,22 @@ class WorkerDesk:
             remaining = ends - self.monotonic()
             if claimed or remaining <= 0:
                 self.dispatcher.forget(waiter)
-                return [self._lease_view(t, owner) for t in claimed]
+                views = [self._lease_view(t, owner) for t in claimed]
+                return views if render is None else await self._rendered(views, render,
+                                                                         owner)
             await self.dispatcher.wait(waiter, min(remaining, LEASE_RECHECK_S))
+
+    async def _rendered(self, views: list[Lease], render: Renderer, owner: str
+                        ) -> list[Lease]:
+        out = []
+        for view in views:
+            try:
+                out.append(dataclasses.replace(view, rendered=render(view)))
+            except (TypeError, ValueError) as exc:  # orjson's errors are both
+                log.warning("task %d cannot be sent to a worker (%s): failed", view.task_id,
+                            exc)
+                await self.finish(view.task_id, error_code=UNRENDERABLE_CODE, owner=owner)
+        return out
 
     async def _live_lease(self, lease_id: str | None) -> tuple[Task, str]:
         if lease_id is None or "." not in lease_id:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+
+import orjson
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +24,7 @@ from capd.domain.catalogue import (
     FieldSpec,
     TaskType,
 )
+from capd.constants import MAX_TASK_DEPTH, MAX_TASK_FIELDS_BYTES, MAX_UNKNOWN_FIELDS
 from capd.domain.keys import KeyOptions
 from capd.errors import BadParameter, CapdError
 
@@ -49,7 +52,7 @@ class ImageSpec:
 @dataclass(frozen=True)
 class ValidatedTask:
     type: TaskType
-    fields: dict[str, Any]  # the task object as sent (type included)
+    fields: dict[str, Any]  # the task object as sent, less the fields its type does not take
     website_host: str | None = None
     proxy: tuple[str, str, int] | None = None  # (type, address, port)
     images: list[bytes] = field(default_factory=list)
@@ -185,6 +188,63 @@ def _image_spec(fields: dict[str, Any], key: KeyOptions) -> ImageSpec:
     )
 
 
+# fields whose size the image rules bound (spec §5.5), not MAX_TASK_FIELDS_BYTES
+IMAGE_FIELDS = frozenset({"body", "imagesBase64"})
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting levels of a JSON value (a scalar is 0), counted without recursion and
+    only up to ``limit + 1``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level) for child in children)
+    return deepest
+
+
+def kept_field_names(task: dict[str, Any], ttype: TaskType) -> list[str]:
+    """The names, as sent, of the task's fields that capd stores and hands to a worker:
+    ``type``, the type's own fields (either spelling) and the proxy's."""
+    known = {"type", *PROXY_FIELDS}
+    for name in ttype.fields:
+        known.add(name)
+        known.add(name[0].upper() + name[1:])
+    return [name for name in task if name in known]
+
+
+def check_bounds(task: dict[str, Any], ttype: TaskType) -> None:
+    """A task object within the bounds (ERROR_BAD_PARAMETERS naming the field): at most
+    MAX_UNKNOWN_FIELDS fields the type does not take, no field nested deeper than
+    MAX_TASK_DEPTH, and the fields other than the images at most MAX_TASK_FIELDS_BYTES
+    in all once serialised."""
+    kept = set(kept_field_names(task, ttype))
+    unknown = [name for name in task if name not in kept]
+    if len(unknown) > MAX_UNKNOWN_FIELDS:
+        raise BadParameter("task", f"carrying more than {MAX_UNKNOWN_FIELDS} fields its type "
+                           "does not take")
+    total = 0
+    for name, value in task.items():
+        if _depth(value, MAX_TASK_DEPTH) > MAX_TASK_DEPTH:
+            raise BadParameter(_field_label(name), f"nested deeper than {MAX_TASK_DEPTH} levels")
+        if name in IMAGE_FIELDS:
+            continue
+        total += len(name) + len(orjson.dumps(value))
+        if total > MAX_TASK_FIELDS_BYTES:
+            raise BadParameter(_field_label(name), "past the size limit of "
+                               f"{MAX_TASK_FIELDS_BYTES} bytes for a task's fields")
+
+
+def _field_label(name: str) -> str:
+    return name if len(name) <= 64 else name[:64] + "..."
+
+
 @dataclass(frozen=True)
 class TaskDraft:
     """A task object past the checks that need nothing outside it (spec §5 steps 3-4, up
@@ -204,6 +264,7 @@ def check_task(task: dict[str, Any]) -> TaskDraft:
     ttype = TASK_TYPES.get(type_name) if isinstance(type_name, str) else None
     if ttype is None:
         raise CapdError("ERROR_TASK_NOT_SUPPORTED", f"type {str(task.get('type'))[:64]!r}")
+    check_bounds(task, ttype)
 
     fields: dict[str, Any] = {}
     for name, spec in ttype.fields.items():
@@ -262,7 +323,8 @@ def complete_task(draft: TaskDraft, task: dict[str, Any], key: KeyOptions,
     elif draft.type.name == "ComplexImageTask":
         for i, item in enumerate(draft.fields.get("imagesBase64") or []):
             images.append(decode_image(item, rules, f"imagesBase64[{i}]"))
-    return ValidatedTask(draft.type, dict(task), draft.website_host, draft.proxy, images,
+    stored = {name: task[name] for name in kept_field_names(task, draft.type)}
+    return ValidatedTask(draft.type, stored, draft.website_host, draft.proxy, images,
                          image_spec, callback_url)
 
 
