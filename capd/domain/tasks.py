@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-
-import orjson
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
+from capd.constants import MAX_TASK_DEPTH, MAX_TASK_FIELDS_BYTES, MAX_UNKNOWN_FIELDS
 from capd.domain.catalogue import (
     PROXY_FIELDS,
     PROXY_TYPES,
@@ -24,7 +25,6 @@ from capd.domain.catalogue import (
     FieldSpec,
     TaskType,
 )
-from capd.constants import MAX_TASK_DEPTH, MAX_TASK_FIELDS_BYTES, MAX_UNKNOWN_FIELDS
 from capd.domain.keys import KeyOptions
 from capd.errors import BadParameter, CapdError
 
