@@ -1,8 +1,11 @@
 """The worker protocol (spec §7): external solvers lease tasks, extend and complete them.
 
-A lease id is ``<taskId>.<secret>``: the secret is drawn per lease call and stored as the
-task's lease owner, so only the holder of a live lease can extend or complete it, and a
-task leased again after expiry has a new id (the old one answers ERROR_LEASE_NOT_FOUND).
+A lease id is ``<taskId>.<secret>``: the secret is drawn per lease call and stored, with
+the id of the worker token that took the lease, as the task's lease owner
+(``<tokenId>:<secret>``), so only the holder of a live lease, presenting the token that
+took it, can extend or complete it, and a task leased again after expiry has a new id
+(the old one answers ERROR_LEASE_NOT_FOUND). A token revoked during a long-poll claims
+nothing more: the token is checked again before each claim after a wait.
 
 The desk takes typed requests (``capd/api/workers.py`` parses the JSON) and answers
 records or raises CapdError. Store, dispatcher, clocks, secrets and settings are injected.
@@ -63,11 +66,13 @@ class LeaseRequest:
 
 @dataclass(frozen=True, slots=True)
 class ExtendRequest:
-    """extend: ``seconds`` from now (None: the configured lease length)."""
+    """extend: ``seconds`` from now (None: the configured lease length); ``release``
+    ends the lease now instead, handing the task back to the queue."""
 
     token: str | None
     lease_id: str | None
     seconds: Parsed[float | None]
+    release: Parsed[bool] = Parsed(False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +134,14 @@ class WorkerDesk:
         return token
 
     @staticmethod
-    def _lease_view(task: Task, owner: str) -> Lease:
-        return Lease(f"{task.id}.{owner}", task.id, task.type, task.payload,
+    def _owner(token: WorkerToken, secret: str) -> str:
+        """The lease owner stored with a task: the token that took the lease and the
+        lease call's secret."""
+        return f"{token.id}:{secret}"
+
+    @staticmethod
+    def _lease_view(task: Task, secret: str) -> Lease:
+        return Lease(f"{task.id}.{secret}", task.id, task.type, task.payload,
                      task.lease_until or 0, task.deadline_at, task.options.get("image"))
 
     async def lease(self, req: LeaseRequest, gone: Gone | None = None,
@@ -145,16 +156,21 @@ class WorkerDesk:
         types = req.types.get()
         if types is not None:
             types = known_types(types)
-        await self._token(req.token, types)
+        token = await self._token(req.token, types)
         if types is None:
             raise BadParameter("types", "missing")
         limit = req.limit.get()
         wait_s = req.wait_s.get()
         ends = self.monotonic() + wait_s
-        owner = self.new_secret()
+        secret = self.new_secret()
+        owner = self._owner(token, secret)
+        first = True
         while True:
             if gone is not None and await gone():
                 return []
+            if not first:  # revoked (or narrowed) while this call waited: claim nothing
+                await self._token(req.token, types)
+            first = False
             await self.store.note_workers(types, self.clock())
             waiter = self.dispatcher.waiter(types)
             claimed = await self.store.claim_tasks(types, limit, owner,
@@ -162,7 +178,7 @@ class WorkerDesk:
             remaining = ends - self.monotonic()
             if claimed or remaining <= 0:
                 self.dispatcher.forget(waiter)
-                views = [self._lease_view(t, owner) for t in claimed]
+                views = [self._lease_view(t, secret) for t in claimed]
                 return views if render is None else await self._rendered(views, render,
                                                                          owner)
             await self.dispatcher.wait(waiter, min(remaining, LEASE_RECHECK_S))
@@ -179,10 +195,14 @@ class WorkerDesk:
                 await self.finish(view.task_id, error_code=UNRENDERABLE_CODE, owner=owner)
         return out
 
-    async def _live_lease(self, lease_id: str | None) -> tuple[Task, str]:
+    async def _live_lease(self, lease_id: str | None, token: WorkerToken
+                          ) -> tuple[Task, str]:
+        """The live task a lease id names, with its owner, when ``token`` took the lease;
+        else ERROR_LEASE_NOT_FOUND (another token's lease is not found either)."""
         if lease_id is None or "." not in lease_id:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
-        raw_id, owner = lease_id.split(".", 1)
+        raw_id, secret = lease_id.split(".", 1)
+        owner = self._owner(token, secret)
         numeric = raw_id.isascii() and raw_id.isdigit()
         task = await self.store.get_task(int(raw_id)) if numeric and len(raw_id) < 19 else None
         if (task is None or task.state != TaskState.LEASED or task.lease_owner != owner
@@ -191,16 +211,19 @@ class WorkerDesk:
         return task, owner
 
     async def extend(self, req: ExtendRequest) -> float:
-        """Move a live lease's end ``seconds`` from now (never past the task's deadline);
-        returns the new end (unix seconds)."""
-        await self._token(req.token)
+        """Move a live lease's end to ``seconds`` from now, never earlier than it is and
+        never past the task's deadline; returns the new end (unix seconds). With
+        ``release`` the lease ends now (its task can be leased again at once)."""
+        token = await self._token(req.token)
+        release = req.release.get()
         seconds = req.seconds.get()
         if seconds is None:
             seconds = self.settings.worker_lease_s
-        task, owner = await self._live_lease(req.lease_id)
+        task, owner = await self._live_lease(req.lease_id, token)
         await self._token(req.token, [task.type])
         now = self.clock()
-        until = await self.store.extend_lease(task.id, owner, now + seconds, now)
+        target = now if release else max(now + seconds, task.lease_until or 0)
+        until = await self.store.extend_lease(task.id, owner, target, now)
         if until is None:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
         return until
@@ -208,14 +231,14 @@ class WorkerDesk:
     async def complete(self, req: CompleteRequest) -> None:
         """Complete a live lease once, with a solution of the type's shape or one of the
         worker failure codes; a proxy reported banned is refused for a while."""
-        await self._token(req.token)
+        token = await self._token(req.token)
         solution, error_code = req.solution, req.error_code
         if (solution is None) == (error_code is None):
             raise BadParameter("solution", "needed, or else errorCode (exactly one)")
         if error_code is not None and (not isinstance(error_code, str)
                                        or error_code not in WORKER_FAILURE_CODES):
             raise BadParameter("errorCode", "not one of the worker failure codes")
-        task, owner = await self._live_lease(req.lease_id)
+        task, owner = await self._live_lease(req.lease_id, token)
         await self._token(req.token, [task.type])
         if solution is not None:
             solution = check_solution(TASK_TYPES[task.type], solution)

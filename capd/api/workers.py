@@ -91,9 +91,12 @@ async def lease(desk: WorkerDesk, body: Body, request: Request) -> Response:
 
 
 async def extend(desk: WorkerDesk, body: Body, request: Request) -> Response:
+    release = body.get("release", False)
     until = await desk.extend(ExtendRequest(
         _text(body, "workerToken"), _text(body, "leaseId"),
-        number(body, "seconds", 1, MAX_LEASE_EXTEND_S)))
+        number(body, "seconds", 1, MAX_LEASE_EXTEND_S),
+        Parsed(release) if isinstance(release, bool)
+        else Parsed(False, BadParameter("release", "not a boolean"))))
     return json_response({"errorId": 0, "leaseExpiresAt": math.floor(until)})
 
 
