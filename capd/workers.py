@@ -24,6 +24,7 @@ from typing import Any
 
 from capd.config import Settings
 from capd.domain.catalogue import TASK_TYPES
+from capd.domain.hosts import normalise_host
 from capd.domain.solutions import WORKER_FAILURE_CODES, check_solution
 from capd.errors import BadParameter, CapdError
 from capd.service.messages import Parsed
@@ -247,7 +248,9 @@ class WorkerDesk:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
         if error_code == "ERROR_PROXY_BANNED":
             address, port = task.payload.get("proxyAddress"), task.payload.get("proxyPort")
-            if (isinstance(address, str) and isinstance(port, int | str)
+            # keyed on the normalised address: 127.1 and ::ffff:127.0.0.1 are 127.0.0.1
+            normal = normalise_host(address.strip()) if isinstance(address, str) else None
+            if (normal is not None and isinstance(port, int | str)
                     and str(port).isascii() and str(port).isdigit()):
-                await self.store.ban_proxy(address.strip(), int(port),
+                await self.store.ban_proxy(normal, int(port),
                                            self.clock() + self.settings.proxy_ban_s)

@@ -25,6 +25,8 @@ from capd.domain.catalogue import (
     FieldSpec,
     TaskType,
 )
+from capd.domain.hosts import normalise_host
+from capd.domain.hosts import url_host as normal_url_host
 from capd.domain.keys import KeyOptions
 from capd.errors import BadParameter, CapdError
 
@@ -54,7 +56,7 @@ class ValidatedTask:
     type: TaskType
     fields: dict[str, Any]  # the task object as sent, less the fields its type does not take
     website_host: str | None = None
-    proxy: tuple[str, str, int] | None = None  # (type, address, port)
+    proxy: tuple[str, str, int] | None = None  # (type, normalised address, port)
     images: list[bytes] = field(default_factory=list)
     image_spec: ImageSpec | None = None
     callback_url: str | None = None
@@ -143,7 +145,9 @@ def decode_image(raw: Any, rules: ValidationRules, name: str = "body") -> bytes:
 
 
 def url_host(url: Any) -> str | None:
-    """Host of an absolute http(s) URL, lower-cased; None when it is not one."""
+    """Host of an absolute http(s) URL, lower-cased, as written; None when it is not one.
+    Only tells whether ``url`` is an http(s) URL: compare hosts with
+    ``capd.domain.hosts.url_host``, which normalises them."""
     if not isinstance(url, str) or len(url) > 4096:
         return None
     try:
@@ -280,9 +284,11 @@ def check_task(task: dict[str, Any]) -> TaskDraft:
 
     host = None
     if "websiteURL" in fields:
-        host = url_host(fields["websiteURL"])
-        if host is None:
+        if url_host(fields["websiteURL"]) is None:
             raise CapdError("ERROR_RECAPTCHA_INVALID_DOMAIN", "websiteURL must be http(s)://host")
+        host = normal_url_host(fields["websiteURL"])
+        if host is None:
+            raise BadParameter("websiteURL", "naming no valid host")
     if ttype.recaptcha_family and "websiteKey" in fields and not _SITEKEY_RE.fullmatch(
             fields["websiteKey"]):
         raise CapdError("ERROR_RECAPTCHA_INVALID_SITEKEY")
@@ -301,11 +307,12 @@ def callback_refused() -> BadParameter:
 
 
 def callback_host(callback_url: object) -> str | None:
-    """The host of a given callbackUrl (None when none is given); raises when it is not an
-    http(s) URL. Whether the host is public is the outbound guard's question."""
+    """The normalised host of a given callbackUrl (None when none is given); raises when it
+    is not an http(s) URL of a valid host. Whether the host is public is the outbound
+    guard's question."""
     if callback_url is None:
         return None
-    host = url_host(callback_url)
+    host = normal_url_host(callback_url) if isinstance(callback_url, str) else None
     if host is None:
         raise callback_refused()
     return host
@@ -368,4 +375,7 @@ def _check_proxy(task: dict[str, Any], ttype: TaskType, fields: dict[str, Any]
     for opt in ("proxyLogin", "proxyPassword"):
         if opt in given and not isinstance(given[opt], str):
             raise BadParameter(opt, "not a string")
-    return (ptype.lower(), address.strip(), port)
+    normal = normalise_host(address.strip())
+    if normal is None:
+        raise BadParameter("proxyAddress", "not a valid host name or IP address")
+    return (ptype.lower(), normal, port)
