@@ -52,6 +52,8 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
     allow_private_proxies: bool = False
     allow_private_callbacks: bool = False
+    # URLs handed to workers (websiteURL, imageUrls, apiJsUrl) may name internal hosts
+    allow_private_targets: bool = False
     # images
     min_image_bytes: int = C.MIN_IMAGE_BYTES
     max_image_bytes: int = C.MAX_IMAGE_BYTES

@@ -85,9 +85,9 @@ async def lease(desk: WorkerDesk, body: Body, request: Request) -> Response:
     # lease is rendered by the desk right after the claim (a task that cannot be is
     # failed there), so this answer cannot fail once tasks are claimed
     leases = await desk.lease(req, gone=request.is_disconnected, render=render_lease)
-    body = b'{"errorId":0,"leases":[' + b",".join(
+    answer = b'{"errorId":0,"leases":[' + b",".join(
         x.rendered for x in leases if x.rendered is not None) + b"]}"
-    return Response(body, media_type="application/json")
+    return Response(answer, media_type="application/json")
 
 
 async def extend(desk: WorkerDesk, body: Body, request: Request) -> Response:

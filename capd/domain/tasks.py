@@ -295,6 +295,19 @@ def check_task(task: dict[str, Any]) -> TaskDraft:
     return TaskDraft(ttype, fields, host, _check_proxy(task, ttype, fields))
 
 
+TARGET_URL_FIELDS = ("websiteURL", "apiJsUrl")  # single URLs a worker may open
+TARGET_URL_LISTS = ("imageUrls",)  # lists of them
+
+
+def target_urls(draft: TaskDraft) -> list[tuple[str, str]]:
+    """(field name, URL) of each URL in the task that a worker is handed to open."""
+    out = [(name, draft.fields[name]) for name in TARGET_URL_FIELDS if name in draft.fields]
+    for name in TARGET_URL_LISTS:
+        for i, url in enumerate(draft.fields.get(name) or []):
+            out.append((f"{name}[{i}]", url))
+    return out
+
+
 def check_browser(draft: TaskDraft, rules: ValidationRules) -> None:
     """The task's userAgent, when given, is a current browser's (ERROR_WRONG_USERAGENT)."""
     if "userAgent" in draft.fields:

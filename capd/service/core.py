@@ -22,15 +22,19 @@ from capd.domain.keys import KeyOptions, parse_client_key
 from capd.domain.limits import BANNED_PROXY, UNKNOWN_TASK, ZERO_BALANCE, LimitRules
 from capd.domain.money import from_units, task_price_units
 from capd.domain.tasks import (
+    TaskDraft,
     ValidationRules,
     callback_host,
     callback_refused,
     check_browser,
     check_task,
     complete_task,
+    target_urls,
 )
-from capd.errors import CapdError, InsufficientFunds
+from capd.domain.hosts import url_host
+from capd.errors import BadParameter, CapdError, InsufficientFunds
 from capd.metrics import Metrics
+from capd.outbound.guard import TargetGuard
 from capd.outbound.proxycheck import ProxyChecker, ProxySpec
 from capd.policy import Policy
 from capd.service.messages import (
@@ -114,8 +118,8 @@ class Service:
     def __init__(self, settings: Settings, store: Store, dispatcher: Dispatcher,
                  clock: Callable[[], float], metrics: Metrics, proxy_guard: GuardLike,
                  callback_guard: GuardLike, new_id: Callable[[], int] = random_task_id,
-                 proxy_checker: ProxyChecker | None = None, policy: Policy | None = None
-                 ) -> None:
+                 proxy_checker: ProxyChecker | None = None, policy: Policy | None = None,
+                 target_guard: GuardLike | None = None) -> None:
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
@@ -123,6 +127,8 @@ class Service:
         self.metrics = metrics
         self.proxy_guard = proxy_guard
         self.callback_guard = callback_guard
+        # the hosts of URLs handed to workers (issue 13): no internal addresses
+        self.target_guard = target_guard or TargetGuard(settings.allow_private_targets)
         self.new_id = new_id
         self.proxy_checker = proxy_checker
         self.rules = validation_rules(settings)
@@ -158,6 +164,7 @@ class Service:
         cb_host = callback_host(req.callback_url)
         if cb_host is not None and not await self.callback_guard.allows(cb_host):
             raise callback_refused()
+        await self._check_targets(draft)
         callback_url = req.callback_url if isinstance(req.callback_url, str) else None
         checked = complete_task(draft, req.task, key, callback_url, self.rules)
         ttype = checked.type
@@ -201,6 +208,16 @@ class Service:
         if await self.store.proxy_banned(address, port, self.clock()):
             await self.policy.note_violation(caller.account_id, ip, BANNED_PROXY)
             raise CapdError("ERROR_PROXY_BANNED")
+
+    async def _check_targets(self, draft: TaskDraft) -> None:
+        """The URLs a worker is handed (websiteURL, imageUrls, apiJsUrl) name no internal
+        host (ERROR_BAD_PARAMETERS naming the field), unless the operator allows it."""
+        for name, url in target_urls(draft):
+            host = url_host(url)
+            if host is None:
+                raise BadParameter(name, "not an http(s) URL of a valid host")
+            if not await self.target_guard.allows(host):
+                raise BadParameter(name, "naming an internal address")
 
     async def _preflight(self, proxy: tuple[str, str, int], task: dict[str, Any],
                          website_host: str | None) -> None:
