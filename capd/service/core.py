@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from capd.config import Settings
 from capd.domain.catalogue import TASK_TYPES
+from capd.domain.hosts import url_host
 from capd.domain.keys import KeyOptions, parse_client_key
 from capd.domain.limits import BANNED_PROXY, UNKNOWN_TASK, ZERO_BALANCE, LimitRules
 from capd.domain.money import from_units, task_price_units
@@ -31,7 +32,6 @@ from capd.domain.tasks import (
     complete_task,
     target_urls,
 )
-from capd.domain.hosts import url_host
 from capd.errors import BadParameter, CapdError, InsufficientFunds
 from capd.metrics import Metrics
 from capd.outbound.guard import TargetGuard
