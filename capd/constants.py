@@ -61,6 +61,14 @@ MAX_LEASE_BATCH = 50
 PROXY_CHECK_TIMEOUT_S = 3.0
 PROXY_CHECK_CACHE_S = 60.0
 PROXY_BAN_S = 600  # a proxy a worker reports banned is refused this long
+# proxy pre-flights per account and window: past it, ERROR_TOO_MUCH_REQUESTS (the
+# pre-flight connects where the client says: unlimited, it would be a port scanner)
+PROXY_CHECKS_PER_WINDOW = 20
+PROXY_CHECK_WINDOW_S = 60
+
+# slow clients: a request's headers, and each read of its body, must arrive within these
+HEADER_READ_TIMEOUT_S = 10.0
+BODY_READ_TIMEOUT_S = 10.0
 CALLBACK_TIMEOUT_S = 2.0  # spec §8
 CALLBACK_RETRIES = 3
 

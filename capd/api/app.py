@@ -150,7 +150,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
         Middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies),
         *access_log_middleware(settings.access_log),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                   create_paths=capmonster.CREATE_PATHS, text_paths=twocaptcha.UPLOAD_PATHS),
+                   create_paths=capmonster.CREATE_PATHS, text_paths=twocaptcha.UPLOAD_PATHS,
+                   read_timeout_s=settings.body_read_timeout_s),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers=exception_handlers())

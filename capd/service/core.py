@@ -20,7 +20,13 @@ from capd.config import Settings
 from capd.domain.catalogue import TASK_TYPES
 from capd.domain.hosts import url_host
 from capd.domain.keys import KeyOptions, parse_client_key
-from capd.domain.limits import BANNED_PROXY, UNKNOWN_TASK, ZERO_BALANCE, LimitRules
+from capd.domain.limits import (
+    BANNED_PROXY,
+    PROXY_REFUSED,
+    UNKNOWN_TASK,
+    ZERO_BALANCE,
+    LimitRules,
+)
 from capd.domain.money import from_units, task_price_units
 from capd.domain.tasks import (
     TaskDraft,
@@ -180,7 +186,7 @@ class Service:
             raise CapdError("ERROR_ZERO_BALANCE")
         await self.dispatcher.check_capacity(ttype.name)
         if checked.proxy is not None and self.proxy_checker is not None:
-            await self._preflight(checked.proxy, req.task, checked.website_host)
+            await self._preflight(checked.proxy, req.task, checked.website_host, caller, ip)
         options: dict[str, Any] = {"nocache": key.nocache}
         if checked.image_spec is not None:
             options["image"] = asdict(checked.image_spec)
@@ -220,13 +226,21 @@ class Service:
                 raise BadParameter(name, "naming an internal address")
 
     async def _preflight(self, proxy: tuple[str, str, int], task: dict[str, Any],
-                         website_host: str | None) -> None:
-        """Check the task's proxy before queueing it (cached briefly by the checker)."""
+                         website_host: str | None, caller: Caller, ip: str) -> None:
+        """Check the task's proxy before queueing it (cached briefly by the checker).
+
+        Rate-limited per account (``proxy_checks_per_window``), and a refusal counts as a
+        violation like a banned proxy: the check connects where the client says, and
+        must not serve as a free port scanner."""
         assert self.proxy_checker is not None
+        s = self.settings
+        await self.policy.check_proxy_checks(caller.account_id, s.proxy_checks_per_window,
+                                             s.proxy_check_window_s)
         login, password = task.get("proxyLogin"), task.get("proxyPassword")
         spec = ProxySpec(proxy[0], proxy[1], proxy[2], login or None, password or None)
         code = await self.proxy_checker.check(spec, website_host or "example.com")
         if code is not None:
+            await self.policy.note_violation(caller.account_id, ip, PROXY_REFUSED)
             raise CapdError(code, "the proxy pre-flight check failed")
 
     # -- getTaskResult ----------------------------------------------------------------------
