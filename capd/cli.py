@@ -291,7 +291,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     # proxy_headers off: uvicorn would otherwise trust X-Forwarded-For from loopback peers;
     # capd applies its own trusted-proxy rule (spec §4) in ClientAddressMiddleware.
     config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop",
-                            http=guarded("httptools", settings.header_read_timeout_s), access_log=False, log_level=args.log_level,
+                            http=guarded("httptools", settings.header_read_timeout_s),
+                            access_log=False, log_level=args.log_level,
                             lifespan="on", proxy_headers=False, server_header=False)
     server = Server(config)
     with contextlib.suppress(KeyboardInterrupt):
