@@ -159,7 +159,8 @@ class BodyLimitMiddleware:
 
     async def _read(self, receive: Receive) -> Message:
         try:
-            return await asyncio.wait_for(receive(), self.read_timeout_s)
+            async with asyncio.timeout(self.read_timeout_s):  # no task of its own
+                return await receive()
         except TimeoutError:
             raise BodyReadTimeout() from None
 
