@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from capd.config import Settings
+from capd.constants import MAX_TASK_DEPTH
 from capd.domain.catalogue import TASK_TYPES
 from capd.domain.hosts import normalise_host
 from capd.domain.solutions import WORKER_FAILURE_CODES, check_solution
+from capd.domain.tasks import nesting_depth
 from capd.errors import BadParameter, CapdError
 from capd.service.messages import Parsed
 from capd.solving.dispatch import Dispatcher
@@ -242,6 +244,9 @@ class WorkerDesk:
         task, owner = await self._live_lease(req.lease_id, token)
         await self._token(req.token, [task.type])
         if solution is not None:
+            if nesting_depth(solution, MAX_TASK_DEPTH) > MAX_TASK_DEPTH:
+                raise CapdError("ERROR_BAD_SOLUTION",
+                                f"solution nested deeper than {MAX_TASK_DEPTH} levels")
             solution = check_solution(TASK_TYPES[task.type], solution)
         done = await self.finish(task.id, solution=solution, error_code=error_code, owner=owner)
         if done is None:

@@ -196,7 +196,7 @@ def _image_spec(fields: dict[str, Any], key: KeyOptions) -> ImageSpec:
 IMAGE_FIELDS = frozenset({"body", "imagesBase64"})
 
 
-def _depth(value: Any, limit: int) -> int:
+def nesting_depth(value: Any, limit: int) -> int:
     """Nesting levels of a JSON value (a scalar is 0), counted without recursion and
     only up to ``limit + 1``."""
     deepest = 0
@@ -235,7 +235,7 @@ def check_bounds(task: dict[str, Any], ttype: TaskType) -> None:
                            "does not take")
     total = 0
     for name, value in task.items():
-        if _depth(value, MAX_TASK_DEPTH) > MAX_TASK_DEPTH:
+        if nesting_depth(value, MAX_TASK_DEPTH) > MAX_TASK_DEPTH:
             raise BadParameter(_field_label(name), f"nested deeper than {MAX_TASK_DEPTH} levels")
         if name in IMAGE_FIELDS:
             continue

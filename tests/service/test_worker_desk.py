@@ -221,3 +221,14 @@ def test_release_ends_the_lease_now(w: World) -> None:
     assert until == pytest.approx(w.clock(), abs=0.01)
     again = run(w.desk.lease(lease_request(raw)))
     assert [x.task_id for x in again] == [lease.task_id]
+
+
+def test_solution_nested_past_the_depth_is_bad_solution(w: World) -> None:
+    raw = token(w)
+    _, lease = leased(w, raw)
+    deep: Any = "x"
+    for _ in range(300):
+        deep = {"a": deep}
+    assert refused_code(w.desk.complete(CompleteRequest(
+        raw, lease.lease_id, {"gRecaptchaResponse": "t", "extra": deep}))) == (
+        "ERROR_BAD_SOLUTION")
