@@ -17,6 +17,7 @@ from typing import Any
 
 from capd.config import Settings
 from capd.domain.catalogue import TASK_TYPES
+from capd.domain.hosts import normalise_host
 from capd.domain.keys import is_key, new_key
 from capd.domain.money import MAX_UNITS, from_units, to_units, usd_text
 from capd.errors import InsufficientFunds
@@ -95,9 +96,10 @@ def network_text(text: str) -> str:
 
 
 def domain_text(text: str) -> str:
-    """A domain name in its normal form: lower case, no trailing dot."""
-    domain = text.strip().rstrip(".").lower()
-    if not domain or "/" in domain or " " in domain or ".." in domain:
+    """A domain name in its normal form (``capd.domain.hosts.normalise_host``: IDNA-mapped,
+    percent-decoded, lower case, no trailing dot), the form tasks' hosts are compared in."""
+    domain = normalise_host(text.strip()) if "/" not in text else None
+    if domain is None:
         raise InvalidInput(f"not a domain name: {text!r}")
     return domain
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from capd.admin import AdminError, AdminService, domain_text, network_text, task_types, units_of
+from capd.api.protocol import guarded
 from capd.config import Settings, load_settings
 from capd.domain.money import parse_amount, usd_text
 from capd.errors import ConfigError
@@ -290,7 +291,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     # proxy_headers off: uvicorn would otherwise trust X-Forwarded-For from loopback peers;
     # capd applies its own trusted-proxy rule (spec §4) in ClientAddressMiddleware.
     config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop",
-                            http="httptools", access_log=False, log_level=args.log_level,
+                            http=guarded("httptools", settings.header_read_timeout_s),
+                            access_log=False, log_level=args.log_level,
                             lifespan="on", proxy_headers=False, server_header=False)
     server = Server(config)
     with contextlib.suppress(KeyboardInterrupt):

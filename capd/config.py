@@ -52,10 +52,14 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
     allow_private_proxies: bool = False
     allow_private_callbacks: bool = False
+    # URLs handed to workers (websiteURL, imageUrls, apiJsUrl) may name internal hosts
+    allow_private_targets: bool = False
     # images
     min_image_bytes: int = C.MIN_IMAGE_BYTES
     max_image_bytes: int = C.MAX_IMAGE_BYTES
     max_body_bytes: int = C.MAX_BODY_BYTES
+    body_read_timeout_s: float = C.BODY_READ_TIMEOUT_S  # each read of a request body
+    header_read_timeout_s: float = C.HEADER_READ_TIMEOUT_S  # a request's headers
     # userAgent
     min_browser_major: int = C.MIN_BROWSER_MAJOR
     min_safari_major: int = C.MIN_SAFARI_MAJOR
@@ -73,6 +77,8 @@ class Settings:
     proxy_check_timeout_s: float = C.PROXY_CHECK_TIMEOUT_S
     proxy_check_cache_s: float = C.PROXY_CHECK_CACHE_S
     proxy_ban_s: float = C.PROXY_BAN_S
+    proxy_checks_per_window: int = C.PROXY_CHECKS_PER_WINDOW
+    proxy_check_window_s: float = C.PROXY_CHECK_WINDOW_S
     callback_timeout_s: float = C.CALLBACK_TIMEOUT_S
     callback_retries: int = C.CALLBACK_RETRIES
     # one line per request (time, client, method, path, status, ms; never a key or body)

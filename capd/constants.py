@@ -61,6 +61,14 @@ MAX_LEASE_BATCH = 50
 PROXY_CHECK_TIMEOUT_S = 3.0
 PROXY_CHECK_CACHE_S = 60.0
 PROXY_BAN_S = 600  # a proxy a worker reports banned is refused this long
+# proxy pre-flights per account and window: past it, ERROR_TOO_MUCH_REQUESTS (the
+# pre-flight connects where the client says: unlimited, it would be a port scanner)
+PROXY_CHECKS_PER_WINDOW = 20
+PROXY_CHECK_WINDOW_S = 60
+
+# slow clients: a request's headers, and each read of its body, must arrive within these
+HEADER_READ_TIMEOUT_S = 10.0
+BODY_READ_TIMEOUT_S = 10.0
 CALLBACK_TIMEOUT_S = 2.0  # spec §8
 CALLBACK_RETRIES = 3
 
@@ -71,3 +79,10 @@ SPENDING_STATS_HOURS = 24  # getSpendingStats: one record per hour for 24 hours
 CONSOLE_SESSION_S = 8 * 3600  # a console sign-in lasts this long (then sign in again)
 CONSOLE_USAGE_DAYS = 30  # the console's charts: tasks and spending per day
 CONSOLE_ALL_USAGE_CACHE_S = 60.0  # the operator's all-accounts charts are this fresh
+
+# task objects (createTask): bounds on everything but the images, checked before anything
+# is stored; fields outside the type's catalogue entry are refused past the count and
+# otherwise dropped (never stored, never handed to a worker)
+MAX_TASK_DEPTH = 10  # nesting levels below the task object
+MAX_UNKNOWN_FIELDS = 32  # fields the task type does not take
+MAX_TASK_FIELDS_BYTES = 128 * 1024  # serialised size of the fields other than the images

@@ -1,9 +1,10 @@
 """Poll limits, bans and blocks (spec §4): the tallies and bans kept in the store, judged
 by the pure rules of ``capd.domain.limits``.
 
-A ban is stored (reason, scope, start, end) so operators and account owners can see it
-and lift it; the tallies that lead to one are windowed counters. Times come from the
-injected clock.
+Bans, blocks and their tallies are kept under ``ban_key(ip)``: the address for IPv4, its
+/64 network for IPv6. A ban is stored (reason, scope, start, end) so operators and
+account owners can see it and lift it; the tallies that lead to one are windowed
+counters. Times come from the injected clock.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from capd.domain.limits import (
     LimitRules,
     PollVerdict,
     ban_ends_at,
+    ban_key,
     bans_ip,
     blocks_account_ip,
     poll_refusal,
@@ -37,7 +39,7 @@ class Policy:
 
     async def check_ip_ban(self, ip: str, key_known: bool) -> None:
         """ERROR_IP_BANNED while the IP is banned; unknown keys sent meanwhile extend it."""
-        ban = await self.store.active_ban(IP_SCOPE, ip, None, self.clock())
+        ban = await self.store.active_ban(IP_SCOPE, ban_key(ip), None, self.clock())
         if ban is None:
             return
         if not key_known:
@@ -47,6 +49,7 @@ class Policy:
     async def note_unknown_key(self, ip: str) -> None:
         """Count an unknown-key request; at the threshold, ban (or extend the ban of) the IP."""
         now = self.clock()
+        ip = ban_key(ip)
         count = await self.store.incr_counter(f"unknown-key:{ip}", self.rules.violation_window_s,
                                               now)
         if bans_ip(count, self.rules):
@@ -55,7 +58,8 @@ class Policy:
     async def check_account_block(self, account_id: int, ip: str) -> None:
         """ERROR_IP_BLOCKED while this account is blocked from this IP; requests meanwhile
         count as continued violations and extend the block."""
-        block = await self.store.active_ban(ACCOUNT_IP_SCOPE, ip, account_id, self.clock())
+        block = await self.store.active_ban(ACCOUNT_IP_SCOPE, ban_key(ip), account_id,
+                                            self.clock())
         if block is None:
             return
         await self.note_violation(account_id, ip, block.reason)
@@ -64,6 +68,7 @@ class Policy:
     async def note_violation(self, account_id: int, ip: str, reason: str) -> None:
         """Count a violation by an account from an IP; at the threshold, block the pair."""
         now = self.clock()
+        ip = ban_key(ip)
         count = await self.store.incr_counter(f"violation:{account_id}:{ip}",
                                               self.rules.violation_window_s, now)
         if blocks_account_ip(count, self.rules):
@@ -77,6 +82,15 @@ class Policy:
             await self.store.add_ban(scope, ip, account_id, reason, now, ends)
         else:
             await self.store.extend_ban(current.id, ends)
+
+    async def check_proxy_checks(self, account_id: int, limit: int, window_s: float) -> None:
+        """Count a proxy pre-flight of an account; past ``limit`` per ``window_s``,
+        ERROR_TOO_MUCH_REQUESTS (no connection is made)."""
+        count = await self.store.incr_counter(f"proxy-check:{account_id}", window_s,
+                                              self.clock())
+        if count > limit:
+            raise CapdError("ERROR_TOO_MUCH_REQUESTS",
+                            f"more than {limit} proxy checks in {window_s:g} s")
 
     async def check_poll(self, task_id: int, account_id: int, ip: str) -> None:
         """Count a poll of a task; ERROR_TOO_MUCH_REQUESTS past the total (a violation) or

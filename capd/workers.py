@@ -1,8 +1,11 @@
 """The worker protocol (spec §7): external solvers lease tasks, extend and complete them.
 
-A lease id is ``<taskId>.<secret>``: the secret is drawn per lease call and stored as the
-task's lease owner, so only the holder of a live lease can extend or complete it, and a
-task leased again after expiry has a new id (the old one answers ERROR_LEASE_NOT_FOUND).
+A lease id is ``<taskId>.<secret>``: the secret is drawn per lease call and stored, with
+the id of the worker token that took the lease, as the task's lease owner
+(``<tokenId>:<secret>``), so only the holder of a live lease, presenting the token that
+took it, can extend or complete it, and a task leased again after expiry has a new id
+(the old one answers ERROR_LEASE_NOT_FOUND). A token revoked during a long-poll claims
+nothing more: the token is checked again before each claim after a wait.
 
 The desk takes typed requests (``capd/api/workers.py`` parses the JSON) and answers
 records or raises CapdError. Store, dispatcher, clocks, secrets and settings are injected.
@@ -10,7 +13,9 @@ records or raises CapdError. Store, dispatcher, clocks, secrets and settings are
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -18,8 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from capd.config import Settings
+from capd.constants import MAX_TASK_DEPTH
 from capd.domain.catalogue import TASK_TYPES
+from capd.domain.hosts import normalise_host
 from capd.domain.solutions import WORKER_FAILURE_CODES, check_solution
+from capd.domain.tasks import nesting_depth
 from capd.errors import BadParameter, CapdError
 from capd.service.messages import Parsed
 from capd.solving.dispatch import Dispatcher
@@ -30,6 +38,10 @@ LEASE_RECHECK_S = 1.0  # a long-poll looks at the queue at least this often
 
 Finisher = Callable[..., Awaitable[Task | None]]
 Gone = Callable[[], Awaitable[bool]]
+Renderer = Callable[["Lease"], bytes]
+UNRENDERABLE_CODE = "ERROR_CAPTCHA_UNSOLVABLE"  # a leased task no worker can be sent
+
+log = logging.getLogger("capd.workers")
 
 
 def new_worker_token() -> str:
@@ -57,11 +69,13 @@ class LeaseRequest:
 
 @dataclass(frozen=True, slots=True)
 class ExtendRequest:
-    """extend: ``seconds`` from now (None: the configured lease length)."""
+    """extend: ``seconds`` from now (None: the configured lease length); ``release``
+    ends the lease now instead, handing the task back to the queue."""
 
     token: str | None
     lease_id: str | None
     seconds: Parsed[float | None]
+    release: Parsed[bool] = Parsed(False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +99,7 @@ class Lease:
     expires_at: float  # unix seconds
     deadline_at: float
     image_options: dict[str, Any] | None = None  # key options, e.g. a threshold
+    rendered: bytes | None = None  # the lease as the door sends it, when a renderer is given
 
 
 def known_types(types: list[str]) -> list[str]:
@@ -122,26 +137,43 @@ class WorkerDesk:
         return token
 
     @staticmethod
-    def _lease_view(task: Task, owner: str) -> Lease:
-        return Lease(f"{task.id}.{owner}", task.id, task.type, task.payload,
+    def _owner(token: WorkerToken, secret: str) -> str:
+        """The lease owner stored with a task: the token that took the lease and the
+        lease call's secret."""
+        return f"{token.id}:{secret}"
+
+    @staticmethod
+    def _lease_view(task: Task, secret: str) -> Lease:
+        return Lease(f"{task.id}.{secret}", task.id, task.type, task.payload,
                      task.lease_until or 0, task.deadline_at, task.options.get("image"))
 
-    async def lease(self, req: LeaseRequest, gone: Gone | None = None) -> list[Lease]:
+    async def lease(self, req: LeaseRequest, gone: Gone | None = None,
+                    render: Renderer | None = None) -> list[Lease]:
         """Claim up to ``limit`` tasks, waiting up to ``wait_s`` for work; ``gone`` tells
-        whether the worker hung up meanwhile (then nothing more is claimed for it)."""
+        whether the worker hung up meanwhile (then nothing more is claimed for it).
+
+        ``render`` turns a lease into the bytes the door sends (kept in ``rendered``): a
+        task it cannot render is failed at once (ERROR_CAPTCHA_UNSOLVABLE, uncharged)
+        and left out, so one bad task can neither fail the batch nor stay leased to a
+        worker who never received it."""
         types = req.types.get()
         if types is not None:
             types = known_types(types)
-        await self._token(req.token, types)
+        token = await self._token(req.token, types)
         if types is None:
             raise BadParameter("types", "missing")
         limit = req.limit.get()
         wait_s = req.wait_s.get()
         ends = self.monotonic() + wait_s
-        owner = self.new_secret()
+        secret = self.new_secret()
+        owner = self._owner(token, secret)
+        first = True
         while True:
             if gone is not None and await gone():
                 return []
+            if not first:  # revoked (or narrowed) while this call waited: claim nothing
+                await self._token(req.token, types)
+            first = False
             await self.store.note_workers(types, self.clock())
             waiter = self.dispatcher.waiter(types)
             claimed = await self.store.claim_tasks(types, limit, owner,
@@ -149,13 +181,31 @@ class WorkerDesk:
             remaining = ends - self.monotonic()
             if claimed or remaining <= 0:
                 self.dispatcher.forget(waiter)
-                return [self._lease_view(t, owner) for t in claimed]
+                views = [self._lease_view(t, secret) for t in claimed]
+                return views if render is None else await self._rendered(views, render,
+                                                                         owner)
             await self.dispatcher.wait(waiter, min(remaining, LEASE_RECHECK_S))
 
-    async def _live_lease(self, lease_id: str | None) -> tuple[Task, str]:
+    async def _rendered(self, views: list[Lease], render: Renderer, owner: str
+                        ) -> list[Lease]:
+        out = []
+        for view in views:
+            try:
+                out.append(dataclasses.replace(view, rendered=render(view)))
+            except (TypeError, ValueError) as exc:  # orjson's errors are both
+                log.warning("task %d cannot be sent to a worker (%s): failed", view.task_id,
+                            exc)
+                await self.finish(view.task_id, error_code=UNRENDERABLE_CODE, owner=owner)
+        return out
+
+    async def _live_lease(self, lease_id: str | None, token: WorkerToken
+                          ) -> tuple[Task, str]:
+        """The live task a lease id names, with its owner, when ``token`` took the lease;
+        else ERROR_LEASE_NOT_FOUND (another token's lease is not found either)."""
         if lease_id is None or "." not in lease_id:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
-        raw_id, owner = lease_id.split(".", 1)
+        raw_id, secret = lease_id.split(".", 1)
+        owner = self._owner(token, secret)
         numeric = raw_id.isascii() and raw_id.isdigit()
         task = await self.store.get_task(int(raw_id)) if numeric and len(raw_id) < 19 else None
         if (task is None or task.state != TaskState.LEASED or task.lease_owner != owner
@@ -164,16 +214,19 @@ class WorkerDesk:
         return task, owner
 
     async def extend(self, req: ExtendRequest) -> float:
-        """Move a live lease's end ``seconds`` from now (never past the task's deadline);
-        returns the new end (unix seconds)."""
-        await self._token(req.token)
+        """Move a live lease's end to ``seconds`` from now, never earlier than it is and
+        never past the task's deadline; returns the new end (unix seconds). With
+        ``release`` the lease ends now (its task can be leased again at once)."""
+        token = await self._token(req.token)
+        release = req.release.get()
         seconds = req.seconds.get()
         if seconds is None:
             seconds = self.settings.worker_lease_s
-        task, owner = await self._live_lease(req.lease_id)
+        task, owner = await self._live_lease(req.lease_id, token)
         await self._token(req.token, [task.type])
         now = self.clock()
-        until = await self.store.extend_lease(task.id, owner, now + seconds, now)
+        target = now if release else max(now + seconds, task.lease_until or 0)
+        until = await self.store.extend_lease(task.id, owner, target, now)
         if until is None:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
         return until
@@ -181,23 +234,28 @@ class WorkerDesk:
     async def complete(self, req: CompleteRequest) -> None:
         """Complete a live lease once, with a solution of the type's shape or one of the
         worker failure codes; a proxy reported banned is refused for a while."""
-        await self._token(req.token)
+        token = await self._token(req.token)
         solution, error_code = req.solution, req.error_code
         if (solution is None) == (error_code is None):
             raise BadParameter("solution", "needed, or else errorCode (exactly one)")
         if error_code is not None and (not isinstance(error_code, str)
                                        or error_code not in WORKER_FAILURE_CODES):
             raise BadParameter("errorCode", "not one of the worker failure codes")
-        task, owner = await self._live_lease(req.lease_id)
+        task, owner = await self._live_lease(req.lease_id, token)
         await self._token(req.token, [task.type])
         if solution is not None:
+            if nesting_depth(solution, MAX_TASK_DEPTH) > MAX_TASK_DEPTH:
+                raise CapdError("ERROR_BAD_SOLUTION",
+                                f"solution nested deeper than {MAX_TASK_DEPTH} levels")
             solution = check_solution(TASK_TYPES[task.type], solution)
         done = await self.finish(task.id, solution=solution, error_code=error_code, owner=owner)
         if done is None:
             raise CapdError("ERROR_LEASE_NOT_FOUND")
         if error_code == "ERROR_PROXY_BANNED":
             address, port = task.payload.get("proxyAddress"), task.payload.get("proxyPort")
-            if (isinstance(address, str) and isinstance(port, int | str)
+            # keyed on the normalised address: 127.1 and ::ffff:127.0.0.1 are 127.0.0.1
+            normal = normalise_host(address.strip()) if isinstance(address, str) else None
+            if (normal is not None and isinstance(port, int | str)
                     and str(port).isascii() and str(port).isdigit()):
-                await self.store.ban_proxy(address.strip(), int(port),
+                await self.store.ban_proxy(normal, int(port),
                                            self.clock() + self.settings.proxy_ban_s)

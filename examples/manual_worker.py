@@ -24,7 +24,7 @@ sends it with ``/worker/v1/complete``, printing the server's answer.
 
 While you type, the lease is kept alive with ``/worker/v1/extend`` every ``--extend-every``
 seconds (default 20). Lines typed while no task is shown are ignored. End of input (Ctrl-D)
-stops with exit status 0: a task you hold is handed back (its lease is cut to one second,
+stops with exit status 0: a task you hold is handed back (its lease is released,
 so it returns to the queue for someone else), and while waiting for work the pending lease
 call is let finish first (at most ``--wait`` seconds) so that no task is leased to a
 program that has gone. Ctrl-C stops the same way with exit status 130; while waiting, a
@@ -526,11 +526,11 @@ def solve(desk: Desk, lease: dict[str, Any], args: argparse.Namespace, workdir: 
 
 
 def hand_back(desk: Desk, lease: dict[str, Any]) -> None:
-    """Stopping with a task in hand: cut its lease to one second so that it goes back to
-    the queue at once, not when the lease would have run out."""
+    """Stopping with a task in hand: release its lease so that it goes back to the queue
+    at once, not when the lease would have run out."""
     try:
         answer = desk.client.post("/worker/v1/extend", json={
-            "workerToken": desk.token, "leaseId": lease["leaseId"], "seconds": 1},
+            "workerToken": desk.token, "leaseId": lease["leaseId"], "release": True},
             timeout=5).json()
     except (httpx.HTTPError, ValueError):
         answer = None

@@ -25,7 +25,7 @@ from capd.config import Settings
 from capd.errors import CapdError
 from capd.metrics import Metrics
 from capd.outbound.callbacks import CallbackSender
-from capd.outbound.guard import AddressGuard
+from capd.outbound.guard import AddressGuard, TargetGuard
 from capd.outbound.proxycheck import ProxyChecker
 from capd.service import Service, result_of
 from capd.solving.builtin import BuiltinSolver
@@ -97,7 +97,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
         checker = ProxyChecker(proxy_guard, settings.proxy_check_timeout_s,
                                settings.proxy_check_cache_s)
     service = Service(settings, store, dispatcher, clock, metrics_registry, proxy_guard,
-                      callback_guard, proxy_checker=checker)
+                      callback_guard, proxy_checker=checker,
+                      target_guard=TargetGuard(settings.allow_private_targets))
     callbacks = CallbackSender(callback_guard, settings.callback_timeout_s,
                                settings.callback_retries)
 
@@ -151,7 +152,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
         Middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies),
         *access_log_middleware(settings.access_log),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                   create_paths=capmonster.CREATE_PATHS, text_paths=twocaptcha.UPLOAD_PATHS),
+                   create_paths=capmonster.CREATE_PATHS, text_paths=twocaptcha.UPLOAD_PATHS,
+                   read_timeout_s=settings.body_read_timeout_s),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers=exception_handlers())

@@ -17,11 +17,11 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from capd.api.middleware import BodyTooLarge
+from capd.api.middleware import CLIENT_IP, BodyReadTimeout, BodyTooLarge
 from capd.errors import CATALOGUE, CapdError
 from capd.store.base import StoreUnavailable
 
@@ -172,10 +172,29 @@ async def internal(request: Request, exc: Exception) -> Response:
     return _render(request, failure_of(FailureKind.INTERNAL))
 
 
+def _where(request: Request) -> str:
+    dialect = request.scope.get(DIALECT, PLAIN_JSON)
+    return f"{dialect.method or request.url.path} from {request.scope.get(CLIENT_IP, '?')}"
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up before its request was read: one log line, no traceback, no
+    ERROR_INTERNAL (nobody is left to read an answer; the empty one is discarded)."""
+    log.info("client disconnected during %s", _where(request))
+    return Response(b"", 400, headers={"connection": "close"})
+
+
+async def read_timeout(request: Request, exc: Exception) -> Response:
+    """The client stopped sending its body: HTTP 408 and the connection closed."""
+    log.info("request body read timed out during %s", _where(request))
+    return Response(b"", 408, headers={"connection": "close"})
+
+
 def exception_handlers() -> dict[Any, Any]:
     """The handlers to register once on the Starlette app."""
     handlers: dict[Any, Any] = {CapdError: refused, BodyTooLarge: too_large,
-                                UnreadableBody: unreadable, Exception: internal}
+                                UnreadableBody: unreadable, ClientDisconnect: client_gone,
+                                BodyReadTimeout: read_timeout, Exception: internal}
     for cls in STORE_UNAVAILABLE:
         handlers[cls] = unavailable
     return handlers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
@@ -9,7 +10,7 @@ from functools import lru_cache
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from capd.constants import MAX_DRAIN_BYTES
+from capd.constants import BODY_READ_TIMEOUT_S, MAX_DRAIN_BYTES
 
 CLIENT_IP = "capd.client_ip"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -105,11 +106,17 @@ class BodyLimitMiddleware:
     that a client still sending it reads the refusal rather than a connection reset
     (closing a socket with unread data makes the kernel send RST, which can destroy the
     response in flight); a longer body is refused at once and the connection closed.
+
+    Each read of the body must bring data within ``read_timeout_s``: a client that stops
+    sending mid-body gets ``BodyReadTimeout`` raised to the reader (answered HTTP 408,
+    connection closed) instead of holding the connection open.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, create_paths: Iterable[str],
-                 text_paths: Iterable[str] = (), drain_bytes: int = MAX_DRAIN_BYTES) -> None:
+                 text_paths: Iterable[str] = (), drain_bytes: int = MAX_DRAIN_BYTES,
+                 read_timeout_s: float = BODY_READ_TIMEOUT_S) -> None:
         self.app = app
+        self.read_timeout_s = read_timeout_s
         self.max_bytes = max_bytes
         self.drain_bytes = max(drain_bytes, max_bytes)
         self.create_paths = frozenset(create_paths)
@@ -136,7 +143,9 @@ class BodyLimitMiddleware:
 
         async def counting_receive() -> Message:
             nonlocal seen, ended
-            message = await receive()
+            if ended:  # the body is read: what follows is the disconnect, however late
+                return await receive()
+            message = await self._read(receive)
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 ended = not message.get("more_body", False)
@@ -148,10 +157,20 @@ class BodyLimitMiddleware:
 
         await self.app(scope, counting_receive, send)
 
+    async def _read(self, receive: Receive) -> Message:
+        try:
+            async with asyncio.timeout(self.read_timeout_s):  # no task of its own
+                return await receive()
+        except TimeoutError:
+            raise BodyReadTimeout() from None
+
     async def _drain(self, receive: Receive, seen: int) -> bool:
         """Read and discard the rest of the body; True when it ended within drain_bytes."""
         while True:
-            message = await receive()
+            try:
+                message = await self._read(receive)
+            except BodyReadTimeout:
+                return False
             if message["type"] != "http.request":
                 return False  # the client has gone
             seen += len(message.get("body", b""))
@@ -187,3 +206,7 @@ class BodyLimitMiddleware:
 
 class BodyTooLarge(Exception):
     """Raised when a streamed request body passes the size limit."""
+
+
+class BodyReadTimeout(Exception):
+    """Raised when a client sends no more of a request body within the read timeout."""

@@ -363,7 +363,15 @@ async def action_get(service: Service, params: Params, ip: str) -> Answer:
                 raise
             answer = failure(RES_CODES.get(exc.code, exc.code))
         parts.append(answer.payload["request"] if answer.payload["status"] else answer.text)
-    return ok("|".join(str(p) for p in parts), prefix=False)
+    return ok("|".join(multi_id_part(str(p)) for p in parts), prefix=False)
+
+
+def multi_id_part(text: str) -> str:
+    """One id's answer in the ``|``-separated multi-id answer: ``%`` and ``|`` are
+    percent-encoded (``%25``, ``%7C``), so that a solution containing ``|`` (FunCaptcha
+    tokens do) cannot change how many answers the client reads. Single-id answers are
+    sent as they are."""
+    return text.replace("%", "%25").replace("|", "%7C")
 
 
 async def action_get2(service: Service, params: Params, ip: str) -> Answer:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -70,20 +71,32 @@ def lease_payload(lease: Lease) -> dict[str, Any]:
     return view
 
 
+def render_lease(lease: Lease) -> bytes:
+    """One lease as JSON; raises (TypeError/ValueError) when its task cannot be encoded."""
+    return orjson.dumps(lease_payload(lease))
+
+
 async def lease(desk: WorkerDesk, body: Body, request: Request) -> Response:
     limit = _or_default(number(body, "max", 1, MAX_LEASE_BATCH), 1)
     req = LeaseRequest(_text(body, "workerToken"), type_list(body),
                        Parsed(int(limit.value), limit.error),
                        _or_default(number(body, "waitSeconds", 0, MAX_LEASE_WAIT_S), 0))
-    # a worker that hangs up mid-poll must not have tasks claimed for it afterwards
-    leases = await desk.lease(req, gone=request.is_disconnected)
-    return json_response({"errorId": 0, "leases": [lease_payload(x) for x in leases]})
+    # a worker that hangs up mid-poll must not have tasks claimed for it afterwards; each
+    # lease is rendered by the desk right after the claim (a task that cannot be is
+    # failed there), so this answer cannot fail once tasks are claimed
+    leases = await desk.lease(req, gone=request.is_disconnected, render=render_lease)
+    answer = b'{"errorId":0,"leases":[' + b",".join(
+        x.rendered for x in leases if x.rendered is not None) + b"]}"
+    return Response(answer, media_type="application/json")
 
 
 async def extend(desk: WorkerDesk, body: Body, request: Request) -> Response:
+    release = body.get("release", False)
     until = await desk.extend(ExtendRequest(
         _text(body, "workerToken"), _text(body, "leaseId"),
-        number(body, "seconds", 1, MAX_LEASE_EXTEND_S)))
+        number(body, "seconds", 1, MAX_LEASE_EXTEND_S),
+        Parsed(release) if isinstance(release, bool)
+        else Parsed(False, BadParameter("release", "not a boolean"))))
     return json_response({"errorId": 0, "leaseExpiresAt": math.floor(until)})
 
 

@@ -7,6 +7,7 @@ I/O or reads a clock: every time is passed in.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -21,6 +22,25 @@ UNKNOWN_TASK = "polls of unknown task ids"
 TOO_MANY_POLLS = "more than the allowed polls of a task"
 BANNED_PROXY = "tasks with banned proxies"
 UNKNOWN_KEYS = "repeated requests with unknown keys"
+PROXY_REFUSED = "tasks whose proxy failed the pre-flight check"
+
+IPV6_BAN_PREFIX = 64  # one IPv6 subscriber holds a whole /64: bans and tallies cover it
+
+
+def ban_key(ip: str) -> str:
+    """What bans, blocks and their tallies are kept under for a caller's address: an IPv4
+    address itself, the /64 network of an IPv6 address (``2001:db8:1:2::/64``), so that
+    hopping between the addresses of one's own /64 neither escapes a ban nor resets the
+    count. Anything else (no address) is kept as given."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, IPV6_BAN_PREFIX), strict=False))
+    return str(addr)
 
 
 @dataclass(frozen=True)

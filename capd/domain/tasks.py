@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
+from capd.constants import MAX_TASK_DEPTH, MAX_TASK_FIELDS_BYTES, MAX_UNKNOWN_FIELDS
 from capd.domain.catalogue import (
     PROXY_FIELDS,
     PROXY_TYPES,
@@ -22,6 +25,8 @@ from capd.domain.catalogue import (
     FieldSpec,
     TaskType,
 )
+from capd.domain.hosts import normalise_host
+from capd.domain.hosts import url_host as normal_url_host
 from capd.domain.keys import KeyOptions
 from capd.errors import BadParameter, CapdError
 
@@ -49,9 +54,9 @@ class ImageSpec:
 @dataclass(frozen=True)
 class ValidatedTask:
     type: TaskType
-    fields: dict[str, Any]  # the task object as sent (type included)
+    fields: dict[str, Any]  # the task object as sent, less the fields its type does not take
     website_host: str | None = None
-    proxy: tuple[str, str, int] | None = None  # (type, address, port)
+    proxy: tuple[str, str, int] | None = None  # (type, normalised address, port)
     images: list[bytes] = field(default_factory=list)
     image_spec: ImageSpec | None = None
     callback_url: str | None = None
@@ -140,7 +145,9 @@ def decode_image(raw: Any, rules: ValidationRules, name: str = "body") -> bytes:
 
 
 def url_host(url: Any) -> str | None:
-    """Host of an absolute http(s) URL, lower-cased; None when it is not one."""
+    """Host of an absolute http(s) URL, lower-cased, as written; None when it is not one.
+    Only tells whether ``url`` is an http(s) URL: compare hosts with
+    ``capd.domain.hosts.url_host``, which normalises them."""
     if not isinstance(url, str) or len(url) > 4096:
         return None
     try:
@@ -185,6 +192,63 @@ def _image_spec(fields: dict[str, Any], key: KeyOptions) -> ImageSpec:
     )
 
 
+# fields whose size the image rules bound (spec §5.5), not MAX_TASK_FIELDS_BYTES
+IMAGE_FIELDS = frozenset({"body", "imagesBase64"})
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """Nesting levels of a JSON value (a scalar is 0), counted without recursion and
+    only up to ``limit + 1``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level) for child in children)
+    return deepest
+
+
+def kept_field_names(task: dict[str, Any], ttype: TaskType) -> list[str]:
+    """The names, as sent, of the task's fields that capd stores and hands to a worker:
+    ``type``, the type's own fields (either spelling) and the proxy's."""
+    known = {"type", *PROXY_FIELDS}
+    for name in ttype.fields:
+        known.add(name)
+        known.add(name[0].upper() + name[1:])
+    return [name for name in task if name in known]
+
+
+def check_bounds(task: dict[str, Any], ttype: TaskType) -> None:
+    """A task object within the bounds (ERROR_BAD_PARAMETERS naming the field): at most
+    MAX_UNKNOWN_FIELDS fields the type does not take, no field nested deeper than
+    MAX_TASK_DEPTH, and the fields other than the images at most MAX_TASK_FIELDS_BYTES
+    in all once serialised."""
+    kept = set(kept_field_names(task, ttype))
+    unknown = [name for name in task if name not in kept]
+    if len(unknown) > MAX_UNKNOWN_FIELDS:
+        raise BadParameter("task", f"carrying more than {MAX_UNKNOWN_FIELDS} fields its type "
+                           "does not take")
+    total = 0
+    for name, value in task.items():
+        if nesting_depth(value, MAX_TASK_DEPTH) > MAX_TASK_DEPTH:
+            raise BadParameter(_field_label(name), f"nested deeper than {MAX_TASK_DEPTH} levels")
+        if name in IMAGE_FIELDS:
+            continue
+        total += len(name) + len(orjson.dumps(value))
+        if total > MAX_TASK_FIELDS_BYTES:
+            raise BadParameter(_field_label(name), "past the size limit of "
+                               f"{MAX_TASK_FIELDS_BYTES} bytes for a task's fields")
+
+
+def _field_label(name: str) -> str:
+    return name if len(name) <= 64 else name[:64] + "..."
+
+
 @dataclass(frozen=True)
 class TaskDraft:
     """A task object past the checks that need nothing outside it (spec §5 steps 3-4, up
@@ -204,6 +268,7 @@ def check_task(task: dict[str, Any]) -> TaskDraft:
     ttype = TASK_TYPES.get(type_name) if isinstance(type_name, str) else None
     if ttype is None:
         raise CapdError("ERROR_TASK_NOT_SUPPORTED", f"type {str(task.get('type'))[:64]!r}")
+    check_bounds(task, ttype)
 
     fields: dict[str, Any] = {}
     for name, spec in ttype.fields.items():
@@ -219,13 +284,28 @@ def check_task(task: dict[str, Any]) -> TaskDraft:
 
     host = None
     if "websiteURL" in fields:
-        host = url_host(fields["websiteURL"])
-        if host is None:
+        if url_host(fields["websiteURL"]) is None:
             raise CapdError("ERROR_RECAPTCHA_INVALID_DOMAIN", "websiteURL must be http(s)://host")
+        host = normal_url_host(fields["websiteURL"])
+        if host is None:
+            raise BadParameter("websiteURL", "naming no valid host")
     if ttype.recaptcha_family and "websiteKey" in fields and not _SITEKEY_RE.fullmatch(
             fields["websiteKey"]):
         raise CapdError("ERROR_RECAPTCHA_INVALID_SITEKEY")
     return TaskDraft(ttype, fields, host, _check_proxy(task, ttype, fields))
+
+
+TARGET_URL_FIELDS = ("websiteURL", "apiJsUrl")  # single URLs a worker may open
+TARGET_URL_LISTS = ("imageUrls",)  # lists of them
+
+
+def target_urls(draft: TaskDraft) -> list[tuple[str, str]]:
+    """(field name, URL) of each URL in the task that a worker is handed to open."""
+    out = [(name, draft.fields[name]) for name in TARGET_URL_FIELDS if name in draft.fields]
+    for name in TARGET_URL_LISTS:
+        for i, url in enumerate(draft.fields.get(name) or []):
+            out.append((f"{name}[{i}]", url))
+    return out
 
 
 def check_browser(draft: TaskDraft, rules: ValidationRules) -> None:
@@ -240,11 +320,12 @@ def callback_refused() -> BadParameter:
 
 
 def callback_host(callback_url: object) -> str | None:
-    """The host of a given callbackUrl (None when none is given); raises when it is not an
-    http(s) URL. Whether the host is public is the outbound guard's question."""
+    """The normalised host of a given callbackUrl (None when none is given); raises when it
+    is not an http(s) URL of a valid host. Whether the host is public is the outbound
+    guard's question."""
     if callback_url is None:
         return None
-    host = url_host(callback_url)
+    host = normal_url_host(callback_url) if isinstance(callback_url, str) else None
     if host is None:
         raise callback_refused()
     return host
@@ -262,7 +343,8 @@ def complete_task(draft: TaskDraft, task: dict[str, Any], key: KeyOptions,
     elif draft.type.name == "ComplexImageTask":
         for i, item in enumerate(draft.fields.get("imagesBase64") or []):
             images.append(decode_image(item, rules, f"imagesBase64[{i}]"))
-    return ValidatedTask(draft.type, dict(task), draft.website_host, draft.proxy, images,
+    stored = {name: task[name] for name in kept_field_names(task, draft.type)}
+    return ValidatedTask(draft.type, stored, draft.website_host, draft.proxy, images,
                          image_spec, callback_url)
 
 
@@ -306,4 +388,7 @@ def _check_proxy(task: dict[str, Any], ttype: TaskType, fields: dict[str, Any]
     for opt in ("proxyLogin", "proxyPassword"):
         if opt in given and not isinstance(given[opt], str):
             raise BadParameter(opt, "not a string")
-    return (ptype.lower(), address.strip(), port)
+    normal = normalise_host(address.strip())
+    if normal is None:
+        raise BadParameter("proxyAddress", "not a valid host name or IP address")
+    return (ptype.lower(), normal, port)

@@ -190,3 +190,33 @@ class AddressGuard:
 
     async def allows(self, host: str) -> bool:
         return await self.public_addresses(host) is not None
+
+
+class TargetGuard:
+    """Decides whether a URL capd hands to a worker (websiteURL, imageUrls, apiJsUrl) may
+    name a host: capd never connects there itself, but a worker on capd's network would.
+
+    A literal IP address must not be internal. A name must not resolve to an internal
+    address; a name that does not resolve here is let through (it names nothing on this
+    network, and the worker fails the task if it cannot reach it either). ``allow_private``
+    lifts the rule.
+    """
+
+    def __init__(self, allow_private: bool = False, resolver: Resolver = system_resolver,
+                 timeout_s: float = 2.0) -> None:
+        self.allow_private = allow_private
+        self._resolve = resolver
+        self._timeout_s = timeout_s
+
+    async def allows(self, host: str) -> bool:
+        if self.allow_private:
+            return True
+        literal = literal_address(host)
+        if literal is not None:
+            return not is_internal(literal)
+        try:
+            names = await asyncio.wait_for(self._resolve(host), self._timeout_s)
+            addrs = [ipaddress.ip_address(n.split("%", 1)[0]) for n in names]
+        except (OSError, TimeoutError, ValueError, UnicodeError):
+            return True
+        return not any(is_internal(a) for a in addrs)

@@ -19,20 +19,30 @@ from typing import Any, Protocol
 from capd.config import Settings
 from capd.constants import QUEUE_STATS_CACHE_S, QUEUE_STATS_SPEED_WINDOW_S, SPENDING_STATS_HOURS
 from capd.domain.catalogue import TASK_TYPES
+from capd.domain.hosts import url_host
 from capd.domain.keys import KeyOptions, parse_client_key
-from capd.domain.limits import BANNED_PROXY, UNKNOWN_TASK, ZERO_BALANCE, LimitRules
+from capd.domain.limits import (
+    BANNED_PROXY,
+    PROXY_REFUSED,
+    UNKNOWN_TASK,
+    ZERO_BALANCE,
+    LimitRules,
+)
 from capd.domain.money import from_units, task_price_units
 from capd.domain.tasks import (
+    TaskDraft,
     ValidationRules,
     callback_host,
     callback_refused,
     check_browser,
     check_task,
     complete_task,
+    target_urls,
 )
 from capd.domain.usage import QUEUE_NAMES, QUEUES, QueueLoad, queue_load, series
 from capd.errors import BadParameter, CapdError, InsufficientFunds
 from capd.metrics import Metrics
+from capd.outbound.guard import TargetGuard
 from capd.outbound.proxycheck import ProxyChecker, ProxySpec
 from capd.policy import Policy
 from capd.service.messages import (
@@ -120,8 +130,8 @@ class Service:
     def __init__(self, settings: Settings, store: Store, dispatcher: Dispatcher,
                  clock: Callable[[], float], metrics: Metrics, proxy_guard: GuardLike,
                  callback_guard: GuardLike, new_id: Callable[[], int] = random_task_id,
-                 proxy_checker: ProxyChecker | None = None, policy: Policy | None = None
-                 ) -> None:
+                 proxy_checker: ProxyChecker | None = None, policy: Policy | None = None,
+                 target_guard: GuardLike | None = None) -> None:
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
@@ -129,6 +139,8 @@ class Service:
         self.metrics = metrics
         self.proxy_guard = proxy_guard
         self.callback_guard = callback_guard
+        # the hosts of URLs handed to workers (issue 13): no internal addresses
+        self.target_guard = target_guard or TargetGuard(settings.allow_private_targets)
         self.new_id = new_id
         self.proxy_checker = proxy_checker
         self.rules = validation_rules(settings)
@@ -165,6 +177,7 @@ class Service:
         cb_host = callback_host(req.callback_url)
         if cb_host is not None and not await self.callback_guard.allows(cb_host):
             raise callback_refused()
+        await self._check_targets(draft)
         callback_url = req.callback_url if isinstance(req.callback_url, str) else None
         checked = complete_task(draft, req.task, key, callback_url, self.rules)
         ttype = checked.type
@@ -180,7 +193,7 @@ class Service:
             raise CapdError("ERROR_ZERO_BALANCE")
         await self.dispatcher.check_capacity(ttype.name)
         if checked.proxy is not None and self.proxy_checker is not None:
-            await self._preflight(checked.proxy, req.task, checked.website_host)
+            await self._preflight(checked.proxy, req.task, checked.website_host, caller, ip)
         options: dict[str, Any] = {"nocache": key.nocache}
         if checked.image_spec is not None:
             options["image"] = asdict(checked.image_spec)
@@ -209,14 +222,32 @@ class Service:
             await self.policy.note_violation(caller.account_id, ip, BANNED_PROXY)
             raise CapdError("ERROR_PROXY_BANNED")
 
+    async def _check_targets(self, draft: TaskDraft) -> None:
+        """The URLs a worker is handed (websiteURL, imageUrls, apiJsUrl) name no internal
+        host (ERROR_BAD_PARAMETERS naming the field), unless the operator allows it."""
+        for name, url in target_urls(draft):
+            host = url_host(url)
+            if host is None:
+                raise BadParameter(name, "not an http(s) URL of a valid host")
+            if not await self.target_guard.allows(host):
+                raise BadParameter(name, "naming an internal address")
+
     async def _preflight(self, proxy: tuple[str, str, int], task: dict[str, Any],
-                         website_host: str | None) -> None:
-        """Check the task's proxy before queueing it (cached briefly by the checker)."""
+                         website_host: str | None, caller: Caller, ip: str) -> None:
+        """Check the task's proxy before queueing it (cached briefly by the checker).
+
+        Rate-limited per account (``proxy_checks_per_window``), and a refusal counts as a
+        violation like a banned proxy: the check connects where the client says, and
+        must not serve as a free port scanner."""
         assert self.proxy_checker is not None
+        s = self.settings
+        await self.policy.check_proxy_checks(caller.account_id, s.proxy_checks_per_window,
+                                             s.proxy_check_window_s)
         login, password = task.get("proxyLogin"), task.get("proxyPassword")
         spec = ProxySpec(proxy[0], proxy[1], proxy[2], login or None, password or None)
         code = await self.proxy_checker.check(spec, website_host or "example.com")
         if code is not None:
+            await self.policy.note_violation(caller.account_id, ip, PROXY_REFUSED)
             raise CapdError(code, "the proxy pre-flight check failed")
 
     # -- getTaskResult ----------------------------------------------------------------------

@@ -3,12 +3,13 @@ clock for lease expiry."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from capd.errors import BadParameter
+from capd.errors import BadParameter, CapdError
 from capd.service import CreateTaskRequest, ResultState, TaskResultRequest
 from capd.service.messages import Parsed
 from capd.store.base import Store
@@ -166,3 +167,68 @@ def test_foreign_lease_secret_is_not_found(w: World) -> None:
     _, lease = leased(w, raw)
     assert refused_code(w.desk.complete(CompleteRequest(
         raw, f"{lease.task_id}.other", {"gRecaptchaResponse": "a"}))) == "ERROR_LEASE_NOT_FOUND"
+
+
+# -- issue 13, finding 2: leases belong to the token that took them ---------------------------
+def test_revoked_token_claims_nothing_after_its_long_poll_wait(w: World) -> None:
+    raw = token(w)
+    key = w.account()
+    run(w.store.note_workers([TYPE], w.clock()))
+
+    async def scenario() -> tuple[str | None, list[Lease]]:
+        poll = asyncio.ensure_future(w.desk.lease(LeaseRequest(
+            raw, Parsed([TYPE]), Parsed(1), Parsed(30.0))))
+        while not w.dispatcher._waiters:  # the long-poll is waiting for work
+            await asyncio.sleep(0)
+        await w.store.revoke_worker_token(token_digest(raw), w.clock())
+        task = {"type": TYPE, "websiteURL": "https://example.com/", "websiteKey": SITEKEY}
+        await w.service.create_task(CreateTaskRequest(key, PUBLIC_IP, task))  # wakes it
+        try:
+            return None, await poll
+        except CapdError as error:
+            return error.code, []
+
+    code, leases = run(scenario())
+    assert (code, leases) == ("ERROR_WORKER_TOKEN_INVALID", [])
+
+
+def test_another_token_cannot_extend_a_lease(w: World) -> None:
+    raw, other = token(w), token(w)
+    _, lease = leased(w, raw)
+    assert refused_code(w.desk.extend(ExtendRequest(other, lease.lease_id, Parsed(300.0)))) \
+        == "ERROR_LEASE_NOT_FOUND"
+
+
+def test_another_token_cannot_complete_a_lease(w: World) -> None:
+    raw, other = token(w), token(w)
+    _, lease = leased(w, raw)
+    assert refused_code(w.desk.complete(CompleteRequest(
+        other, lease.lease_id, {"gRecaptchaResponse": "a"}))) == "ERROR_LEASE_NOT_FOUND"
+    run(w.desk.complete(CompleteRequest(raw, lease.lease_id, {"gRecaptchaResponse": "a"})))
+
+
+def test_extend_never_shortens_a_lease(w: World) -> None:
+    raw = token(w)
+    _, lease = leased(w, raw)
+    until = run(w.desk.extend(ExtendRequest(raw, lease.lease_id, Parsed(1.0))))
+    assert until == pytest.approx(lease.expires_at, abs=0.01)
+
+
+def test_release_ends_the_lease_now(w: World) -> None:
+    raw = token(w)
+    _, lease = leased(w, raw)
+    until = run(w.desk.extend(ExtendRequest(raw, lease.lease_id, Parsed(None), Parsed(True))))
+    assert until == pytest.approx(w.clock(), abs=0.01)
+    again = run(w.desk.lease(lease_request(raw)))
+    assert [x.task_id for x in again] == [lease.task_id]
+
+
+def test_solution_nested_past_the_depth_is_bad_solution(w: World) -> None:
+    raw = token(w)
+    _, lease = leased(w, raw)
+    deep: Any = "x"
+    for _ in range(300):
+        deep = {"a": deep}
+    assert refused_code(w.desk.complete(CompleteRequest(
+        raw, lease.lease_id, {"gRecaptchaResponse": "t", "extra": deep}))) == (
+        "ERROR_BAD_SOLUTION")
