@@ -75,6 +75,12 @@ class Settings:
     proxy_ban_s: float = C.PROXY_BAN_S
     callback_timeout_s: float = C.CALLBACK_TIMEOUT_S
     callback_retries: int = C.CALLBACK_RETRIES
+    callback_backoff_s: float = C.CALLBACK_BACKOFF_S
+    callback_concurrency: int = C.CALLBACK_CONCURRENCY
+    callback_per_account: int = C.CALLBACK_PER_ACCOUNT
+    # retention: payloads of finished tasks, then the finished tasks themselves
+    payload_retention_s: float = C.PAYLOAD_RETENTION_S
+    task_retention_s: float = C.TASK_RETENTION_S
     # one line per request (time, client, method, path, status, ms; never a key or body)
     access_log: bool = False
     # demo account printed by `capd serve --demo`

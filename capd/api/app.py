@@ -21,12 +21,14 @@ from capd.api.errors import exception_handlers, json_response
 from capd.api.middleware import BodyLimitMiddleware, ClientAddressMiddleware
 from capd.api.openapi import openapi_document
 from capd.config import Settings
+from capd.constants import PRUNE_EVERY_S
 from capd.errors import CapdError
 from capd.metrics import Metrics
 from capd.outbound.callbacks import CallbackSender
 from capd.outbound.guard import AddressGuard
 from capd.outbound.proxycheck import ProxyChecker
 from capd.service import Service, result_of
+from capd.service.retention import prune_batch
 from capd.solving.builtin import BuiltinSolver
 from capd.solving.dispatch import Dispatcher
 from capd.solving.ocr import load_recogniser
@@ -42,14 +44,23 @@ SWEEP_INTERVAL_S = 1.0
 
 
 async def _sweeper(service: Service) -> None:
-    """Fail tasks past their deadline, once a second; forget ended counters now and then."""
+    """Fail tasks past their deadline, once a second; forget ended counters now and then;
+    apply retention every PRUNE_EVERY_S, one bounded batch of each kind at a time."""
     rounds = 0
+    next_prune = service.clock()
     while True:
         try:
             await service.expire_overdue()
             rounds += 1
             if rounds % 60 == 0:
                 await service.store.sweep_counters(service.clock())
+            now = service.clock()
+            if now >= next_prune:
+                next_prune = now + PRUNE_EVERY_S
+                pruned = await prune_batch(service.store, service.settings, now)
+                if pruned.payloads_dropped or pruned.tasks_deleted:
+                    log.info("retention: %d payloads dropped, %d tasks deleted",
+                             pruned.payloads_dropped, pruned.tasks_deleted)
         except Exception:
             log.exception("deadline sweep failed")
         await asyncio.sleep(SWEEP_INTERVAL_S)
