@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -24,8 +25,8 @@ from capd.config import Settings
 from capd.constants import PRUNE_EVERY_S
 from capd.errors import CapdError
 from capd.metrics import Metrics
-from capd.outbound.callbacks import CallbackSender
 from capd.outbound.guard import AddressGuard
+from capd.outbound.outbox import OutboxSender
 from capd.outbound.proxycheck import ProxyChecker
 from capd.service import Service, result_of
 from capd.service.retention import prune_batch
@@ -108,15 +109,22 @@ def create_app(settings: Settings, *, store: Store | None = None,
                                settings.proxy_check_cache_s)
     service = Service(settings, store, dispatcher, clock, metrics_registry, proxy_guard,
                       callback_guard, proxy_checker=checker)
-    callbacks = CallbackSender(callback_guard, settings.callback_timeout_s,
-                               settings.callback_retries)
+    callbacks = OutboxSender(store, callback_guard, clock,
+                             timeout_s=settings.callback_timeout_s,
+                             retries=settings.callback_retries,
+                             backoff_s=settings.callback_backoff_s,
+                             concurrency=settings.callback_concurrency,
+                             per_account=settings.callback_per_account)
 
-    def send_callback(task: Task) -> None:
-        if task.callback_url:
-            callbacks.submit(task.callback_url,
-                             {**capmonster.result_payload(result_of(task)), "taskId": task.id})
+    def callback_body(task: Task) -> str:
+        """What a callback POSTs: getTaskResult's answer with the task's id (spec §8)."""
+        payload = {**capmonster.result_payload(result_of(task)), "taskId": task.id}
+        return orjson.dumps(payload).decode()
 
-    service.finish_listeners.append(send_callback)
+    # the body is written to the outbox with the finish itself; then wake the sender
+    service.callback_body = callback_body
+    service.finish_listeners.append(lambda task: callbacks.wake() if task.callback_url
+                                    else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -165,6 +173,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers=exception_handlers())
     app.state.service = service
+    app.state.callbacks = callbacks
     app.state.desk = WorkerDesk(store, dispatcher, clock, settings, service.finish_task)
     app.state.ready = False
     app.state.openapi = openapi_document()
