@@ -361,7 +361,8 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
             self._run("PRAGMA auto_vacuum = INCREMENTAL")
             self._run("VACUUM")
         else:
-            self._all("PRAGMA incremental_vacuum")
+            # run to completion: a single step (as execute() does) frees only one page
+            self._db.executescript("PRAGMA incremental_vacuum;")
         # WAL: the main file shrinks when the log is written back (skipped while readers
         # hold it; the next checkpoint does it then)
         self._one("PRAGMA wal_checkpoint(TRUNCATE)")
