@@ -57,6 +57,10 @@ class OutboxStatements:
             f"  AND c.state = 'pending' AND (c.leased_until IS NULL OR c.leased_until <= $2)"
             f"  {d.skip_locked})"
             f" RETURNING {OUTBOX_COLS}")
+        # a plain read first: most polls find nothing due and need no write transaction
+        self.any_due = q(
+            "SELECT 1 FROM callbacks_outbox WHERE state = 'pending' AND next_at <= $1"
+            " AND (leased_until IS NULL OR leased_until <= $1) LIMIT 1")
         self.settle = q(
             "UPDATE callbacks_outbox SET state = $1, next_at = $2, leased_until = NULL"
             " WHERE id = $3 AND state = 'pending' RETURNING id")
@@ -74,6 +78,8 @@ class SqlOutbox:
         if limit <= 0 or per_account <= 0:
             return []
         sql = self._outbox_sql
+        if await self._tdb.fetchrow(sql.any_due, now) is None:
+            return []
         async with self._tdb.transaction() as tx:
             if sql.claim_lock is not None:
                 await tx.execute(sql.claim_lock)
