@@ -21,6 +21,7 @@ from capd.domain.hosts import normalise_host
 from capd.domain.keys import is_key, new_key
 from capd.domain.money import MAX_UNITS, from_units, to_units, usd_text
 from capd.errors import InsufficientFunds
+from capd.service.retention import Pruned, prune_all
 from capd.store.base import Account, Ban, KeyRecord, LedgerEntry, Store
 
 DEMO_KEY_META = "demo_key"  # meta row naming the key `capd serve --demo` prints
@@ -276,11 +277,17 @@ class AdminService:
 
         return await self.store.revoke_worker_token(token_digest(token.strip()), self.clock())
 
+    # retention
+    async def prune(self) -> Pruned:
+        """Apply retention now, in full (batched), and give the freed space back."""
+        return await prune_all(self.store, self.settings, self.clock())
+
     # views
     async def stats(self) -> dict[str, Any]:
         """Tasks by type and state, solve latency (count, p50, p95 in seconds) and the
         charges and refunds (count, USD text); JSON-ready."""
         raw = await self.store.stats(self.clock())
+        callbacks = await self.store.callback_counts()
         lat = sorted(raw["solve_latencies_s"])
         return {
             "tasks": raw["tasks"],
@@ -293,4 +300,6 @@ class AdminService:
                         "usd": usd_text(raw["charges"]["units"])},
             "refunds": {"count": raw["refunds"]["count"],
                         "usd": usd_text(raw["refunds"]["units"])},
+            # the callback outbox: waiting (or retrying), and given up
+            "callbacks": {"pending": callbacks["pending"], "failed": callbacks["failed"]},
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -181,6 +182,17 @@ async def cmd_stats(admin: AdminService, args: argparse.Namespace) -> None:
         print("solve latency: no solved tasks")
     print(f"charges: {summary['charges']['count']} totalling {summary['charges']['usd']} USD;"
           f" refunds: {summary['refunds']['count']} totalling {summary['refunds']['usd']} USD")
+    cb = summary["callbacks"]
+    print(f"callbacks: {cb['pending']} pending, {cb['failed']} failed")
+
+
+async def cmd_prune(admin: AdminService, args: argparse.Namespace) -> None:
+    pruned = await admin.prune()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(pruned), indent=2))
+        return
+    print(f"dropped {pruned.payloads_dropped} payloads, deleted {pruned.tasks_deleted} tasks,"
+          f" reclaimed {pruned.bytes_reclaimed} bytes")
 
 
 async def cmd_worker_token_create(admin: AdminService, args: argparse.Namespace) -> None:
@@ -456,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="tasks by type and state, solve latency, charges")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_stats)
+    pr = sub.add_parser("prune", help="apply retention now (payload_retention_s,"
+                        " task_retention_s) and give the space back; prints what went")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(fn=cmd_prune)
     add_backup_parser(sub)
     _add_admin_token_parser(sub)
     return p

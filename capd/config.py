@@ -81,6 +81,12 @@ class Settings:
     proxy_check_window_s: float = C.PROXY_CHECK_WINDOW_S
     callback_timeout_s: float = C.CALLBACK_TIMEOUT_S
     callback_retries: int = C.CALLBACK_RETRIES
+    callback_backoff_s: float = C.CALLBACK_BACKOFF_S
+    callback_concurrency: int = C.CALLBACK_CONCURRENCY
+    callback_per_account: int = C.CALLBACK_PER_ACCOUNT
+    # retention: payloads of finished tasks, then the finished tasks themselves
+    payload_retention_s: float = C.PAYLOAD_RETENTION_S
+    task_retention_s: float = C.TASK_RETENTION_S
     # one line per request (time, client, method, path, status, ms; never a key or body)
     access_log: bool = False
     # demo account printed by `capd serve --demo`

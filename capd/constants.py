@@ -86,3 +86,21 @@ CONSOLE_ALL_USAGE_CACHE_S = 60.0  # the operator's all-accounts charts are this 
 MAX_TASK_DEPTH = 10  # nesting levels below the task object
 MAX_UNKNOWN_FIELDS = 32  # fields the task type does not take
 MAX_TASK_FIELDS_BYTES = 128 * 1024  # serialised size of the fields other than the images
+
+CALLBACK_BACKOFF_S = 1.0  # the first retry's delay; each later one doubles it
+CALLBACK_CONCURRENCY = 8  # deliveries in flight on one node, all accounts together
+# deliveries in flight per account, all nodes together: a slow receiver holds at most
+# this many senders, never the others' (issue 12)
+CALLBACK_PER_ACCOUNT = 2
+# a claimed delivery is another node's to retry after this; far above one attempt's
+# CALLBACK_TIMEOUT_S, so a live sender never loses its claim
+CALLBACK_LEASE_S = 30.0
+CALLBACK_POLL_S = 1.0  # how often a node looks for due deliveries it was not told of
+
+# retention (issue 12): a finished task's payload (image, proxy and its login, cookies,
+# userAgent, callback URL) goes after PAYLOAD_RETENTION_S, by default when reports on it
+# end (spec §3); the task row itself after TASK_RETENTION_S. Ledger rows stay forever.
+PAYLOAD_RETENTION_S = REPORT_WINDOW_S
+TASK_RETENTION_S = 30 * 24 * 3600
+PRUNE_BATCH = 500  # rows per statement: each batch is a short transaction
+PRUNE_EVERY_S = 60.0  # how often `capd serve` prunes (one batch of each kind per round)

@@ -403,7 +403,8 @@ def test_stats_of_an_empty_store(run: Any) -> None:
         assert await admin.stats() == {
             "tasks": [], "solve_latency_s": {"count": 0, "p50": None, "p95": None},
             "charges": {"count": 0, "usd": "0.00000000"},
-            "refunds": {"count": 0, "usd": "0.00000000"}}
+            "refunds": {"count": 0, "usd": "0.00000000"},
+            "callbacks": {"pending": 0, "failed": 0}}
     run(body)
 
 

@@ -93,6 +93,7 @@ class Capd:
         self.tmp_path = tmp_path
         self.db = tmp_path / "capd.db"
         self.url = f"sqlite:///{self.db}"
+        self.key = ""  # the account a test made, where it needs one
 
     def __call__(self, *args: str) -> Run:
         return run_capd("--db", self.url, *args, cwd=self.tmp_path)
@@ -454,7 +455,8 @@ def test_stats_json_reports_counts_and_charges(capd: Capd) -> None:
 def test_stats_on_an_empty_database(capd: Capd) -> None:
     assert capd.ok("stats").lines == [
         "tasks by type and state:", "solve latency: no solved tasks",
-        "charges: 0 totalling 0.00000000 USD; refunds: 0 totalling 0.00000000 USD"]
+        "charges: 0 totalling 0.00000000 USD; refunds: 0 totalling 0.00000000 USD",
+        "callbacks: 0 pending, 0 failed"]
     stats = json.loads(capd.ok("stats", "--json").out)
     assert stats["tasks"] == [] and stats["charges"]["count"] == 0
 
@@ -854,3 +856,83 @@ def test_serve_banner_names_the_venv_script_under_run(tmp_path: Path,
     banner = serve_banner("http://127.0.0.1:8080", "sqlite:///capd.db", None, _cli_hint())
     assert ".venv/bin/capd account create --balance 5" in banner
     assert "\"clientKey\":\"<key>\"" in banner
+
+
+# -- prune (issue 12) ----------------------------------------------------------------------
+DAY_S = 24 * 3600
+
+
+def _old_solved_tasks(capd: Capd, count: int, age_s: float) -> list[int]:
+    """``count`` solved image tasks with 20 KB payloads that ended ``age_s`` ago, on the
+    account of ``capd.key``."""
+    capd.key = capd.create("10")
+
+    async def go(store: SQLiteStore) -> list[int]:
+        ids = iter(range(2_000_001, 2_000_001 + count))
+        ended = time.time() - age_s
+        done = []
+        for _ in range(count):
+            task = NewTask(account_id=1, type="ImageToTextTask", payload={"body": "x" * 20_000},
+                           options={"proxy": "u:p@203.0.113.9"}, price_units=PRICE_UNITS,
+                           created_at=ended - 1, deadline_at=ended + 60,
+                           client_ip="127.0.0.1", callback_url="https://u:p@hook.example/")
+            task_id = await store.create_task(task, lambda: next(ids))
+            assert await store.finish_task(task_id, ended, solution={"text": "x"})
+            done.append(task_id)
+        return done
+
+    return capd.store(go)
+
+
+def _without_auto_vacuum(db: Path) -> None:
+    """Make the file as capd made it before migration 4: auto_vacuum off."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA auto_vacuum = NONE")
+        conn.execute("VACUUM")
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("made_by", ["this version", "an older version"])
+def test_prune_deletes_old_tasks_and_the_file_shrinks(capd: Capd, made_by: str) -> None:
+    _old_solved_tasks(capd, 300, age_s=40 * DAY_S)
+    if made_by == "an older version":
+        _without_auto_vacuum(capd.db)
+    size_before = capd.db.stat().st_size
+    balance_before = balance_line(capd.show(capd.key))
+    out = capd.ok("prune").lines
+    assert len(out) == 1 and out[0].startswith("dropped 300 payloads, deleted 300 tasks,")
+    assert capd.db.stat().st_size < size_before / 4
+    assert balance_line(capd.show(capd.key)) == balance_before
+    conn = sqlite3.connect(capd.db)
+    try:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental from now
+        assert conn.execute("SELECT COUNT(*) FROM ledger WHERE kind = 'charge'"
+                            ).fetchone()[0] == 300
+    finally:
+        conn.close()
+
+
+def test_prune_drops_payloads_but_keeps_tasks_within_task_retention(capd: Capd) -> None:
+    [task_id] = _old_solved_tasks(capd, 1, age_s=2 * DAY_S)
+    summary = json.loads(capd.ok("prune", "--json").out)
+    assert (summary["payloads_dropped"], summary["tasks_deleted"]) == (1, 0)
+
+    async def read(store: SQLiteStore) -> Any:
+        return await store.get_task(task_id)
+
+    task = capd.store(read)
+    assert (task.payload, task.options, task.callback_url) == ({}, {}, None)
+    assert task.solution == {"text": "x"}
+
+
+def test_prune_follows_retention_settings_from_the_environment(capd: Capd) -> None:
+    _old_solved_tasks(capd, 2, age_s=3600)
+    kept = capd.ok("prune").lines
+    assert kept[0].startswith("dropped 0 payloads, deleted 0 tasks"), kept
+    run = run_capd("--db", capd.url, "prune", cwd=capd.tmp_path,
+                   env=cli_env(CAPD_PAYLOAD_RETENTION_S="60", CAPD_TASK_RETENTION_S="600"))
+    assert_ok(run)
+    assert run.lines[0].startswith("dropped 2 payloads, deleted 2 tasks"), str(run)

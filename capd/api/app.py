@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -22,12 +23,14 @@ from capd.api.errors import exception_handlers, json_response
 from capd.api.middleware import BodyLimitMiddleware, ClientAddressMiddleware
 from capd.api.openapi import openapi_document
 from capd.config import Settings
+from capd.constants import PRUNE_EVERY_S
 from capd.errors import CapdError
 from capd.metrics import Metrics
-from capd.outbound.callbacks import CallbackSender
 from capd.outbound.guard import AddressGuard, TargetGuard
+from capd.outbound.outbox import OutboxSender
 from capd.outbound.proxycheck import ProxyChecker
 from capd.service import Service, result_of
+from capd.service.retention import prune_batch
 from capd.solving.builtin import BuiltinSolver
 from capd.solving.dispatch import Dispatcher
 from capd.solving.ocr import load_recogniser
@@ -43,14 +46,23 @@ SWEEP_INTERVAL_S = 1.0
 
 
 async def _sweeper(service: Service) -> None:
-    """Fail tasks past their deadline, once a second; forget ended counters now and then."""
+    """Fail tasks past their deadline, once a second; forget ended counters now and then;
+    apply retention every PRUNE_EVERY_S, one bounded batch of each kind at a time."""
     rounds = 0
+    next_prune = service.clock()
     while True:
         try:
             await service.expire_overdue()
             rounds += 1
             if rounds % 60 == 0:
                 await service.store.sweep_counters(service.clock())
+            now = service.clock()
+            if now >= next_prune:
+                next_prune = now + PRUNE_EVERY_S
+                pruned = await prune_batch(service.store, service.settings, now)
+                if pruned.payloads_dropped or pruned.tasks_deleted:
+                    log.info("retention: %d payloads dropped, %d tasks deleted",
+                             pruned.payloads_dropped, pruned.tasks_deleted)
         except Exception:
             log.exception("deadline sweep failed")
         await asyncio.sleep(SWEEP_INTERVAL_S)
@@ -99,15 +111,22 @@ def create_app(settings: Settings, *, store: Store | None = None,
     service = Service(settings, store, dispatcher, clock, metrics_registry, proxy_guard,
                       callback_guard, proxy_checker=checker,
                       target_guard=TargetGuard(settings.allow_private_targets))
-    callbacks = CallbackSender(callback_guard, settings.callback_timeout_s,
-                               settings.callback_retries)
+    callbacks = OutboxSender(store, callback_guard, clock,
+                             timeout_s=settings.callback_timeout_s,
+                             retries=settings.callback_retries,
+                             backoff_s=settings.callback_backoff_s,
+                             concurrency=settings.callback_concurrency,
+                             per_account=settings.callback_per_account)
 
-    def send_callback(task: Task) -> None:
-        if task.callback_url:
-            callbacks.submit(task.callback_url,
-                             {**capmonster.result_payload(result_of(task)), "taskId": task.id})
+    def callback_body(task: Task) -> str:
+        """What a callback POSTs: getTaskResult's answer with the task's id (spec §8)."""
+        payload = {**capmonster.result_payload(result_of(task)), "taskId": task.id}
+        return orjson.dumps(payload).decode()
 
-    service.finish_listeners.append(send_callback)
+    # the body is written to the outbox with the finish itself; then wake the sender
+    service.callback_body = callback_body
+    service.finish_listeners.append(lambda task: callbacks.wake() if task.callback_url
+                                    else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -158,8 +177,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers=exception_handlers())
     app.state.service = service
+    app.state.callbacks = callbacks
     app.state.desk = WorkerDesk(store, dispatcher, clock, settings, service.finish_task)
-    app.state.callbacks = callbacks  # the console shows what is pending
     app.state.ready = False
     app.state.openapi = openapi_document()
     return app

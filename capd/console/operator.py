@@ -103,11 +103,10 @@ async def dashboard(request: Request, session: ConsoleSession) -> Response:
     workers = [{"activity": w, "online": w.last_seen is not None and w.last_seen >= now - window,
                 "external": w.leases_held - w.builtin_leases}
                for w in await svc.store.workers_online(now)]
-    callbacks = getattr(request.app.state, "callbacks", None)
     return page(request, "admin/dashboard.html", queues=queues, workers=workers, now=now,
                 builtin_threads=(svc.settings.ocr_threads or default_threads())
                 if svc.settings.builtin_ocr else 0,
-                callbacks=callbacks.snapshot() if callbacks is not None else None,
+                callbacks=await svc.store.callback_counts(),
                 csrf=session.csrf, **await usage_context(request, None))
 
 

@@ -1,5 +1,9 @@
 """The callback sender (spec §8): POSTs a finished task's result to its ``callbackUrl``.
 
+``post_callback`` is one attempt (guard, then the checked address); the server delivers
+through ``capd.outbound.outbox`` (durable, per-account fair), which uses it. The
+``CallbackSender`` below is the in-memory variant, for a caller without a store.
+
 Each callback is a job on a bounded in-memory queue, taken by ``concurrency`` sender
 tasks. One attempt is: check the URL's host with the guard, then POST to the checked
 address itself, all within ``timeout_s``. Success is any 2xx. Otherwise the job is put back
@@ -82,11 +86,7 @@ class CallbackSender:
         """Start the sender tasks on the running loop (a second call does nothing)."""
         if self._workers:
             return
-        self._transport = httpx.AsyncHTTPTransport(
-            verify=self._verify, trust_env=False,
-            # no keep-alive: pooled connections are keyed by IP, and a TLS connection made
-            # for one host name must never carry a request for another name on that IP
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
+        self._transport = callback_transport(self._verify)
         self._workers = [asyncio.create_task(self._work(), name=f"callback-sender-{i}")
                          for i in range(self._concurrency)]
 
@@ -120,11 +120,8 @@ class CallbackSender:
         The payload is serialised here (orjson, as getTaskResult renders it).
         """
         body = orjson.dumps(payload)
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError):
-            parsed = None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        parsed = callback_url(url)
+        if parsed is None:
             self.failed += 1
             log.warning("callback to %s not sent: not an http(s) URL with a host",
                         redacted(url))
@@ -204,37 +201,63 @@ class CallbackSender:
             self._finish()
 
     async def _attempt(self, job: _Job) -> bool | str | None:
-        """True when delivered; None when the guard refuses the host; else why it failed.
-
-        Redirects are not followed (one would lead past the guard): a 3xx is a failure.
-        """
         assert self._transport is not None
-        url = job.url
-        host = url.raw_host.decode("ascii")
-        addrs = await self._guard.public_addresses(host)
-        if addrs is None:
-            return None
-        headers = {"Host": url.netloc.decode("ascii"), "Content-Type": "application/json",
-                   "User-Agent": USER_AGENT}
-        if url.username or url.password:
-            login = f"{url.username}:{url.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(login).decode()
-        extensions: dict[str, Any] = {"timeout": httpx.Timeout(self._timeout_s).as_dict()}
-        if url.scheme == "https":
-            extensions["sni_hostname"] = host  # TLS (SNI, certificate) still checks the name
-        why = "no address"
-        for addr in addrs:
-            request = httpx.Request("POST", url.copy_with(host=str(addr)), headers=headers,
-                                    content=job.body, extensions=extensions)
-            try:
-                response = await self._transport.handle_async_request(request)
-            except httpx.ConnectError:  # refused, unreachable, or the TLS handshake failed
-                why = "ConnectError"
-                continue  # try the host's next address
-            try:
-                if 200 <= response.status_code < 300:
-                    return True
-                return f"HTTP {response.status_code}"
-            finally:
-                await response.aclose()  # the body is never read
-        return why
+        return await post_callback(self._transport, self._guard, job.url, job.body,
+                                   self._timeout_s)
+
+
+def callback_transport(verify: ssl.SSLContext | bool = True) -> httpx.AsyncHTTPTransport:
+    """The transport callbacks go through (one per sender, closed when it stops)."""
+    return httpx.AsyncHTTPTransport(
+        verify=verify, trust_env=False,
+        # no keep-alive: pooled connections are keyed by IP, and a TLS connection made
+        # for one host name must never carry a request for another name on that IP
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
+
+
+def callback_url(url: str) -> httpx.URL | None:
+    """``url`` parsed, when it is an http(s) URL with a host; else None."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return None
+    return parsed
+
+
+async def post_callback(transport: httpx.AsyncHTTPTransport, guard: AddressGuard,
+                        url: httpx.URL, body: bytes, timeout_s: float) -> bool | str | None:
+    """One attempt: True when delivered (2xx); None when the guard refuses the host;
+    else why it failed. The caller bounds the whole attempt by ``timeout_s``.
+
+    Redirects are not followed (one would lead past the guard): a 3xx is a failure.
+    """
+    host = url.raw_host.decode("ascii")
+    addrs = await guard.public_addresses(host)
+    if addrs is None:
+        return None
+    headers = {"Host": url.netloc.decode("ascii"), "Content-Type": "application/json",
+               "User-Agent": USER_AGENT}
+    if url.username or url.password:
+        login = f"{url.username}:{url.password}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(login).decode()
+    extensions: dict[str, Any] = {"timeout": httpx.Timeout(timeout_s).as_dict()}
+    if url.scheme == "https":
+        extensions["sni_hostname"] = host  # TLS (SNI, certificate) still checks the name
+    why = "no address"
+    for addr in addrs:
+        request = httpx.Request("POST", url.copy_with(host=str(addr)), headers=headers,
+                                content=body, extensions=extensions)
+        try:
+            response = await transport.handle_async_request(request)
+        except httpx.ConnectError:  # refused, unreachable, or the TLS handshake failed
+            why = "ConnectError"
+            continue  # try the host's next address
+        try:
+            if 200 <= response.status_code < 300:
+                return True
+            return f"HTTP {response.status_code}"
+        finally:
+            await response.aclose()  # the body is never read
+    return why

@@ -146,6 +146,9 @@ class Service:
         self.rules = validation_rules(settings)
         self.policy = policy or Policy(store, limit_rules(settings), clock)
         self.finish_listeners: list[Callable[[Task], Any]] = []
+        # renders a finished task's callback body; with it, a task that has a callback URL
+        # gets its outbox row in the transaction that finishes it (issue 12)
+        self.callback_body: Callable[[Task], str] | None = None
         # final outcomes never change: polled again and again, each is built once
         self._final_results: dict[int, TaskResult] = {}
         self._queue_stats_cache: dict[int, tuple[float, QueueLoad]] = {}  # getQueueStats
@@ -374,7 +377,8 @@ class Service:
                           ) -> Task | None:
         """Complete a task once (capture or release) and tell the listeners."""
         done = await self.store.finish_task(task_id, self.clock(), solution=solution,
-                                            error_code=error_code, owner=owner)
+                                            error_code=error_code, owner=owner,
+                                            callback=self.callback_body)
         if done is not None:
             outcome = "solved" if done.state == TaskState.SOLVED else (done.error_code or "")
             self.metrics.inc("capd_tasks_finished_total", type=done.type, outcome=outcome)

@@ -218,6 +218,28 @@ def usage_rows(rows: Iterable[Sequence[Any]]) -> list[UsageRow]:
     return sorted(out, key=lambda u: (u.bucket_start, u.type))
 
 
+# -- retention and the callback outbox (issue 12) ----------------------------------------
+class CallbackState(StrEnum):
+    PENDING = "pending"  # due at ``next_at``; claimed while ``leased_until`` is ahead
+    DELIVERED = "delivered"
+    FAILED = "failed"  # given up: refused by the guard, or out of retries
+
+
+@dataclass(frozen=True)
+class Callback:
+    """One row of the callback outbox: a finished task's result to POST to its URL."""
+
+    id: int
+    task_id: int
+    account_id: int
+    url: str
+    body: str  # the JSON text to POST
+    attempts: int  # attempts started, the claimed one included
+    next_at: float
+    state: CallbackState
+    leased_until: float | None
+
+
 class Store(Protocol):
     """Persistence primitives. Every method is atomic on its own."""
 
@@ -295,10 +317,15 @@ class Store(Protocol):
         expired) whose deadline is still ahead, oldest first. Each is handed to one caller."""
 
     async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
-                          error_code: str | None = None, owner: str | None = None) -> Task | None:
+                          error_code: str | None = None, owner: str | None = None,
+                          callback: Callable[[Task], str] | None = None) -> Task | None:
         """Complete an open task exactly once: with a solution (capture the reservation as a
         charge) or an error code (release it). With ``owner``, only the holder of a live lease
-        may complete. Returns the finished task, or None when nothing changed."""
+        may complete. Returns the finished task, or None when nothing changed.
+
+        With ``callback``, when the finished task has a callback URL, a pending outbox row
+        (due at ``now``, body ``callback(finished task)``) is written in the same
+        transaction: a task is never finished without its callback queued."""
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
                            now: float) -> float | None:
@@ -367,6 +394,37 @@ class Store(Protocol):
 
     async def worker_seen_since(self, task_type: str, since: float) -> bool:
         """Whether a worker asked for this type at or after ``since``."""
+
+    # retention (issue 12)
+    async def drop_payloads(self, before: float, limit: int, now: float) -> int:
+        """Forget the payload, options and callback URL of up to ``limit`` tasks that ended
+        before ``before`` (oldest first), and settled outbox rows created before it; one
+        short transaction. Returns how many tasks lost their payload."""
+
+    async def delete_tasks(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` tasks that ended before ``before`` (oldest first), with
+        their outbox rows; one short transaction. Ledger rows and balances are untouched
+        (ledger rows keep the ids). Returns how many tasks went."""
+
+    async def reclaim_space(self) -> int:
+        """Give freed pages back to the file system where the backend can (SQLite: an
+        incremental vacuum, and once a full VACUUM that turns auto_vacuum on); returns the
+        bytes the database shrank by (0 where the backend cannot tell)."""
+
+    # callback outbox (issue 12)
+    async def claim_callbacks(self, now: float, lease_s: float, limit: int,
+                              per_account: int) -> list[Callback]:
+        """Lease up to ``limit`` due pending callbacks (oldest due first) until
+        ``now + lease_s``, counting the attempt; an account never has more than
+        ``per_account`` under a live lease, across all nodes. Each goes to one claimer."""
+
+    async def settle_callback(self, callback_id: int, state: CallbackState,
+                              next_at: float) -> bool:
+        """End a claimed attempt: ``delivered``, ``failed`` (final), or ``pending`` again
+        from ``next_at``; the lease is released. False when the row is no longer pending."""
+
+    async def callback_counts(self) -> dict[str, int]:
+        """Outbox rows by state: ``pending``, ``delivered``, ``failed`` (each present)."""
 
     # operator views
     async def stats(self, now: float) -> dict[str, Any]: ...

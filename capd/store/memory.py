@@ -24,6 +24,8 @@ from capd.store.base import (
     Account,
     AdminToken,
     Ban,
+    Callback,
+    CallbackState,
     Caller,
     ConsoleSession,
     KeyRecord,
@@ -79,6 +81,7 @@ class _Task:
     error_code: str | None = None
     cost_units: int = 0
     reported_at: float | None = None
+    payload_dropped_at: float | None = None
 
     def view(self, with_payload: bool = True) -> Task:
         return Task(
@@ -92,6 +95,26 @@ class _Task:
             solution=orjson.loads(self.solution) if self.solution is not None else None,
             error_code=self.error_code, cost_units=self.cost_units, client_ip=self.client_ip,
             callback_url=self.callback_url, reported_at=self.reported_at)
+
+
+@dataclass
+class _Callback:
+    """An outbox row as stored (``capd.store.outbox`` keeps the same rules in SQL)."""
+
+    id: int
+    task_id: int
+    account_id: int
+    url: str
+    body: str
+    created_at: float
+    next_at: float
+    attempts: int = 0
+    state: CallbackState = CallbackState.PENDING
+    leased_until: float | None = None
+
+    def view(self) -> Callback:
+        return Callback(self.id, self.task_id, self.account_id, self.url, self.body,
+                        self.attempts, self.next_at, self.state, self.leased_until)
 
 
 @dataclass
@@ -128,6 +151,8 @@ class MemoryStore(OneProcess):
         self._token_ids = itertools.count(1)
         self._admin_token_ids = itertools.count(1)
         self._charged: set[tuple[int, str]] = set()  # (task id, kind): once per task
+        self._outbox: dict[int, _Callback] = {}
+        self._outbox_ids = itertools.count(1)
 
     # -- schema -----------------------------------------------------------------------------
     async def migrate(self) -> int:
@@ -282,7 +307,8 @@ class MemoryStore(OneProcess):
         return [t.view() for t in ready]
 
     async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
-                          error_code: str | None = None, owner: str | None = None) -> Task | None:
+                          error_code: str | None = None, owner: str | None = None,
+                          callback: Callable[[Task], str] | None = None) -> Task | None:
         outcome = finish_outcome(solution, error_code)
         task = self._tasks.get(task_id)
         if task is None or not may_finish(task.state, task.lease_owner, task.lease_until, owner,
@@ -297,7 +323,12 @@ class MemoryStore(OneProcess):
         task.state, task.ended_at, task.solution = outcome, now, encoded
         task.error_code, task.cost_units = error_code, charge
         task.reserved_units, task.lease_until = 0, None
-        return task.view()
+        finished = task.view()
+        if callback is not None and task.callback_url:
+            row_id = next(self._outbox_ids)
+            self._outbox[row_id] = _Callback(row_id, task_id, task.account_id,
+                                             task.callback_url, callback(finished), now, now)
+        return finished
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
                            now: float) -> float | None:
@@ -412,6 +443,78 @@ class MemoryStore(OneProcess):
         if token is None or token.revoked_at is not None:
             return None
         return WorkerToken(token.id, token.name, token.types, token.created_at)
+
+    # -- retention ---------------------------------------------------------------------------
+    def _ended_before(self, before: float, limit: int, keep_payload: bool) -> list[_Task]:
+        ended = sorted((t for t in self._tasks.values() if t.ended_at is not None
+                        and t.ended_at < before
+                        and (not keep_payload or t.payload_dropped_at is None)),
+                       key=lambda t: (t.ended_at or 0.0, t.id))
+        return ended[:max(limit, 0)]
+
+    def _outbox_before(self, before: float, limit: int, settled: bool) -> list[_Callback]:
+        rows = sorted((c for c in self._outbox.values() if c.created_at < before
+                       and (not settled or c.state != CallbackState.PENDING)),
+                      key=lambda c: (c.created_at, c.id))
+        return rows[:max(limit, 0)]
+
+    async def drop_payloads(self, before: float, limit: int, now: float) -> int:
+        tasks = self._ended_before(before, limit, keep_payload=True)
+        for task in tasks:
+            task.payload = task.options = b"{}"
+            task.callback_url, task.payload_dropped_at = None, now
+        for row in self._outbox_before(before, limit, settled=True):
+            del self._outbox[row.id]
+        return len(tasks)
+
+    async def delete_tasks(self, before: float, limit: int) -> int:
+        tasks = self._ended_before(before, limit, keep_payload=False)
+        for task in tasks:
+            del self._tasks[task.id]
+        for row in self._outbox_before(before, limit, settled=False):
+            del self._outbox[row.id]
+        return len(tasks)
+
+    async def reclaim_space(self) -> int:
+        """Python frees what nothing refers to; nothing to measure."""
+        return 0
+
+    # -- callback outbox -----------------------------------------------------------------------
+    async def claim_callbacks(self, now: float, lease_s: float, limit: int,
+                              per_account: int) -> list[Callback]:
+        if limit <= 0 or per_account <= 0:
+            return []
+        busy: dict[int, int] = {}
+        for row in self._outbox.values():
+            if row.state == CallbackState.PENDING and (row.leased_until or 0.0) > now:
+                busy[row.account_id] = busy.get(row.account_id, 0) + 1
+        due = sorted((r for r in self._outbox.values() if r.state == CallbackState.PENDING
+                      and r.next_at <= now and (r.leased_until is None or r.leased_until <= now)),
+                     key=lambda r: (r.next_at, r.id))
+        claimed: list[Callback] = []
+        for row in due:
+            if len(claimed) >= limit:
+                break
+            if busy.get(row.account_id, 0) >= per_account:
+                continue
+            busy[row.account_id] = busy.get(row.account_id, 0) + 1
+            row.leased_until, row.attempts = now + lease_s, row.attempts + 1
+            claimed.append(row.view())
+        return claimed
+
+    async def settle_callback(self, callback_id: int, state: CallbackState,
+                              next_at: float) -> bool:
+        row = self._outbox.get(callback_id)
+        if row is None or row.state != CallbackState.PENDING:
+            return False
+        row.state, row.next_at, row.leased_until = state, next_at, None
+        return True
+
+    async def callback_counts(self) -> dict[str, int]:
+        counts = {state.value: 0 for state in CallbackState}
+        for row in self._outbox.values():
+            counts[row.state.value] += 1
+        return counts
 
     # -- operator views ----------------------------------------------------------------------
     async def stats(self, now: float) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from capd.store.base import (
 )
 from capd.store.counters import Bounded, FinalTasks
 from capd.store.migrations import migration_scripts
+from capd.store.outbox import OutboxStatements, SqlOutbox
+from capd.store.retention import RetentionStatements, SqlRetention
 from capd.store.transitions import (
     BAN_COLS,
     POSTGRES,
@@ -118,11 +120,13 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 @raises_store_unavailable(_is_outage)
-class PostgresStore(SqlTransitions):
+class PostgresStore(SqlTransitions, SqlRetention, SqlOutbox):
     """Store backend on a PostgreSQL database (asyncpg connection pool)."""
 
     backend = "postgres"
     _sql = Statements(POSTGRES)
+    _retention_sql = RetentionStatements(POSTGRES)
+    _outbox_sql = OutboxStatements(POSTGRES)
 
     def __init__(self, url: str, min_connections: int = 1, max_connections: int = 10) -> None:
         self.url = url
@@ -404,6 +408,13 @@ class PostgresStore(SqlTransitions):
     async def _workers_seen(self) -> dict[str, float]:
         rows = await (await self._p()).fetch("SELECT type, seen_at FROM worker_seen")
         return {r[0]: float(r[1]) for r in rows}
+
+    # -- retention ---------------------------------------------------------------------------
+    async def reclaim_space(self) -> int:
+        """A plain VACUUM of the pruned tables: their dead rows become reusable space (it
+        takes no lock that blocks reads or writes); the files rarely shrink, so 0."""
+        await (await self._p()).execute("VACUUM tasks, callbacks_outbox")
+        return 0
 
     # -- operator views ----------------------------------------------------------------------
     async def stats(self, now: float) -> dict[str, Any]:

@@ -23,6 +23,8 @@ import orjson
 from capd.store.base import Ban, Caller, StoreUnavailable, WorkerToken
 from capd.store.counters import Bounded, FinalTasks, OneProcess
 from capd.store.migrations import migration_scripts
+from capd.store.outbox import OutboxStatements, SqlOutbox
+from capd.store.retention import RetentionStatements, SqlRetention
 from capd.store.transitions import (
     BAN_COLS,
     SQLITE,
@@ -103,11 +105,13 @@ class _Db:
         """One serving process: the dispatcher hears of new work directly."""
 
 
-class SQLiteStore(SqlTransitions, OneProcess):
+class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
     """Store backend on one SQLite database file."""
 
     backend = "sqlite"
     _sql = Statements(SQLITE)
+    _retention_sql = RetentionStatements(SQLITE)
+    _outbox_sql = OutboxStatements(SQLITE)
 
     def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
         self.path = path
@@ -117,6 +121,9 @@ class SQLiteStore(SqlTransitions, OneProcess):
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=busy_timeout_ms / 1000)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        # a new file takes it now, before its first table; an older one at its next VACUUM
+        # (``reclaim_space``): freed pages can then go back in steps (issue 12)
+        self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         if path != ":memory:":
             self._db.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode: a commit survives a process crash (SIGKILL); only a power cut
@@ -365,6 +372,31 @@ class SQLiteStore(SqlTransitions, OneProcess):
             token = WorkerToken(row[0], row[1], types, row[3])
         self._worker_tokens.put(token_hash, token)
         return token
+
+    # -- retention ---------------------------------------------------------------------------
+    async def reclaim_space(self) -> int:
+        try:
+            return self._reclaim()
+        except sqlite3.OperationalError as exc:
+            _reraise(exc)
+
+    def _reclaim(self) -> int:
+        def size() -> int:
+            pages = self._one("PRAGMA page_count")[0]
+            return int(pages) * int(self._one("PRAGMA page_size")[0])
+
+        before = size()
+        if self._one("PRAGMA auto_vacuum")[0] != 2:  # 2: INCREMENTAL
+            # a database made before migration 4: one full rewrite turns the mode on
+            self._run("PRAGMA auto_vacuum = INCREMENTAL")
+            self._run("VACUUM")
+        else:
+            # run to completion: a single step (as execute() does) frees only one page
+            self._db.executescript("PRAGMA incremental_vacuum;")
+        # WAL: the main file shrinks when the log is written back (skipped while readers
+        # hold it; the next checkpoint does it then)
+        self._one("PRAGMA wal_checkpoint(TRUNCATE)")
+        return max(before - size(), 0)
 
     # -- operator views ----------------------------------------------------------------------
     async def stats(self, now: float) -> dict[str, Any]:

@@ -18,6 +18,8 @@ Task transitions (from -> to: guard; money):
   holder of a live lease; capture: R -= reserved, B -= price, ledger ``charge`` of -price.
 - ``finish_task``   queued or leased -> failed (with an error code): same guard;
   release: R -= reserved.
+- either ``finish_task``, given ``callback`` and a task with a callback URL, also writes
+  its pending callback outbox row in the same transaction (``capd.store.outbox``).
 - ``report_task``   solved, not yet reported -> solved and reported: the account's own
   task, ended within ``window_s``; with ``refund``, B += cost and a ledger ``refund``.
 
@@ -295,6 +297,10 @@ class Statements:
             f"UPDATE tasks SET state = $1, ended_at = $2, solution = $3, error_code = $4,"
             f" cost_units = $5, reserved_units = 0, lease_until = NULL WHERE id = $6"
             f" RETURNING {TASK_COLS}")
+        # the finished task's callback, due at once (capd.store.outbox delivers it)
+        self.queue_callback = q(
+            "INSERT INTO callbacks_outbox (task_id, account_id, url, body, created_at,"
+            " next_at) VALUES ($1, $2, $3, $4, $5, $5)")
         self.settle = q("UPDATE accounts SET reserved_units = reserved_units - $1,"
                         " balance_units = balance_units - $2 WHERE id = $3")
         self.extend = q(
@@ -479,7 +485,8 @@ class SqlTransitions:
         return sorted((task_from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
 
     async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
-                          error_code: str | None = None, owner: str | None = None) -> Task | None:
+                          error_code: str | None = None, owner: str | None = None,
+                          callback: Callable[[Task], str] | None = None) -> Task | None:
         outcome = finish_outcome(solution, error_code)
         sql = self._sql
         async with self._tdb.transaction() as tx:
@@ -498,8 +505,12 @@ class SqlTransitions:
             if charge:
                 await tx.execute(sql.insert_ledger, account_id, now, "charge", -charge,
                                  task_id, SYSTEM_ACTOR, CHARGE_NOTE)
-        assert done is not None
-        return task_from_row(done)
+            assert done is not None
+            finished = task_from_row(done)
+            if callback is not None and finished.callback_url:
+                await tx.execute(sql.queue_callback, task_id, account_id,
+                                 finished.callback_url, callback(finished), now)
+        return finished
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
                            now: float) -> float | None:

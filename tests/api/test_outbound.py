@@ -171,3 +171,29 @@ def test_callback_on_failure_carries_the_error(make_server: Any, receiver: Any) 
         "type": "ImageToTextTask", "body": base64.b64encode(b"\x00" * 200).decode()}})["taskId"]
     _, body = receiver.bodies.get(timeout=15)
     assert body["taskId"] == task_id and body["errorCode"] == "ERROR_CAPTCHA_UNSOLVABLE"
+
+
+def test_callback_pending_at_shutdown_is_delivered_after_restart(
+        make_server: Any, clock: Any) -> None:
+    """Issue 12: the callback outbox is in the database, so a restart loses nothing."""
+    port = free_port()  # nothing listens there yet: the first node's attempt fails
+    first = make_server(allow_private_callbacks=True)
+    key = first.new_account("1")
+    task_id = first.call("createTask", {"clientKey": key, "task": image_task("pq82"),
+                                        "callbackUrl": f"http://127.0.0.1:{port}/hook"}
+                         )["taskId"]
+    assert first.wait_result(key, task_id)["status"] == "ready"
+    first.stop()
+    counts = first.admin(lambda store: store.callback_counts())
+    assert (counts["pending"], counts["delivered"]) == (1, 0)
+    receiver = ThreadingHTTPServer(("127.0.0.1", port), _Receiver)
+    receiver.bodies = queue.Queue()  # type: ignore[attr-defined]
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        make_server(allow_private_callbacks=True)
+        clock.advance(60)  # past any retry's backoff
+        _, body = receiver.bodies.get(timeout=15)  # type: ignore[attr-defined]
+        assert body["taskId"] == task_id and body["solution"] == {"text": "pq82"}
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
