@@ -4,7 +4,8 @@
 PRAGMA auto_vacuum = INCREMENTAL;
 -- when a finished task's payload, options and callback URL were dropped
 ALTER TABLE tasks ADD COLUMN payload_dropped_at REAL;
-CREATE INDEX tasks_ended ON tasks(ended_at) WHERE ended_at IS NOT NULL;
+-- retention: oldest finished tasks first (tasks_ended, from 0003, covers solved ones only)
+CREATE INDEX tasks_finished ON tasks(ended_at) WHERE ended_at IS NOT NULL;
 CREATE INDEX tasks_payload_kept ON tasks(ended_at)
     WHERE ended_at IS NOT NULL AND payload_dropped_at IS NULL;
 
