@@ -125,10 +125,14 @@ def encode(label: str, folded: bool) -> list[int]:
 def fold_log_probs(logp: torch.Tensor) -> torch.Tensor:
     """(T, N, C) log-probabilities -> (T, N, folded C): upper-case mass added to the
     lower-case partner."""
-    folded = logp[:, :, _FOLD_KEEP].clone()
-    for up, low in _FOLD_UPPER:
-        folded[:, :, low] = torch.logaddexp(folded[:, :, low], logp[:, :, up])
-    return folded
+    upper_of = {low: up for up, low in _FOLD_UPPER}
+    cols = []
+    for j, k in enumerate(_FOLD_KEEP):
+        col = logp[:, :, k]
+        if j in upper_of:
+            col = torch.logaddexp(col, logp[:, :, upper_of[j]])
+        cols.append(col)
+    return torch.stack(cols, dim=2)
 
 
 def make_batch(items: list[tuple[np.ndarray, str]], rng: random.Random
@@ -322,13 +326,24 @@ def main() -> None:
         t_cache = time.monotonic()
         for p in [*model.stem.parameters(), *model.body[:FRONT_BLOCKS].parameters()]:
             p.requires_grad_(False)
-        # a separate RNG, so that the cache is the same whether or not the run resumed
-        crng = random.Random(SEED + 1)
-        cgen = torch.Generator().manual_seed(SEED + 1)
-        for name, pool in [*fit.items(), ("synth", synth)]:
-            if pool:
-                cached[name] = cache_front(model, pool, crng, cgen, args.cache_aug)
-        print(f"front cached for {sum(len(v) for v in cached.values())} images in "
+        # the front never changes, so its outputs are kept on disk for --resume
+        cache_path = os.path.join(os.path.dirname(args.out) or ".", "front_cache.pt")
+        key = {"seed": SEED, "synth": len(synth), "cache_aug": args.cache_aug,
+               "counts": {k: len(v) for k, v in fit.items()}}
+        if os.path.exists(cache_path):
+            saved = torch.load(cache_path, map_location="cpu", weights_only=False)
+            if saved["key"] == key:
+                cached = saved["cached"]
+        if not cached:
+            # a separate RNG, so that the cache is the same whether or not the run resumed
+            crng = random.Random(SEED + 1)
+            cgen = torch.Generator().manual_seed(SEED + 1)
+            for name, pool in [*fit.items(), ("synth", synth)]:
+                if pool:
+                    cached[name] = cache_front(model, pool, crng, cgen, args.cache_aug)
+            torch.save({"key": key, "cached": cached}, cache_path + ".tmp")
+            os.replace(cache_path + ".tmp", cache_path)
+        print(f"front outputs for {sum(len(v) for v in cached.values())} images ready in "
               f"{time.monotonic() - t_cache:.0f}s", flush=True)
 
     budget = args.budget_min * 60.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from capd.errors import ConfigError
 from capd.solving.ocr.base import Recogniser
 
-ENGINES = ("ddddocr", "capd")
+ENGINES = ("ddddocr", "capd", "finetuned")
 
 
 def load_recogniser(name: str) -> Recogniser:
@@ -18,4 +18,8 @@ def load_recogniser(name: str) -> Recogniser:
         from capd.solving.ocr.capd_engine import CapdEngine
 
         return CapdEngine()
+    if name == "finetuned":
+        from capd.solving.ocr.finetuned_engine import FinetunedEngine
+
+        return FinetunedEngine()
     raise ConfigError(f"unknown OCR engine {name!r}; known: {', '.join(ENGINES)}")
