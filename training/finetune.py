@@ -18,8 +18,8 @@ the CTC input length of each image is its own frame count. Light augmentation: a
 affine warp, brightness / contrast jitter, sometimes blur or noise.
 
 What trains (--freeze): on a 2-core CPU a full step costs ~2.5 CPU-seconds per 32
-images, of which the stem and the first two convolution stages (the "front", 70% of
-the network's arithmetic, at 32 x W/2 and 16 x W/4 resolution) take most. The default,
+images, of which the stem and the first two convolution stages (the "front", over half
+of the network's arithmetic, at 32 x W/2 and 16 x W/4 resolution) take ~60%. The default,
 --freeze front, keeps the front at ddddocr's weights and runs it once per image at
 start (half the images augmented first, with a fixed seed); training then updates the
 last convolution stage, the BiLSTM and the output layer on the cached front outputs
