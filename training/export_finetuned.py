@@ -212,7 +212,7 @@ def main() -> None:
     held = rows_of("held")
     n_held = {s: len(r) for s, r in held.items()}
     engine = FinetunedEngine()
-    acc_ft, pairs_ft, _ = readings(engine, held)
+    acc_ft, pairs_ft, _ = readings(engine, held, with_cs=False)
     results = {"finetuned": acc_ft}
     ddddocr = None
     if not args.no_ddddocr:
