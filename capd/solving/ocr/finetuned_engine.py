@@ -1,0 +1,98 @@
+"""The fine-tuned engine: ddddocr's default network (CNN + BiLSTM) fine-tuned on real
+captchas with capd's alphabet, run with ONNX Runtime (training/finetune.py builds it).
+
+Input: the image in grey, transparency flattened onto white, resized to 64 pixels high
+with its aspect ratio kept, scaled to [0, 1] (what ddddocr's network was trained on).
+Output: one column per 8 input columns over the CTC blank + capd's 66 symbols (the
+same alphabet as the capd engine, so the same masked decoding: numeric, case folding,
+math). The confidence is the CTC path confidence (the product of each read
+character's peak probability) mapped through an isotonic calibration fitted on a
+calibration slice of real captchas that was neither trained on nor part of the
+held-out evaluation split (models/finetuned.json).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from capd.domain.tasks import ImageSpec
+from capd.solving.ocr.base import Reading, open_image
+from capd.solving.ocr.capd_engine import Calibration
+from capd.solving.ocr.post import MaskedDecoder, evaluate_expression
+
+INPUT_HEIGHT = 64
+MIN_INPUT_WIDTH = 32  # at least 4 output frames
+MAX_INPUT_WIDTH = 1024
+MODEL_FILE = "finetuned.onnx"
+META_FILE = "finetuned.json"
+_ALIASES = {"*": "×"}
+
+
+def grey64(img: Image.Image) -> np.ndarray:
+    """PIL image -> (64, W) uint8 grey, aspect ratio kept, transparency flattened onto
+    white. Training (training/finetune.py) reads images through this function."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat.alpha_composite(rgba)
+        img = flat
+    width, height = img.size
+    target_w = max(MIN_INPUT_WIDTH, min(MAX_INPUT_WIDTH, round(width * INPUT_HEIGHT / height)))
+    gray = img.convert("L").resize((target_w, INPUT_HEIGHT), Image.Resampling.LANCZOS)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def to_input(grey: np.ndarray) -> np.ndarray:
+    """uint8 (64, W) -> float32 (1, 1, 64, W) in [0, 1], the network's input."""
+    return (grey.astype(np.float32) / 255.0)[np.newaxis, np.newaxis]
+
+
+class FinetunedEngine:
+    """ddddocr's network fine-tuned for capd, masked CTC decoding, calibrated confidence."""
+
+    name = "finetuned"
+
+    def __init__(self, model: bytes | None = None, calibrate: bool = True) -> None:
+        pkg = resources.files("capd.solving.ocr").joinpath("models")
+        if model is None:
+            model = pkg.joinpath(MODEL_FILE).read_bytes()
+        meta = json.loads(pkg.joinpath(META_FILE).read_text())
+        opts = ort.SessionOptions()
+        # one thread per inference: the pool runs one inference per core instead
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self._charset: list[str] = ["", *meta["charset"]]  # column 0 is the CTC blank
+        self._calibration: Calibration | None = None
+        cal = meta.get("calibration")
+        if calibrate and cal:
+            self._calibration = Calibration(cal["raw"], cal["calibrated"])
+        self._decoder = MaskedDecoder(self._charset, _ALIASES)
+
+    def logits(self, image: bytes) -> np.ndarray:
+        """Raw model output for one image: (T, classes)."""
+        pixels = to_input(grey64(open_image(image)))
+        out = self._session.run(None, {self._input: pixels})[0]
+        return out.reshape(out.shape[0], -1)
+
+    def decode(self, frames: np.ndarray, spec: ImageSpec) -> tuple[str, float]:
+        """Masked greedy CTC over one image's (T, classes) logits: text, raw confidence."""
+        return self._decoder.decode(frames, spec)
+
+    def finish(self, text: str, raw: float, spec: ImageSpec) -> Reading:
+        confidence = self._calibration(raw) if self._calibration else raw
+        if spec.math:
+            answer = evaluate_expression(text)
+            return Reading(answer or "", confidence if answer else 0.0)
+        return Reading(text, confidence if text else 0.0)
+
+    def read(self, image: bytes, spec: ImageSpec) -> Reading:
+        text, raw = self.decode(self.logits(image), spec)
+        return self.finish(text, raw, spec)

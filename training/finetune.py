@@ -1,0 +1,432 @@
+"""Fine-tune ddddocr's default network on real captchas, with capd's alphabet.
+
+    nice -n 19 python -m training.finetune --budget-min 60 [--resume]
+
+Start: ddddocr's network and weights (training/ddddocr_net.py, dequantised from its
+ONNX file) with its 8210-class output layer replaced by one over the CTC blank + capd's
+66 symbols (training.model.CHARSET: digits, a-z, A-Z, + - × =, case kept). Every row
+of the new layer is copied from the old layer's row for the same character (all 66
+exist in ddddocr's charset), so step 0 reads like ddddocr restricted to capd's alphabet.
+
+Data: the fit part of each scheme's train split (training/datasets.py: the fixed 80/20
+split, minus the last 10% of the train split kept for calibration; the held-out 20% is
+never trained on), read through the engine's own preprocessing
+(finetuned_engine.grey64), plus a small pool of synthetic captchas from training/synth.py
+for variety (--synth-share of the batches). A batch holds one scheme's images, each at
+its own width (aspect ratio kept, jittered x0.9-1.1), right-padded with its edge column;
+the CTC input length of each image is its own frame count. Light augmentation: a small
+affine warp, brightness / contrast jitter, sometimes blur or noise.
+
+What trains (--freeze): on a 2-core CPU a full step costs ~2.5 CPU-seconds per 32
+images, of which the stem and the first two convolution stages (the "front", over half
+of the network's arithmetic, at 32 x W/2 and 16 x W/4 resolution) take ~60%. The default,
+--freeze front, keeps the front at ddddocr's weights and runs it once per image at
+start (half the images augmented first, with a fixed seed); training then updates the
+last convolution stage, the BiLSTM and the output layer on the cached front outputs
+(width jitter applied to the cached features), ~1 CPU-second per 32 images.
+--freeze none trains every layer on freshly augmented pixels every step.
+
+Case: labels of case-sensitive schemes are trained as they are. For a scheme whose
+labels do not carry the drawn case (datasets.CASE_INSENSITIVE), the CTC loss runs over
+case-folded classes: each lower-case class's probability is summed with its upper-case
+partner's, so either case drawn in the image satisfies the lower-case label.
+
+Schedule: AdamW, warm-up then cosine over the wall-clock budget (--budget-min); the
+time already spent survives --resume, so a resumed run continues the same schedule.
+Every --save-min minutes a checkpoint (model, optimiser, step, elapsed time, every RNG
+state) goes to --out; --resume restarts from it. Every --val-min minutes the exact
+(case-insensitive) accuracy per scheme on a fixed sample of the held-out split is
+logged (monitoring only; nothing is selected on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import random
+import time
+
+# on a shared CPU, idle OpenMP threads should sleep rather than spin (set before torch)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
+
+from capd.solving.ocr.finetuned_engine import grey64  # noqa: E402
+from training import datasets  # noqa: E402
+from training.ddddocr_net import FRONT_BLOCKS, DdddNet, pretrained  # noqa: E402
+from training.model import CHARSET  # noqa: E402
+
+SEED = 20261127
+CHECKPOINT = "training/out/finetune.pt"
+N_CLASSES = len(CHARSET) + 1
+CHAR_INDEX = {c: i + 1 for i, c in enumerate(CHARSET)}
+# case-folded class space: blank, every non-upper-case symbol; an upper-case letter
+# maps onto its lower-case partner's folded class
+_FOLD_KEEP = [0] + [i + 1 for i, c in enumerate(CHARSET) if not c.isupper()]
+FOLD_INDEX = {CHARSET[k - 1]: j for j, k in enumerate(_FOLD_KEEP) if k}
+_FOLD_UPPER = [(CHARSET.index(c.upper()) + 1, FOLD_INDEX[c]) for c in CHARSET
+               if c.islower() and c.upper() in CHARSET]
+
+
+def capd_head(net: DdddNet) -> DdddNet:
+    """Replace the 8210-class output layer by one over capd's charset, each row copied
+    from ddddocr's row for the same character (row 0: the CTC blank)."""
+    from ddddocr.charsets import CHARSET_OLD
+
+    old = net.head
+    new = nn.Linear(old.in_features, N_CLASSES)
+    rows = [0] + [CHARSET_OLD.index(c) for c in CHARSET]
+    with torch.no_grad():
+        new.weight.copy_(old.weight[rows])
+        new.bias.copy_(old.bias[rows])
+    net.head = new
+    return net
+
+
+def build_model() -> DdddNet:
+    return capd_head(pretrained()).train()
+
+
+def load_images(rows: list[tuple[str, str]]) -> list[tuple[np.ndarray, str]]:
+    out = []
+    for path, label in rows:
+        with Image.open(path) as im:
+            im.load()
+            out.append((grey64(im), label))
+    return out
+
+
+def synth_pool(n: int, seed: int) -> list[tuple[np.ndarray, str]]:
+    """n synthetic captchas (train fonts) at their native size, as grey64 arrays."""
+    from training import config
+    from training.synth import make_sample, sample_style, usable_fonts
+
+    rng = random.Random(seed)
+    fonts = usable_fonts(config.fonts_for("train"))
+    out = []
+    for _ in range(n):
+        im, label, _ = make_sample(rng, sample_style(rng), fonts)
+        out.append((grey64(im), label))
+    return out
+
+
+def encode(label: str, folded: bool) -> list[int]:
+    if folded:
+        return [FOLD_INDEX[c.lower() if c.isupper() else c] for c in label]
+    return [CHAR_INDEX[c] for c in label]
+
+
+def fold_log_probs(logp: torch.Tensor) -> torch.Tensor:
+    """(T, N, C) log-probabilities -> (T, N, folded C): upper-case mass added to the
+    lower-case partner."""
+    upper_of = {low: up for up, low in _FOLD_UPPER}
+    cols = []
+    for j, k in enumerate(_FOLD_KEEP):
+        col = logp[:, :, k]
+        if j in upper_of:
+            col = torch.logaddexp(col, logp[:, :, upper_of[j]])
+        cols.append(col)
+    return torch.stack(cols, dim=2)
+
+
+def make_batch(items: list[tuple[np.ndarray, str]], rng: random.Random
+               ) -> tuple[torch.Tensor, list[int]]:
+    """uint8 grey images of height 64 -> (N, 1, 64, Wmax) float in [0, 1] with each
+    image's width jittered (x0.88-1.12) and right-padded with its last column, plus each
+    image's frame count."""
+    scaled = []
+    for grey, _ in items:
+        h, w = grey.shape
+        new_w = max(32, int(round(w * rng.uniform(0.88, 1.12))))
+        img = Image.fromarray(grey).resize((new_w, h), Image.Resampling.BILINEAR)
+        scaled.append(np.asarray(img, dtype=np.uint8))
+    wmax = max(s.shape[1] for s in scaled)
+    wmax = (wmax + 7) // 8 * 8
+    batch = np.empty((len(scaled), 1, 64, wmax), dtype=np.uint8)
+    frames = []
+    for i, s in enumerate(scaled):
+        w = s.shape[1]
+        batch[i, 0, :, :w] = s
+        batch[i, 0, :, w:] = s[:, -1:]
+        frames.append((w + 7) // 8)
+    return torch.from_numpy(batch).float() / 255.0, frames
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Light augmentation of a (N, 1, 64, W) batch in [0, 1]."""
+    n = x.shape[0]
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+    on = (torch.rand(n, generator=gen) < 0.6).float()
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = 1 + on * u(-0.03, 0.06)
+    theta[:, 0, 1] = on * u(-0.08, 0.08)   # shear
+    theta[:, 0, 2] = on * u(-0.02, 0.02)
+    theta[:, 1, 0] = on * u(-0.02, 0.02)   # slight rotation
+    theta[:, 1, 1] = 1 + on * u(-0.05, 0.08)
+    theta[:, 1, 2] = on * u(-0.05, 0.05)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    # contrast / brightness around the image mean
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    x = (x - mean) * u(0.75, 1.2).view(n, 1, 1, 1) + mean + u(-0.08, 0.08).view(n, 1, 1, 1)
+    blur = (torch.rand(n, 1, 1, 1, generator=gen) < 0.15).float()
+    k = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k.view(1, 1, 3, 3))
+    x = blur * blurred + (1 - blur) * x
+    noisy = (torch.rand(n, 1, 1, 1, generator=gen) < 0.25).float()
+    sigma = u(0.0, 0.06).view(n, 1, 1, 1)
+    x = x + noisy * sigma * torch.randn(x.shape, generator=gen)
+    return x.clamp(0.0, 1.0)
+
+
+def cache_front(model: DdddNet, items: list[tuple[np.ndarray, str]], rng: random.Random,
+                gen: torch.Generator, aug_share: float) -> list[tuple[torch.Tensor, str]]:
+    """Run the frozen front once per image (a share of them lightly augmented first):
+    (front output as float16 (48, 16, W/4), label)."""
+    out = []
+    with torch.no_grad():
+        for grey, label in items:
+            x = torch.tensor(grey, dtype=torch.float32).div(255.0)[None, None]
+            if rng.random() < aug_share:
+                x = augment(x, gen)
+            out.append((model.front(x)[0].half(), label))
+    return out
+
+
+def feature_batch(items: list[tuple[torch.Tensor, str]], rng: random.Random
+                  ) -> tuple[torch.Tensor, list[int]]:
+    """Cached front outputs -> (N, 48, 16, Wmax/4) float batch, each image's width
+    jittered (x0.9-1.1, bilinear along the width) and right-padded with its last
+    column, plus each image's frame count."""
+    feats = []
+    for feat, _ in items:
+        w = feat.shape[-1]
+        new_w = max(4, int(round(w * rng.uniform(0.9, 1.1))))
+        f = feat.float()[None]
+        if new_w != w:
+            f = F.interpolate(f, size=(f.shape[2], new_w), mode="bilinear",
+                              align_corners=False)
+        feats.append(f[0])
+    wmax = max(f.shape[-1] for f in feats)
+    wmax += wmax % 2
+    batch = torch.empty(len(feats), feats[0].shape[0], feats[0].shape[1], wmax)
+    frames = []
+    for i, f in enumerate(feats):
+        w = f.shape[-1]
+        batch[i, :, :, :w] = f
+        batch[i, :, :, w:] = f[:, :, -1:]
+        frames.append((w + 1) // 2)
+    return batch, frames
+
+
+def greedy(frames: torch.Tensor) -> str:
+    """Greedy CTC of one image's (T, C) logits over the full charset."""
+    out, prev = [], 0
+    for k in frames.argmax(-1).tolist():
+        if k != prev and k != 0:
+            out.append(CHARSET[k - 1])
+        prev = k
+    return "".join(out)
+
+
+def evaluate(model: nn.Module, sample: dict[str, list[tuple[np.ndarray, str]]]
+             ) -> dict[str, float]:
+    """Exact, case-insensitive accuracy per scheme (greedy CTC, one image at a time)."""
+    model.eval()
+    acc = {}
+    with torch.no_grad():
+        for scheme, items in sample.items():
+            right = 0
+            for grey, label in items:
+                x = torch.tensor(grey, dtype=torch.float32).div(255.0)[None, None]
+                right += greedy(model(x)[:, 0]).lower() == label.lower()
+            acc[scheme] = right / max(1, len(items))
+    model.train()
+    return acc
+
+
+def fmt_acc(acc: dict[str, float]) -> str:
+    mean = sum(acc.values()) / max(1, len(acc))
+    return f"mean {mean:.3f} | " + " ".join(f"{k}={v:.3f}" for k, v in acc.items())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget-min", type=float, default=60.0,
+                    help="wall-clock training budget, counted across resumes")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--synth", type=int, default=3000, help="synthetic pool size (0: none)")
+    ap.add_argument("--synth-share", type=float, default=0.12)
+    ap.add_argument("--val-per-scheme", type=int, default=60)
+    ap.add_argument("--val-min", type=float, default=6.0)
+    ap.add_argument("--save-min", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--freeze", choices=("front", "none"), default="front",
+                    help="front: keep the stem and the first two stages frozen and run "
+                         "them once per image (cached, ~2.5x cheaper steps); none: train "
+                         "every layer on freshly augmented pixels")
+    ap.add_argument("--cache-aug", type=float, default=0.5,
+                    help="with --freeze front: share of images augmented before caching")
+    ap.add_argument("--out", default=CHECKPOINT)
+    ap.add_argument("--resume", action="store_true", help="continue from --out")
+    ap.add_argument("--until", default="",
+                    help="HH:MM UTC: end by then even if --budget-min is not spent")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    random.seed(SEED)
+    np.random.seed(SEED % 2**32)
+    torch.manual_seed(SEED)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    t_load = time.monotonic()
+
+    fit: dict[str, list[tuple[np.ndarray, str]]] = {}
+    val: dict[str, list[tuple[np.ndarray, str]]] = {}
+    for scheme in datasets.SCHEMES:
+        fit_rows, _calib = datasets.finetune_split(scheme)
+        _, held = datasets.split(scheme)
+        fit[scheme] = load_images(fit_rows)
+        val[scheme] = load_images(held[:args.val_per_scheme])
+    synth = synth_pool(args.synth, SEED) if args.synth else []
+    print(f"data: {sum(len(v) for v in fit.values())} real images in {len(fit)} schemes, "
+          f"{len(synth)} synthetic, loaded in {time.monotonic() - t_load:.0f}s", flush=True)
+
+    model = build_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    rng = random.Random(SEED)
+    gen = torch.Generator().manual_seed(SEED)
+    step, seen, prior_s = 0, 0, 0.0
+    if args.resume and os.path.exists(args.out):
+        ck = torch.load(args.out, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, seen, prior_s = ck["step"], ck["seen"], ck["elapsed_s"]
+        rng.setstate(ck["py_rng"])
+        gen.set_state(ck["torch_gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        print(f"resumed from {args.out} at step {step}, {prior_s / 60:.1f} min done",
+              flush=True)
+    else:
+        print(f"start (ddddocr weights, capd head): held-out sample "
+              f"{fmt_acc(evaluate(model, val))}", flush=True)
+
+    cached: dict[str, list[tuple[torch.Tensor, str]]] = {}
+    if args.freeze == "front":
+        t_cache = time.monotonic()
+        for p in [*model.stem.parameters(), *model.body[:FRONT_BLOCKS].parameters()]:
+            p.requires_grad_(False)
+        # the front never changes, so its outputs are kept on disk for --resume
+        cache_path = os.path.join(os.path.dirname(args.out) or ".", "front_cache.pt")
+        key = {"seed": SEED, "synth": len(synth), "cache_aug": args.cache_aug,
+               "counts": {k: len(v) for k, v in fit.items()}}
+        if os.path.exists(cache_path):
+            saved = torch.load(cache_path, map_location="cpu", weights_only=False)
+            if saved["key"] == key:
+                cached = saved["cached"]
+        if not cached:
+            # a separate RNG, so that the cache is the same whether or not the run resumed
+            crng = random.Random(SEED + 1)
+            cgen = torch.Generator().manual_seed(SEED + 1)
+            for name, pool in [*fit.items(), ("synth", synth)]:
+                if pool:
+                    cached[name] = cache_front(model, pool, crng, cgen, args.cache_aug)
+            torch.save({"key": key, "cached": cached}, cache_path + ".tmp")
+            os.replace(cache_path + ".tmp", cache_path)
+        print(f"front outputs for {sum(len(v) for v in cached.values())} images ready in "
+              f"{time.monotonic() - t_cache:.0f}s", flush=True)
+
+    budget = args.budget_min * 60.0
+    if args.until:
+        # a wall-clock end (HH:MM, UTC) shortens the budget so the schedule still anneals
+        now = datetime.datetime.now(datetime.UTC)
+        hh, mm = (int(v) for v in args.until.split(":"))
+        end = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+        if end < now:
+            end += datetime.timedelta(days=1)
+        budget = min(budget, prior_s + (end - now).total_seconds())
+        print(f"budget {budget / 60:.1f} min in all (ends by {args.until} UTC)", flush=True)
+    start = time.monotonic()
+
+    def elapsed() -> float:
+        return prior_s + time.monotonic() - start
+
+    def save() -> None:
+        tmp = args.out + ".tmp"
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "seen": seen, "elapsed_s": elapsed(), "py_rng": rng.getstate(),
+                    "torch_gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "charset": CHARSET}, tmp)
+        os.replace(tmp, args.out)
+
+    ctc = nn.CTCLoss(blank=0, zero_infinity=True)
+    schemes = list(datasets.SCHEMES)
+    warm = 0.04
+    ema: float | None = None
+    last_val = last_save = time.monotonic()
+    while True:
+        frac = elapsed() / budget
+        if frac >= 1.0:
+            break
+        lr = args.lr * (frac / warm if frac < warm else
+                        0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if synth and rng.random() < args.synth_share:
+            name, pool = "synth", synth
+        else:
+            name = rng.choice(schemes)
+            pool = fit[name]
+        picks = [rng.randrange(len(pool)) for _ in range(args.batch)]
+        folded = name in datasets.CASE_INSENSITIVE
+        if cached:
+            fitems = [cached[name][k] for k in picks]
+            f, frames = feature_batch(fitems, rng)
+            logp = model.back(f).log_softmax(2)
+            labels = [label for _, label in fitems]
+        else:
+            items = [pool[k] for k in picks]
+            x, frames = make_batch(items, rng)
+            logp = model(augment(x, gen)).log_softmax(2)
+            labels = [label for _, label in items]
+        if folded:
+            logp = fold_log_probs(logp)
+        targets = [encode(label, folded) for label in labels]
+        loss = ctc(logp, torch.tensor([c for t in targets for c in t], dtype=torch.long),
+                   torch.tensor(frames, dtype=torch.long),
+                   torch.tensor([len(t) for t in targets], dtype=torch.long))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        step += 1
+        seen += len(picks)
+        ema = loss.item() if ema is None else 0.97 * ema + 0.03 * loss.item()
+        now = time.monotonic()
+        if step % 25 == 0:
+            print(f"step {step} seen {seen} t {elapsed():.0f}s lr {lr:.2e} loss {ema:.3f} "
+                  f"({seen / max(1.0, elapsed()):.0f} img/s)", flush=True)
+        if now - last_save > args.save_min * 60:
+            save()
+            last_save = now
+        if now - last_val > args.val_min * 60:
+            print(f"VAL step {step} t {elapsed():.0f}s {fmt_acc(evaluate(model, val))}",
+                  flush=True)
+            last_val = time.monotonic()
+    save()
+    print(f"DONE step {step} seen {seen} t {elapsed():.0f}s held-out sample "
+          f"{fmt_acc(evaluate(model, val))}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
