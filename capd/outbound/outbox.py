@@ -119,8 +119,12 @@ class OutboxSender:
                     job.add_done_callback(self._done)
                 if len(claimed) == free:
                     continue  # maybe more are due; a free slot wakes us otherwise
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel
+            # that arrives as the event is set (a delivery ending as stop() cancels this
+            # loop), and the loop then ran on with stop() waiting for it forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                async with asyncio.timeout(self._poll_s):
+                    await self._wake.wait()
 
     def _done(self, job: asyncio.Task[None]) -> None:
         self._in_flight.discard(job)
@@ -148,9 +152,9 @@ class OutboxSender:
             return None
         assert self._transport is not None
         try:
-            return await asyncio.wait_for(
-                post_callback(self._transport, self._guard, url, row.body.encode(),
-                              self._timeout_s), self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):  # not wait_for: see _run
+                return await post_callback(self._transport, self._guard, url,
+                                           row.body.encode(), self._timeout_s)
         except Exception as exc:  # timeout, transport error: a failed attempt
             return type(exc).__name__  # not str(exc): it may quote the URL
 
