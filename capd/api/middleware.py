@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Awaitable, Coroutine, Generator, Iterable
 from functools import lru_cache
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +27,11 @@ def _addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
+
+
+@lru_cache(maxsize=4096)
+def _text(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return str(addr)  # formatting an address costs more than the rest of this middleware
 
 
 class ClientAddressMiddleware:
@@ -72,7 +79,7 @@ class ClientAddressMiddleware:
             peer = scope.get("client")
             peer_text = peer[0] if peer else "0.0.0.0"
             addr = _addr(peer_text)
-            client: str | None = str(addr) if addr is not None else peer_text
+            client: str | None = _text(addr) if addr is not None else peer_text
             if addr is not None and self.trusted and self._is_trusted(addr):
                 client = self._forwarded_client(scope["headers"], str(addr))
             if client is None:
@@ -158,9 +165,25 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     async def _read(self, receive: Receive) -> Message:
+        """One body message within the read timeout.
+
+        The timer is started only when the read has to wait: a body that has already
+        arrived (nearly every API request, sent with its headers) is taken at once, and
+        the poll path does not pay for arming and cancelling a timer it never needs."""
+        pending = receive()
+        if not isinstance(pending, Coroutine):  # another server's awaitable: the plain way
+            return await self._read_waiting(pending)
+        try:
+            waiting_on = pending.send(None)  # run it up to its first wait, if any
+        except StopIteration as done:
+            message: Message = done.value
+            return message
+        return await self._read_waiting(_Resume(pending, waiting_on))
+
+    async def _read_waiting(self, pending: Awaitable[Message]) -> Message:
         try:
             async with asyncio.timeout(self.read_timeout_s):  # no task of its own
-                return await receive()
+                return await pending
         except TimeoutError:
             raise BodyReadTimeout() from None
 
@@ -202,6 +225,33 @@ class BodyLimitMiddleware:
                                 (b"content-length", str(len(body)).encode()),
                                 *closing]})
         await send({"type": "http.response.body", "body": body})
+
+
+class _Resume:
+    """Awaits the rest of a coroutine already run up to its first wait (``waiting_on``,
+    the future it yielded): what ``await`` would have done had it been awaited whole.
+    Results are sent on and exceptions (a timeout's cancel) thrown in, step by step."""
+
+    __slots__ = ("coro", "waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, Message], waiting_on: Any) -> None:
+        self.coro = coro
+        self.waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, Message]:
+        coro, waiting_on = self.coro, self.waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except BaseException as exc:  # noqa: BLE001 - thrown on into the coroutine
+                step = functools.partial(coro.throw, exc)
+            else:
+                step = functools.partial(coro.send, sent)
+            try:
+                waiting_on = step()
+            except StopIteration as done:
+                message: Message = done.value
+                return message
 
 
 class BodyTooLarge(Exception):

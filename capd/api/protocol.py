@@ -58,10 +58,12 @@ def guarded(name: str, timeout_s: float = HEADER_READ_TIMEOUT_S) -> type[asyncio
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # armed from the first byte of headers that this data left incomplete (the
+            # same instant): a request arriving whole, as nearly all do, costs no timer
             if self._awaiting_headers():
                 self._arm()
-            super().data_received(data)
-            if not self._awaiting_headers():
+            else:
                 self._disarm()
 
         def on_response_complete(self) -> None:

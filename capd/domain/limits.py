@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 from capd.errors import CapdError
 
@@ -27,6 +28,7 @@ PROXY_REFUSED = "tasks whose proxy failed the pre-flight check"
 IPV6_BAN_PREFIX = 64  # one IPv6 subscriber holds a whole /64: bans and tallies cover it
 
 
+@lru_cache(maxsize=4096)  # pure, and parsed on every request of the poll path
 def ban_key(ip: str) -> str:
     """What bans, blocks and their tallies are kept under for a caller's address: an IPv4
     address itself, the /64 network of an IPv6 address (``2001:db8:1:2::/64``), so that

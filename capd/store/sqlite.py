@@ -135,6 +135,7 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
         # them; PRAGMA data_version tells us (in ~2 us) when another connection, such as
         # the CLI revoking a key or lifting a ban, has committed.
         self._data_version = -1
+        self._fresh_this_turn = False
         self._callers: Bounded[str, Caller | None] = Bounded()
         self._ban_cache: Bounded[tuple[str, str, int | None], Ban | None] = Bounded()
         self._final_tasks = FinalTasks()
@@ -142,6 +143,13 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
         self._tdb = _Db(self)
 
     def _fresh(self) -> None:
+        """Drop the read caches when another connection has committed since we looked.
+
+        Asked once per turn of the event loop: the lookups of one request (key, IP ban,
+        account block) run in one turn without suspending, so they share one check, and a
+        commit elsewhere is seen by the next turn."""
+        if self._fresh_this_turn:
+            return
         try:
             version = self._db.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.OperationalError as exc:
@@ -149,6 +157,11 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
         if version != self._data_version:
             self._data_version = version
             self._invalidate()
+        self._fresh_this_turn = True
+        asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._fresh_this_turn = False
 
     def _invalidate(self) -> None:
         self._callers.clear()
