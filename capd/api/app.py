@@ -23,7 +23,7 @@ from capd.api.errors import exception_handlers, json_response
 from capd.api.middleware import BodyLimitMiddleware, ClientAddressMiddleware
 from capd.api.openapi import openapi_document
 from capd.config import Settings
-from capd.constants import PRUNE_EVERY_S
+from capd.constants import PRUNE_BATCH, PRUNE_EVERY_S
 from capd.errors import CapdError
 from capd.metrics import Metrics
 from capd.outbound.guard import AddressGuard, TargetGuard
@@ -47,7 +47,9 @@ SWEEP_INTERVAL_S = 1.0
 
 async def _sweeper(service: Service) -> None:
     """Fail tasks past their deadline, once a second; forget ended counters now and then;
-    apply retention every PRUNE_EVERY_S, one bounded batch of each kind at a time."""
+    apply retention every PRUNE_EVERY_S, one bounded batch of each kind at a time, and
+    every round while batches come back full (a backlog: more than PRUNE_BATCH tasks a
+    minute would otherwise outgrow one batch a minute)."""
     rounds = 0
     next_prune = service.clock()
     while True:
@@ -59,7 +61,9 @@ async def _sweeper(service: Service) -> None:
             now = service.clock()
             if now >= next_prune:
                 next_prune = now + PRUNE_EVERY_S
-                pruned = await prune_batch(service.store, service.settings, now)
+                pruned = await prune_batch(service.store, service.settings, now, PRUNE_BATCH)
+                if max(pruned.payloads_dropped, pruned.tasks_deleted) >= PRUNE_BATCH:
+                    next_prune = now  # a backlog: the next batch next round, not in a minute
                 if pruned.payloads_dropped or pruned.tasks_deleted:
                     log.info("retention: %d payloads dropped, %d tasks deleted",
                              pruned.payloads_dropped, pruned.tasks_deleted)

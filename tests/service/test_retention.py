@@ -3,8 +3,12 @@ getTaskResult (spec §4's answer for an expired result), and no balance moves.""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import pytest
+
+from capd.api import app as app_module
 from capd.service import CreateTaskRequest, ResultState, TaskResultRequest
 from capd.service.retention import prune_all, prune_batch
 from capd.store.base import Store
@@ -58,3 +62,33 @@ def test_nothing_is_pruned_before_its_time(store: Store, clock: FakeClock,
     assert run(prune_all(store, w.settings, clock())).payloads_dropped == 0
     task = run(store.get_task(task_id))
     assert task is not None and task.payload != {}
+
+
+def test_the_sweeper_works_through_a_backlog_a_batch_a_round(
+        store: Store, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More finished tasks than one batch holds are not left for the next minute: while
+    batches come back full, the sweeper prunes again each round (the clock stands still
+    here, so without that only the first batch would ever go)."""
+    monkeypatch.setattr(app_module, "PRUNE_BATCH", 2)
+    monkeypatch.setattr(app_module, "SWEEP_INTERVAL_S", 0)
+    w = world(store, clock, tmp_path, payload_retention_s=1)
+    w.dispatcher.attach("ImageToTextTask")
+    key = w.account()
+    ids = [solved_task(w, key) for _ in range(5)]
+    clock.advance(2)
+
+    async def sweep() -> list[dict[str, object]]:
+        job = asyncio.create_task(app_module._sweeper(w.service))
+        try:
+            for _ in range(200):  # sweeper rounds, not time
+                await asyncio.sleep(0)
+                payloads = [task.payload for task in
+                            [await store.get_task(i) for i in ids] if task is not None]
+                if not any(payloads):
+                    break
+            return payloads
+        finally:
+            job.cancel()
+            await asyncio.gather(job, return_exceptions=True)
+
+    assert run(sweep()) == [{}] * 5
