@@ -2,6 +2,11 @@
 minutes, then the figures and the money invariants (issue 7 §5). Not part of the suite.
 
     .venv/bin/python bench/bench_soak.py [--minutes 3] [--clients 8] [--max-growth-mb 50]
+        [--payload-retention-s S] [--task-retention-s S] [--sample-s 60]
+
+With the retention options (say 60 and 300 for a 30-minute run) it shows retention at
+work: every ``--sample-s`` it prints the database's size on disk (file and WAL), the
+server's RSS and the task rows left, and at the end whether both levelled off.
 
 Clients create image tasks (built-in OCR) and token tasks (served by in-process worker
 threads over the worker protocol), poll them, report some, ask balances, send unknown ids
@@ -13,8 +18,10 @@ non-zero when an invariant breaks, a 5xx answers, or RSS grows past the bound.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -35,6 +42,18 @@ from tests.processes import capd_cli, capd_env  # noqa: E402
 TOKEN_TASK = {"type": "TurnstileTaskProxyless", "websiteURL": "https://example.com/",
               "websiteKey": "0x4AAAAAAAC3DHQFLr1GavRN"}
 TEXTS = ("txwvdz", "y7kf", "pe5na3", "xxhfd", "fbte", "h2nwm", "dn4en", "udzwz")
+
+
+def db_mb(path: Path) -> float:
+    """The SQLite database on disk: the file and its write-ahead log."""
+    wal = path.with_name(path.name + "-wal")
+    return sum(p.stat().st_size for p in (path, wal) if p.exists()) / 2**20
+
+
+def task_rows(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                            timeout=30)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
 
 
 def rss_mb(pid: int) -> float:
@@ -70,7 +89,16 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-growth-mb", type=float, default=50.0)
+    parser.add_argument("--payload-retention-s", type=float, default=None)
+    parser.add_argument("--task-retention-s", type=float, default=None)
+    parser.add_argument("--sample-s", type=float, default=60.0,
+                        help="seconds between samples of DB size, RSS and rows")
     args = parser.parse_args()
+    retention = {}
+    if args.payload_retention_s is not None:
+        retention["CAPD_PAYLOAD_RETENTION_S"] = str(args.payload_retention_s)
+    if args.task_retention_s is not None:
+        retention["CAPD_TASK_RETENTION_S"] = str(args.task_retention_s)
 
     tmp = Path(tempfile.mkdtemp(prefix="capd-soak-"))
     db = f"sqlite:///{tmp}/capd.db"
@@ -83,7 +111,7 @@ def main() -> int:
     server = subprocess.Popen(
         [sys.executable, "-m", "capd", "--db", db, "serve", "--port", str(port)],
         env=capd_env(CAPD_MAX_POLLS_PER_S="50", CAPD_VIOLATION_BLOCK_THRESHOLD="1000000",
-                     CAPD_UNKNOWN_KEY_BAN_THRESHOLD="1000000"),
+                     CAPD_UNKNOWN_KEY_BAN_THRESHOLD="1000000", **retention),
         stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -165,7 +193,17 @@ def main() -> int:
         started = time.monotonic()
         for t in threads:
             t.start()
+        samples: list[tuple[float, float, float, int]] = []
+        next_sample = started
+        print(f"{'min':>6} {'DB MB':>8} {'RSS MB':>8} {'task rows':>10}", flush=True)
         while time.monotonic() - started < args.minutes * 60:
+            if time.monotonic() >= next_sample:
+                next_sample += args.sample_s
+                sample = ((time.monotonic() - started) / 60, db_mb(tmp / "capd.db"),
+                          rss_mb(server.pid), task_rows(tmp / "capd.db"))
+                samples.append(sample)
+                print(f"{sample[0]:6.1f} {sample[1]:8.1f} {sample[2]:8.1f} {sample[3]:10d}",
+                      flush=True)
             time.sleep(1)
         stop.set()
         for t in threads:
@@ -192,6 +230,14 @@ def main() -> int:
     for code, count in stats.codes.most_common():
         print(f"  {code:32} {count}")
     growth = rss_end - rss_start
+    if len(samples) >= 6:
+        # levelled off: the last third of the run grew far less than the first third
+        third = len(samples) // 3
+        for name, col in (("DB size", 1), ("server RSS", 2)):
+            early = samples[third][col] - samples[0][col]
+            late = samples[-1][col] - samples[-1 - third][col]
+            print(f"{name}: first third {early:+.1f} MB, last third {late:+.1f} MB"
+                  f" ({'levelled off' if late <= max(early / 4, 1.0) else 'STILL GROWING'})")
     print(f"server RSS: start {rss_start:.1f} MB, end {rss_end:.1f} MB, growth {growth:+.1f} MB"
           f" (bound {args.max_growth_mb:g} MB)")
     print(f"tasks by state: {task_states(db)}")
