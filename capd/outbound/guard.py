@@ -192,14 +192,33 @@ class AddressGuard:
         return await self.public_addresses(host) is not None
 
 
+# Names that mean something only on a local network (RFC 6761 localhost, RFC 6762 .local,
+# RFC 8375 .home.arpa, and .internal, which ICANN reserved in 2024 for private use).
+LOCAL_ONLY_SUFFIXES = ("localhost", "local", "internal", "home.arpa")
+
+
+def is_local_only_name(host: str) -> bool:
+    """A host name that only a local resolver can give an address: a single label, or a
+    name under one of ``LOCAL_ONLY_SUFFIXES`` (``host`` is normalised: lower case, no
+    trailing dot)."""
+    name = host.rstrip(".").lower()
+    if "." not in name:
+        return True
+    return any(name == s or name.endswith("." + s) for s in LOCAL_ONLY_SUFFIXES)
+
+
 class TargetGuard:
     """Decides whether a URL capd hands to a worker (websiteURL, imageUrls, apiJsUrl) may
     name a host: capd never connects there itself, but a worker on capd's network would.
 
     A literal IP address must not be internal. A name must not resolve to an internal
     address; a name that does not resolve here is let through (it names nothing on this
-    network, and the worker fails the task if it cannot reach it either). ``allow_private``
-    lifts the rule.
+    network, and the worker fails the task if it cannot reach it either), unless it is
+    one that only a local network can give a meaning to: a single label (completed by the
+    worker's DNS search domains, ``http://metadata/``) or a name under a suffix reserved
+    for local use (``LOCAL_ONLY_SUFFIXES``: ``.internal``, ``.local``, ``.home.arpa``,
+    ``.localhost``), which a worker's own resolver may well answer with an internal
+    address. ``allow_private`` lifts the rule.
     """
 
     def __init__(self, allow_private: bool = False, resolver: Resolver = system_resolver,
@@ -214,6 +233,8 @@ class TargetGuard:
         literal = literal_address(host)
         if literal is not None:
             return not is_internal(literal)
+        if is_local_only_name(host):
+            return False
         try:
             names = await asyncio.wait_for(self._resolve(host), self._timeout_s)
             addrs = [ipaddress.ip_address(n.split("%", 1)[0]) for n in names]

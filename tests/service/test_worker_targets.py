@@ -88,3 +88,16 @@ def test_target_name_resolving_to_an_internal_address_is_refused() -> None:
 
 def test_target_name_that_does_not_resolve_is_let_through() -> None:
     assert asyncio.run(TargetGuard(resolver=resolver({})).allows("nowhere.test")) is True
+
+
+@pytest.mark.parametrize("host", ["metadata", "metadata.google.internal", "printer.local",
+                                  "router.home.arpa", "db.localhost", "METADATA.INTERNAL."])
+def test_target_name_only_a_local_network_can_resolve_is_refused(host: str) -> None:
+    """Unresolvable here is no proof it names nothing: a worker's own resolver answers
+    single labels (search domains) and local-use suffixes with internal addresses."""
+    assert asyncio.run(TargetGuard(resolver=resolver({})).allows(host)) is False
+
+
+def test_websiteurl_on_a_local_only_name_is_a_bad_parameter(w: World) -> None:
+    assert refusal(w, recaptcha("http://metadata.google.internal/")).code == \
+        "ERROR_BAD_PARAMETERS"
