@@ -94,7 +94,7 @@ async def cmd_account_show(admin: AdminService, args: argparse.Namespace) -> Non
     print(f"account {account.id} ({account.name}) created {_iso(account.created_at)}")
     print(f"balance {view.balance:f} USD, reserved {view.reserved:f} USD,"
           f" available {view.available:f} USD")
-    print("keys (only a hint of each is kept; a key is shown once, when made):")
+    print("keys:")  # a hint and an id each: the store keeps no key (capd.store.secrets)
     for k in view.keys:
         state = f"revoked {_iso(k.revoked_at)}" if k.revoked_at else "live"
         print(f"  {k.hint}…  id {k.key_id}  created {_iso(k.created_at)}  {state}")
