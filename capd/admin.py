@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from capd.config import Settings
+from capd.constants import KEY_ID_CHARS
 from capd.domain.catalogue import TASK_TYPES
 from capd.domain.hosts import normalise_host
 from capd.domain.keys import is_key, new_key
@@ -95,6 +96,11 @@ def check_key(key: str) -> str:
     if not is_key(key):
         raise InvalidInput(f"not an API key (32 lowercase hex characters): {key!r}")
     return key
+
+
+def is_key_id(text: str) -> bool:
+    """Whether ``text`` is a key's id as ``capd account show`` prints it (16 hex)."""
+    return len(text) == KEY_ID_CHARS and all(c in "0123456789abcdef" for c in text)
 
 
 def is_account_id(text: str) -> bool:
@@ -238,7 +244,14 @@ class AdminService:
         return key
 
     async def revoke_key(self, key: str) -> bool:
-        """Revoke a live key; False when it is unknown or already revoked."""
+        """Revoke a live key, named by the key or by its id (``capd account show``);
+        False when it is unknown or already revoked."""
+        if is_key_id(key):
+            found = await self.store.keys_by_id(key)
+            if len(found) > 1:  # 64 bits of digest: never seen, but never guessed either
+                raise InvalidInput(f"{len(found)} keys have the id {key}: name the key")
+            return bool(found) and await self.store.revoke_key_digest(found[0].digest,
+                                                                      self.clock())
         return await self.store.revoke_key(check_key(key), self.clock())
 
     async def rotate_key(self, account_id: int, old_key: str) -> str:

@@ -450,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("key", metavar="KEY|ID", help=ACCOUNT_REF_HELP)
     k.set_defaults(fn=cmd_key_add)
     k = keys.add_parser("revoke", help="revoke a key")
-    k.add_argument("key")
+    k.add_argument("key", metavar="KEY|KEY_ID",
+                   help="the key, or its id as `account show` lists it")
     k.set_defaults(fn=cmd_key_revoke)
     k = keys.add_parser("rotate", help="replace KEY (or with an account ID, every live key of"
                         " that account) by a new key; prints it")

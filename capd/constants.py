@@ -82,6 +82,7 @@ CONSOLE_ALL_USAGE_CACHE_S = 60.0  # the operator's all-accounts charts are this 
 # an API key is stored as its SHA-256 digest plus this many of its first characters, so
 # that an operator can tell an account's keys apart (16 of a key's 128 random bits)
 KEY_HINT_CHARS = 4
+KEY_ID_CHARS = 16  # a key's id, for operators and forms: the start of its digest
 
 # task objects (createTask): bounds on everything but the images, checked before anything
 # is stored; fields outside the type's catalogue entry are refused past the count and

@@ -298,6 +298,14 @@ def test_key_revoke_revokes_the_key(capd: Capd, key: str) -> None:
     assert capd.store(lambda s: s.caller_for_key(key)) is not None
 
 
+def test_key_revoke_takes_the_id_account_show_prints(capd: Capd, key: str) -> None:
+    second = capd.ok("key", "add", key).lines[0]
+    assert capd.ok("key", "revoke", secret_digest(second)[:16]).lines == ["revoked"]
+    keys = section(capd.show(key), "keys")
+    assert key_state(keys, key) == "live"
+    assert key_state(keys, second).startswith("revoked ")
+
+
 def test_key_revoke_twice_fails_cleanly(capd: Capd, key: str) -> None:
     second = capd.ok("key", "add", key).lines[0]
     capd.ok("key", "revoke", second)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
+from capd.constants import KEY_ID_CHARS
+
 
 # An OSError (the store's I/O failed), not a capd.errors.CapdError: a CapdError is an answer
 # (HTTP 200 with its error code), while this is the front doors' HTTP 503
@@ -96,7 +98,7 @@ class KeyRecord:
     @property
     def key_id(self) -> str:
         """How operators and pages name a key without showing it: a digest prefix."""
-        return self.digest[:16]
+        return self.digest[:KEY_ID_CHARS]
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,10 @@ class Store(Protocol):
         """The account a key (live or revoked) belongs to."""
 
     async def keys(self, account_id: int) -> list[KeyRecord]: ...
+
+    async def keys_by_id(self, key_id: str) -> list[KeyRecord]:
+        """The keys (live or revoked) whose ``key_id`` (digest prefix) is ``key_id``:
+        how an operator names a key that nobody holds any more."""
 
     async def whitelist(self, account_id: int) -> list[str]: ...
 

@@ -233,6 +233,10 @@ class MemoryStore(OneProcess):
         return sorted((k for k in self._keys.values() if k.account_id == account_id),
                       key=lambda k: (k.created_at, k.digest))
 
+    async def keys_by_id(self, key_id: str) -> list[KeyRecord]:
+        return sorted((k for k in self._keys.values() if k.key_id == key_id),
+                      key=lambda k: k.digest)
+
     async def whitelist(self, account_id: int) -> list[str]:
         return sorted(self._whitelists.get(account_id, ()))
 

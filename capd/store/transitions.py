@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from capd.constants import MAX_UNITS
+from capd.constants import KEY_ID_CHARS, MAX_UNITS
 from capd.errors import InsufficientFunds
 from capd.store.base import (
     OPEN_STATES,
@@ -265,6 +265,9 @@ class Statements:
             " ORDER BY a.id LIMIT $4")
         self.keys = q("SELECT key_hash, hint, account_id, created_at, revoked_at FROM api_keys"
                       " WHERE account_id = $1 ORDER BY created_at, key_hash")
+        self.keys_by_id = q("SELECT key_hash, hint, account_id, created_at, revoked_at"
+                            f" FROM api_keys WHERE substr(key_hash, 1, {KEY_ID_CHARS}) = $1"
+                            " ORDER BY key_hash")
         self.whitelist = q("SELECT network FROM whitelist WHERE account_id = $1"
                            " ORDER BY network")
         self.ledger = q("SELECT id, account_id, at, kind, amount_units, task_id, actor, note"
@@ -416,6 +419,9 @@ class SqlTransitions:
 
     async def keys(self, account_id: int) -> list[KeyRecord]:
         return [KeyRecord(*r) for r in await self._tdb.fetch(self._sql.keys, account_id)]
+
+    async def keys_by_id(self, key_id: str) -> list[KeyRecord]:
+        return [KeyRecord(*r) for r in await self._tdb.fetch(self._sql.keys_by_id, key_id)]
 
     async def find_accounts(self, query: str, limit: int = 50) -> list[Account]:
         search = account_search(query)

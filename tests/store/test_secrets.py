@@ -133,6 +133,17 @@ def test_a_key_is_found_and_revoked_by_its_digest(run: Any) -> None:
     run(body)
 
 
+@covers("keys_by_id")
+def test_a_key_is_found_by_its_id(run: Any) -> None:
+    async def body(store: Store) -> None:
+        account_id = await store.create_account("t", KEY, NOW)
+        await store.add_key(account_id, OTHER_KEY, NOW)
+        [found] = await store.keys_by_id(secret_digest(KEY)[:16])
+        assert (found.digest, found.account_id) == (secret_digest(KEY), account_id)
+        assert await store.keys_by_id(KEY[:16]) == []
+    run(body)
+
+
 @covers("find_accounts", "account_for_key")
 def test_an_account_is_found_by_its_key_not_by_its_digest(run: Any) -> None:
     async def body(store: Store) -> None:
