@@ -248,7 +248,7 @@ class AdminService:
         False when it is unknown or already revoked."""
         if is_key_id(key):
             found = await self.store.keys_by_id(key)
-            if len(found) > 1:  # 64 bits of digest: never seen, but never guessed either
+            if len(found) > 1:  # a shared 64-bit prefix: all but impossible; never guess
                 raise InvalidInput(f"{len(found)} keys have the id {key}: name the key")
             return bool(found) and await self.store.revoke_key_digest(found[0].digest,
                                                                       self.clock())

@@ -275,7 +275,8 @@ def _cli_hint() -> str:
         return str(script)
 
 
-def serve_banner(url: str, database_url: str, demo_key: str | None, cli: str) -> str:
+def serve_banner(url: str, database_url: str, demo_key: str | None, cli: str,
+                 demo_account: int | None = None) -> str:
     """What ``capd serve`` prints once it answers requests: where, and what to try next."""
     lines = [
         f"capd serving on {url} ({_safe_url(database_url)})",
@@ -285,7 +286,9 @@ def serve_banner(url: str, database_url: str, demo_key: str | None, cli: str) ->
         f"  the API: README.md and docs/; machine-readable: {url}/openapi.json",
         f"  operator CLI: {cli} --help   (e.g. {cli} account create --balance 5)",
     ]
-    if demo_key is None:
+    if demo_key is None and demo_account is not None:
+        lines.insert(2, f"  a fresh demo key: {cli} key rotate {demo_account}")
+    elif demo_key is None:
         lines.insert(2, f"  no key yet: {cli} account create --balance 5 prints one")
     return "\n".join(lines)
 
@@ -308,18 +311,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     # migrate (and so reach the database) before serving: a bad URL is one clear line
     asyncio.run(_with_admin(settings, lambda admin: admin.migrate()))
-    demo_key = None
+    demo_key, demo_account = None, None
     cli = _cli_hint()  # the same database and settings as this server
     cli += f" --db {shlex.quote(_safe_url(args.db))}" if args.db else ""
     cli += f" --config {shlex.quote(args.config)}" if args.config else ""
     if args.demo:
         demo: DemoAccount = asyncio.run(_with_admin(
             settings, lambda admin: admin.ensure_demo_account(settings.demo_balance)))
-        demo_key = demo.key
+        demo_key, demo_account = demo.key, demo.account_id
         print(demo_lines(demo, settings.demo_balance, cli), flush=True)
     app = create_app(settings)
     banner = serve_banner(_base_url(args.host, args.port), settings.database_url, demo_key,
-                          cli)
+                          cli, demo_account)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:

@@ -925,6 +925,14 @@ def test_serve_banner_names_the_venv_script_under_run(tmp_path: Path,
     assert "\"clientKey\":\"<key>\"" in banner
 
 
+def test_serve_banner_of_an_existing_demo_account_names_the_rotate_command() -> None:
+    from capd.cli import serve_banner
+
+    banner = serve_banner("http://127.0.0.1:8080", "sqlite:///capd.db", None, "capd", 3)
+    assert "  a fresh demo key: capd key rotate 3" in banner.splitlines()
+    assert "no key yet" not in banner
+
+
 # -- prune (issue 12) ----------------------------------------------------------------------
 DAY_S = 24 * 3600
 
