@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from capd.console.sessions import digest
+from capd.store.secrets import key_hint, secret_digest
 from tests.helpers import FakeClock, LiveServer, make_settings
 
 DAY_S = 86400
@@ -40,8 +41,9 @@ def fill(path: Path, tasks: int, accounts: int, now: float) -> list[str]:
         for i, key in enumerate(keys, 1):
             db.execute("INSERT INTO accounts (id, name, balance_units, reserved_units,"
                        " created_at) VALUES (?, ?, 0, 0, ?)", (i, f"a{i}", now - 40 * DAY_S))
-            db.execute("INSERT INTO api_keys (key, account_id, created_at) VALUES (?, ?, ?)",
-                       (key, i, now - 40 * DAY_S))
+            db.execute("INSERT INTO api_keys (key_hash, hint, account_id, created_at)"
+                       " VALUES (?, ?, ?, ?)", (secret_digest(key), key_hint(key), i,
+                                               now - 40 * DAY_S))
         task_rows, ledger_rows = [], []
         for n in range(tasks):
             account = rng.randint(1, accounts)

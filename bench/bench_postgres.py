@@ -97,6 +97,7 @@ from bench.bench_core import (
     wait_healthy,
     wrk_version,
 )
+from capd.store.secrets import secret_digest
 
 TARGET_PG_RATIO = 0.5  # PostgreSQL getTaskResult throughput within 2x of SQLite
 PG_DATABASE = "capd_bench"
@@ -1065,8 +1066,8 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path,
     sqlite_url = f"sqlite:///{db_path}"
     sqlite_key = create_account(sqlite_url, workdir)
     pg_key = create_account(pg_url, workdir)
-    pg_account = int(pg_query(pg_url, "SELECT account_id FROM api_keys WHERE key = $1",
-                              pg_key)[0][0])
+    pg_account = int(pg_query(pg_url, "SELECT account_id FROM api_keys WHERE key_hash = $1",
+                              secret_digest(pg_key))[0][0])
 
     def serve(name: str, db_url: str) -> tuple[str, int]:
         port = free_port()

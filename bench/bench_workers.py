@@ -78,6 +78,7 @@ from bench.bench_core import (
     solve_one,
     wait_healthy,
 )
+from capd.store.secrets import secret_digest
 
 TOKEN_TYPE = "TurnstileTaskProxyless"
 IMAGE_TYPE = "ImageToTextTask"
@@ -300,7 +301,8 @@ def _books(db_path: Path, key: str) -> dict[str, Any]:
     with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
         balance, reserved, account_id = db.execute(
             "SELECT balance_units, reserved_units, id FROM accounts WHERE id ="
-            " (SELECT account_id FROM api_keys WHERE key = ?)", (key,)).fetchone()
+            " (SELECT account_id FROM api_keys WHERE key_hash = ?)",
+            (secret_digest(key),)).fetchone()
         ledger = db.execute("SELECT SUM(amount_units) FROM ledger WHERE account_id = ?",
                             (account_id,)).fetchone()[0]
         charges, twice = db.execute(

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from capd.config import Settings
+from capd.constants import KEY_ID_CHARS
 from capd.domain.catalogue import TASK_TYPES
 from capd.domain.hosts import normalise_host
 from capd.domain.keys import is_key, new_key
@@ -23,8 +24,9 @@ from capd.domain.money import MAX_UNITS, from_units, to_units, usd_text
 from capd.errors import InsufficientFunds
 from capd.service.retention import Pruned, prune_all
 from capd.store.base import Account, Ban, KeyRecord, LedgerEntry, Store
+from capd.store.secrets import secret_digest
 
-DEMO_KEY_META = "demo_key"  # meta row naming the key `capd serve --demo` prints
+DEMO_ACCOUNT_META = "demo_account"  # meta row naming the account `capd serve --demo` made
 OPERATOR = "operator"
 
 
@@ -48,7 +50,16 @@ class InsufficientBalance(AdminError):
 @dataclass(frozen=True)
 class NewAccount:
     account_id: int
-    key: str  # shown once; the store keeps it to authenticate requests
+    key: str  # shown once: the store keeps only its digest and hint (capd.store.secrets)
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    """The demo account of ``capd serve --demo``: ``key`` only when it was made just now
+    (a key is shown once; later starts name the account instead)."""
+
+    account_id: int
+    key: str | None
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,16 @@ def check_key(key: str) -> str:
     if not is_key(key):
         raise InvalidInput(f"not an API key (32 lowercase hex characters): {key!r}")
     return key
+
+
+def is_key_id(text: str) -> bool:
+    """Whether ``text`` is a key's id as ``capd account show`` prints it (16 hex)."""
+    return len(text) == KEY_ID_CHARS and all(c in "0123456789abcdef" for c in text)
+
+
+def is_account_id(text: str) -> bool:
+    """Whether an operator's account reference is an account id rather than a key."""
+    return text.isascii() and text.isdigit() and len(text) < 19
 
 
 def network_text(text: str) -> str:
@@ -145,14 +166,17 @@ class AdminService:
             note=note or "opening balance")
         return NewAccount(account_id, key)
 
-    async def ensure_demo_key(self, balance: Decimal) -> str:
-        """The demo account's live key, creating the account (once) with ``balance``."""
-        key = await self.store.meta_get(DEMO_KEY_META)
-        if key and await self.store.caller_for_key(key):
-            return key
+    async def ensure_demo_account(self, balance: Decimal) -> DemoAccount:
+        """The demo account, created (once) with ``balance``; its key is returned only on
+        creation, since the store keeps none. The meta table names the account, not a key.
+        A demo account whose keys are all revoked is left as it is: ``capd key rotate ID``
+        gives it a fresh key."""
+        known = await self.store.meta_get(DEMO_ACCOUNT_META)
+        if known and known.isdigit() and await self.store.account(int(known)) is not None:
+            return DemoAccount(int(known), None)
         created = await self.create_account("demo", balance, note="demo balance")
-        await self.store.meta_set(DEMO_KEY_META, created.key)
-        return created.key
+        await self.store.meta_set(DEMO_ACCOUNT_META, str(created.account_id))
+        return DemoAccount(created.account_id, created.key)
 
     async def account_id_for_key(self, key: str) -> int:
         """The account a key (live or revoked) belongs to."""
@@ -160,6 +184,12 @@ class AdminService:
         if account is None:
             raise NotFound("no account holds that key")
         return account.id
+
+    async def account_id_for(self, ref: str) -> int:
+        """The account an operator names: by id, or by a key (live or revoked) it holds."""
+        if is_account_id(ref):
+            return (await self._account(int(ref))).id
+        return await self.account_id_for_key(ref)
 
     async def _account(self, account_id: int) -> Account:
         account = await self.store.account(account_id)
@@ -181,7 +211,8 @@ class AdminService:
         )
 
     async def find_accounts(self, query: str, limit: int = 50) -> list[Account]:
-        """Accounts by id, name substring (any case) or exact key (live or revoked)."""
+        """Accounts by id, name substring (any case) or exact key (live or revoked; the
+        store matches its digest)."""
         return await self.store.find_accounts(query, limit)
 
     async def adjust(self, account_id: int, amount: Decimal, note: str,
@@ -205,26 +236,48 @@ class AdminService:
 
     # keys
     async def add_key(self, account_id: int) -> str:
-        """A new live key for the account; returns it (shown once)."""
+        """A new live key for the account; returns it (shown once: the store keeps only its
+        digest and hint)."""
         await self._account(account_id)
         key = new_key()
         await self.store.add_key(account_id, key, self.clock())
         return key
 
     async def revoke_key(self, key: str) -> bool:
-        """Revoke a live key; False when it is unknown or already revoked."""
+        """Revoke a live key, named by the key or by its id (``capd account show``);
+        False when it is unknown or already revoked."""
+        if is_key_id(key):
+            found = await self.store.keys_by_id(key)
+            if len(found) > 1:  # a shared 64-bit prefix: all but impossible; never guess
+                raise InvalidInput(f"{len(found)} keys have the id {key}: name the key")
+            return bool(found) and await self.store.revoke_key_digest(found[0].digest,
+                                                                      self.clock())
         return await self.store.revoke_key(check_key(key), self.clock())
 
     async def rotate_key(self, account_id: int, old_key: str) -> str:
         """Add a new key to the account and revoke ``old_key`` (a live key of that account);
         returns the new key. The new key exists before the old one stops working."""
         check_key(old_key)
-        live = {k.key for k in await self.store.keys(account_id) if k.revoked_at is None}
-        if old_key not in live:
+        return await self.rotate_key_digest(account_id, secret_digest(old_key))
+
+    async def rotate_key_digest(self, account_id: int, digest: str) -> str:
+        """``rotate_key`` for the live key of the account with this digest (the console
+        names keys by digest: it never holds one)."""
+        live = {k.digest: k for k in await self.store.keys(account_id) if k.revoked_at is None}
+        if digest not in live:
             await self._account(account_id)
-            raise NotFound(f"account {account_id} holds no live key {old_key}")
+            raise NotFound(f"account {account_id} holds no such live key")
         key = await self.add_key(account_id)
-        await self.store.revoke_key(old_key, self.clock())
+        await self.store.revoke_key_digest(digest, self.clock())
+        return key
+
+    async def rotate_account_keys(self, account_id: int) -> str:
+        """A new key for the account, every other live key of it revoked; returns the new
+        key (how an operator who holds none of the account's keys hands out a fresh one)."""
+        old = [k.digest for k in await self.store.keys(account_id) if k.revoked_at is None]
+        key = await self.add_key(account_id)
+        for digest in old:
+            await self.store.revoke_key_digest(digest, self.clock())
         return key
 
     # whitelist

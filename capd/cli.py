@@ -22,7 +22,16 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NoReturn
 
-from capd.admin import AdminError, AdminService, domain_text, network_text, task_types, units_of
+from capd.admin import (
+    AdminError,
+    AdminService,
+    DemoAccount,
+    domain_text,
+    is_account_id,
+    network_text,
+    task_types,
+    units_of,
+)
 from capd.api.protocol import guarded
 from capd.config import Settings, load_settings
 from capd.domain.money import parse_amount, usd_text
@@ -54,6 +63,9 @@ def _amount(text: str) -> Decimal:
         raise CliError(f"not a usable amount in USD: {text!r} ({exc})") from None
 
 
+ACCOUNT_REF_HELP = "an API key of the account (live or revoked), or the account's number"
+
+
 # -- commands (each gets the admin service of an open, migrated store) ------------------------
 Command = Callable[[AdminService, argparse.Namespace], Awaitable[None]]
 
@@ -71,21 +83,21 @@ async def cmd_account_create(admin: AdminService, args: argparse.Namespace) -> N
 
 async def cmd_account_topup(admin: AdminService, args: argparse.Namespace) -> None:
     amount = _amount(args.amount)
-    account_id = await admin.account_id_for_key(args.key)
+    account_id = await admin.account_id_for(args.key)
     balance = await admin.adjust(account_id, amount, args.note)
     print(f"balance {balance:f} USD")
 
 
 async def cmd_account_show(admin: AdminService, args: argparse.Namespace) -> None:
-    view = await admin.account_view(await admin.account_id_for_key(args.key), ledger_limit=10)
+    view = await admin.account_view(await admin.account_id_for(args.key), ledger_limit=10)
     account = view.account
     print(f"account {account.id} ({account.name}) created {_iso(account.created_at)}")
     print(f"balance {view.balance:f} USD, reserved {view.reserved:f} USD,"
           f" available {view.available:f} USD")
-    print("keys:")
+    print("keys:")  # a hint and an id each: the store keeps no key (capd.store.secrets)
     for k in view.keys:
         state = f"revoked {_iso(k.revoked_at)}" if k.revoked_at else "live"
-        print(f"  {k.key}  {state}")
+        print(f"  {k.hint}…  id {k.key_id}  created {_iso(k.created_at)}  {state}")
     print("whitelist: " + (", ".join(view.whitelist) if view.whitelist else "(any address)"))
     print("recent ledger:")
     for e in view.ledger:
@@ -108,7 +120,7 @@ async def cmd_account_find(admin: AdminService, args: argparse.Namespace) -> Non
 
 
 async def cmd_key_add(admin: AdminService, args: argparse.Namespace) -> None:
-    print(await admin.add_key(await admin.account_id_for_key(args.key)))
+    print(await admin.add_key(await admin.account_id_for(args.key)))
 
 
 async def cmd_key_revoke(admin: AdminService, args: argparse.Namespace) -> None:
@@ -118,11 +130,14 @@ async def cmd_key_revoke(admin: AdminService, args: argparse.Namespace) -> None:
 
 
 async def cmd_key_rotate(admin: AdminService, args: argparse.Namespace) -> None:
-    print(await admin.rotate_key(await admin.account_id_for_key(args.key), args.key))
+    if is_account_id(args.key):
+        print(await admin.rotate_account_keys(await admin.account_id_for(args.key)))
+    else:
+        print(await admin.rotate_key(await admin.account_id_for_key(args.key), args.key))
 
 
 async def cmd_whitelist(admin: AdminService, args: argparse.Namespace) -> None:
-    account_id = await admin.account_id_for_key(args.key)
+    account_id = await admin.account_id_for(args.key)
     net = network_text(args.network)
     if args.action == "add":
         changed = await admin.whitelist_add(account_id, net)
@@ -260,7 +275,8 @@ def _cli_hint() -> str:
         return str(script)
 
 
-def serve_banner(url: str, database_url: str, demo_key: str | None, cli: str) -> str:
+def serve_banner(url: str, database_url: str, demo_key: str | None, cli: str,
+                 demo_account: int | None = None) -> str:
     """What ``capd serve`` prints once it answers requests: where, and what to try next."""
     lines = [
         f"capd serving on {url} ({_safe_url(database_url)})",
@@ -270,9 +286,22 @@ def serve_banner(url: str, database_url: str, demo_key: str | None, cli: str) ->
         f"  the API: README.md and docs/; machine-readable: {url}/openapi.json",
         f"  operator CLI: {cli} --help   (e.g. {cli} account create --balance 5)",
     ]
-    if demo_key is None:
+    if demo_key is None and demo_account is not None:
+        lines.insert(2, f"  a fresh demo key: {cli} key rotate {demo_account}")
+    elif demo_key is None:
         lines.insert(2, f"  no key yet: {cli} account create --balance 5 prints one")
     return "\n".join(lines)
+
+
+def demo_lines(demo: DemoAccount, balance: Decimal, cli: str) -> str:
+    """What ``capd serve --demo`` says of its account: the key when it was just made (the
+    only time it can be shown: the store keeps its digest), else how to get a fresh one."""
+    if demo.key is not None:
+        return (f"demo API key (balance {balance} USD): {demo.key}\n"
+                f"  shown once: capd keeps only its digest")
+    return (f"demo account {demo.account_id} exists; its key was shown when it was made"
+            f" (capd keeps only its digest).\n"
+            f"  a fresh key (its other keys stop working): {cli} key rotate {demo.account_id}")
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
@@ -282,17 +311,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     # migrate (and so reach the database) before serving: a bad URL is one clear line
     asyncio.run(_with_admin(settings, lambda admin: admin.migrate()))
-    demo_key = None
-    if args.demo:
-        demo_key = asyncio.run(_with_admin(
-            settings, lambda admin: admin.ensure_demo_key(settings.demo_balance)))
-        print(f"demo API key (balance {settings.demo_balance} USD): {demo_key}", flush=True)
-    app = create_app(settings)
+    demo_key, demo_account = None, None
     cli = _cli_hint()  # the same database and settings as this server
     cli += f" --db {shlex.quote(_safe_url(args.db))}" if args.db else ""
     cli += f" --config {shlex.quote(args.config)}" if args.config else ""
+    if args.demo:
+        demo: DemoAccount = asyncio.run(_with_admin(
+            settings, lambda admin: admin.ensure_demo_account(settings.demo_balance)))
+        demo_key, demo_account = demo.key, demo.account_id
+        print(demo_lines(demo, settings.demo_balance, cli), flush=True)
+    app = create_app(settings)
     banner = serve_banner(_base_url(args.host, args.port), settings.database_url, demo_key,
-                          cli)
+                          cli, demo_account)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
@@ -390,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the API server")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--demo", action="store_true", help="ensure a demo account and print its key")
+    s.add_argument("--demo", action="store_true",
+                   help="ensure a demo account; prints its key when it is made")
     s.add_argument("--log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug"])
 
@@ -403,12 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--name", default="account")
     a.set_defaults(fn=cmd_account_create)
     a = acc.add_parser("topup", help="add (or with a negative amount, remove) funds")
-    a.add_argument("key")
+    a.add_argument("key", metavar="KEY|ID", help=ACCOUNT_REF_HELP)
     a.add_argument("amount")
     a.add_argument("--note", default="top-up")
     a.set_defaults(fn=cmd_account_topup)
-    a = acc.add_parser("show", help="balance, keys, whitelist, ledger, bans")
-    a.add_argument("key")
+    a = acc.add_parser("show", help="balance, keys (hints), whitelist, ledger, bans")
+    a.add_argument("key", metavar="KEY|ID", help=ACCOUNT_REF_HELP)
     a.set_defaults(fn=cmd_account_show)
     a = acc.add_parser("find", help="accounts by id, name (substring) or key")
     a.add_argument("query")
@@ -417,19 +448,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("key", help="API keys").add_subparsers(dest="sub", required=True,
                                                                  parser_class=_Parser)
-    k = keys.add_parser("add", help="add a key to the account holding KEY; prints it")
-    k.add_argument("key")
+    k = keys.add_parser("add", help="add a key to the account (holding KEY, or number ID);"
+                        " prints it")
+    k.add_argument("key", metavar="KEY|ID", help=ACCOUNT_REF_HELP)
     k.set_defaults(fn=cmd_key_add)
     k = keys.add_parser("revoke", help="revoke a key")
-    k.add_argument("key")
+    k.add_argument("key", metavar="KEY|KEY_ID",
+                   help="the key, or its id as `account show` lists it")
     k.set_defaults(fn=cmd_key_revoke)
-    k = keys.add_parser("rotate", help="replace KEY by a new key of its account; prints it")
-    k.add_argument("key")
+    k = keys.add_parser("rotate", help="replace KEY (or with an account ID, every live key of"
+                        " that account) by a new key; prints it")
+    k.add_argument("key", metavar="KEY|ID", help=ACCOUNT_REF_HELP)
     k.set_defaults(fn=cmd_key_rotate)
 
     w = sub.add_parser("whitelist", help="IP whitelist of an account")
     w.add_argument("action", choices=["add", "remove"])
-    w.add_argument("key")
+    w.add_argument("key", metavar="KEY|ID", help=ACCOUNT_REF_HELP)
     w.add_argument("network", metavar="IP_OR_CIDR")
     w.set_defaults(fn=cmd_whitelist)
 

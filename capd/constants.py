@@ -79,6 +79,10 @@ SPENDING_STATS_HOURS = 24  # getSpendingStats: one record per hour for 24 hours
 CONSOLE_SESSION_S = 8 * 3600  # a console sign-in lasts this long (then sign in again)
 CONSOLE_USAGE_DAYS = 30  # the console's charts: tasks and spending per day
 CONSOLE_ALL_USAGE_CACHE_S = 60.0  # the operator's all-accounts charts are this fresh
+# an API key is stored as its SHA-256 digest plus this many of its first characters, so
+# that an operator can tell an account's keys apart (16 of a key's 128 random bits)
+KEY_HINT_CHARS = 4
+KEY_ID_CHARS = 16  # a key's id, for operators and forms: the start of its digest
 
 # task objects (createTask): bounds on everything but the images, checked before anything
 # is stored; fields outside the type's catalogue entry are refused past the count and

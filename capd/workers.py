@@ -14,7 +14,6 @@ records or raises CapdError. Store, dispatcher, clocks, secrets and settings are
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import secrets
 import time
@@ -32,6 +31,7 @@ from capd.errors import BadParameter, CapdError
 from capd.service.messages import Parsed
 from capd.solving.dispatch import Dispatcher
 from capd.store.base import Store, Task, TaskState, WorkerToken
+from capd.store.secrets import secret_digest
 
 _TOKEN_HEX_CHARS = 48  # longer than a 32-hex client key: the two can never be confused
 LEASE_RECHECK_S = 1.0  # a long-poll looks at the queue at least this often
@@ -49,7 +49,8 @@ def new_worker_token() -> str:
 
 
 def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    """What the store keeps of a worker token (the same digest as of an API key)."""
+    return secret_digest(token)
 
 
 def new_lease_secret() -> str:

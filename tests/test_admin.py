@@ -20,6 +20,7 @@ from capd.admin import (
 from capd.config import Settings
 from capd.domain.money import MAX_UNITS, UNITS_PER_USD
 from capd.store.base import NewTask, Store
+from capd.store.secrets import secret_digest
 from capd.store.sqlite import SQLiteStore
 from capd.workers import token_digest
 from tests.helpers import FakeClock
@@ -67,7 +68,8 @@ def test_create_account_funds_it_with_one_topup(run: Any, clock: FakeClock) -> N
         view = await admin.account_view(new.account_id)
         assert view.account.name == "shop"
         assert (view.balance, view.reserved, view.available) == (usd("2.5"), 0, usd("2.5"))
-        assert [(k.key, k.revoked_at) for k in view.keys] == [(new.key, None)]
+        assert [(k.digest, k.hint, k.revoked_at) for k in view.keys] == [
+            (secret_digest(new.key), new.key[:4], None)]
         [entry] = view.ledger
         assert (entry.kind, entry.amount_units, entry.actor, entry.note, entry.at) == (
             "topup", 250_000_000, "operator", "opening balance", clock.now)
@@ -275,8 +277,54 @@ def test_rotate_key_adds_a_new_key_and_revokes_the_old(run: Any) -> None:
     async def body(admin: AdminService) -> None:
         new = await admin.create_account("a")
         fresh = await admin.rotate_key(new.account_id, new.key)
-        states = {k.key: k.revoked_at is None for k in await admin.store.keys(new.account_id)}
-        assert states == {new.key: False, fresh: True}
+        states = {k.digest: k.revoked_at is None
+                  for k in await admin.store.keys(new.account_id)}
+        assert states == {secret_digest(new.key): False, secret_digest(fresh): True}
+    run(body)
+
+
+def test_revoke_key_by_its_id(run: Any) -> None:
+    async def body(admin: AdminService) -> None:
+        new = await admin.create_account("a")
+        second = await admin.add_key(new.account_id)
+        [record] = [k for k in await admin.store.keys(new.account_id)
+                    if k.digest == secret_digest(second)]
+        assert await admin.revoke_key(record.key_id) is True
+        assert await admin.revoke_key(record.key_id) is False
+        assert await admin.store.caller_for_key(second) is None
+        assert await admin.store.caller_for_key(new.key) is not None
+    run(body)
+
+
+def test_rotate_key_by_digest_replaces_that_key(run: Any) -> None:
+    async def body(admin: AdminService) -> None:
+        new = await admin.create_account("a")
+        fresh = await admin.rotate_key_digest(new.account_id, secret_digest(new.key))
+        assert await admin.store.caller_for_key(new.key) is None
+        assert await admin.store.caller_for_key(fresh) is not None
+    run(body)
+
+
+def test_rotating_an_account_revokes_every_live_key_for_one_new_key(run: Any) -> None:
+    async def body(admin: AdminService) -> None:
+        new = await admin.create_account("a")
+        second = await admin.add_key(new.account_id)
+        fresh = await admin.rotate_account_keys(new.account_id)
+        assert await admin.store.caller_for_key(new.key) is None
+        assert await admin.store.caller_for_key(second) is None
+        assert await admin.store.caller_for_key(fresh) is not None
+        live = [k.digest for k in await admin.store.keys(new.account_id) if k.revoked_at is None]
+        assert live == [secret_digest(fresh)]
+    run(body)
+
+
+def test_an_account_is_named_by_its_id_or_a_key(run: Any) -> None:
+    async def body(admin: AdminService) -> None:
+        new = await admin.create_account("a")
+        assert await admin.account_id_for(str(new.account_id)) == new.account_id
+        assert await admin.account_id_for(new.key) == new.account_id
+        with pytest.raises(NotFound):
+            await admin.account_id_for("999")
     run(body)
 
 
@@ -420,22 +468,35 @@ def test_stats_count_tasks_latency_and_charges(run: Any, clock: FakeClock) -> No
     run(body)
 
 
-def test_demo_key_is_made_once(run: Any) -> None:
+def test_demo_account_is_made_once_and_its_key_shown_only_then(run: Any) -> None:
     async def body(admin: AdminService) -> None:
-        first = await admin.ensure_demo_key(usd("10"))
-        assert await admin.ensure_demo_key(usd("5")) == first
-        view = await admin.account_view(await admin.account_id_for_key(first))
+        first = await admin.ensure_demo_account(usd("10"))
+        again = await admin.ensure_demo_account(usd("5"))
+        assert first.key is not None and again.key is None
+        assert again.account_id == first.account_id
+        view = await admin.account_view(await admin.account_id_for_key(first.key))
         assert view.account.name == "demo" and view.balance == usd("10")
         assert [e.note for e in view.ledger] == ["demo balance"]
     run(body)
 
 
-def test_demo_key_is_made_again_once_revoked(run: Any) -> None:
+def test_demo_key_is_in_no_meta_row(run: Any) -> None:
     async def body(admin: AdminService) -> None:
-        first = await admin.ensure_demo_key(usd("10"))
-        await admin.revoke_key(first)
-        second = await admin.ensure_demo_key(usd("10"))
-        assert second != first and await admin.store.caller_for_key(second) is not None
+        demo = await admin.ensure_demo_account(usd("10"))
+        assert await admin.store.meta_get("demo_key") is None
+        assert await admin.store.meta_get("demo_account") == str(demo.account_id)
+    run(body)
+
+
+def test_demo_account_with_its_key_revoked_is_kept_and_rotated_by_id(run: Any) -> None:
+    async def body(admin: AdminService) -> None:
+        first = await admin.ensure_demo_account(usd("10"))
+        assert first.key is not None
+        await admin.revoke_key(first.key)
+        assert (await admin.ensure_demo_account(usd("10"))).key is None
+        fresh = await admin.rotate_account_keys(first.account_id)
+        caller = await admin.store.caller_for_key(fresh)
+        assert caller is not None and caller.account_id == first.account_id
     run(body)
 
 

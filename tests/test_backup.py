@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from capd.domain.money import UNITS_PER_USD
+from capd.store.secrets import secret_digest
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -180,14 +181,15 @@ def test_backup_while_serving_is_a_consistent_copy(tmp_path: Path,
     conn = sqlite3.connect(copy)
     try:  # getBalance: what is available, less open tasks' reservations
         expected = {row[0]: row[1] for row in conn.execute(
-            "SELECT k.key, a.balance_units - a.reserved_units FROM api_keys k JOIN accounts a"
-            " ON a.id = k.account_id")}
+            "SELECT k.key_hash, a.balance_units - a.reserved_units FROM api_keys k"
+            " JOIN accounts a ON a.id = k.account_id")}
     finally:
         conn.close()
-    assert set(expected) == set(keys)
+    assert set(expected) == {secret_digest(key) for key in keys}
     for key in keys:
         answer = httpx.post(f"{again.url}/getBalance", json={"clientKey": key}).json()
-        assert answer == {"errorId": 0, "balance": expected[key] / UNITS_PER_USD}, answer
+        assert answer == {"errorId": 0,
+                          "balance": expected[secret_digest(key)] / UNITS_PER_USD}, answer
     for account_id, (balance, _, ledger, _) in books(copy).items():
         assert balance == ledger, account_id
 
@@ -216,3 +218,24 @@ def test_backup_of_a_missing_database_creates_nothing(tmp_path: Path) -> None:
     run = cli(tmp_path, tmp_path / "absent.db", "backup", str(tmp_path / "copy.db"))
     assert run.returncode == 1 and "no SQLite database" in run.stderr, run
     assert not (tmp_path / "copy.db").exists() and not (tmp_path / "absent.db").exists()
+
+
+def test_backup_and_database_are_owner_only_under_umask_022(tmp_path: Path) -> None:
+    """The database capd creates and the copy `capd backup` makes hold every key digest,
+    worker token digest and open task's proxy credentials: 0600, whatever the umask."""
+    import asyncio
+
+    from capd.store.backup import backup_database
+    from capd.store.sqlite import SQLiteStore
+
+    db, copy = tmp_path / "capd.db", tmp_path / "copy.db"
+    old = os.umask(0o022)
+    try:
+        store = SQLiteStore(str(db))
+        asyncio.run(store.migrate())
+        asyncio.run(store.close())
+        backup_database(f"sqlite:///{db}", copy)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -26,6 +27,7 @@ import pytest
 from capd.domain.keys import new_key
 from capd.domain.money import UNITS_PER_USD
 from capd.store.base import NewTask
+from capd.store.secrets import secret_digest
 from capd.store.sqlite import SQLiteStore
 from tests.helpers import free_port
 
@@ -140,6 +142,17 @@ def balance_line(show_output: str) -> str:
     return lines[0]
 
 
+def key_state(keys: list[str], key: str) -> str:
+    """The state (``live``, ``revoked <time>``) that ``account show``'s keys section gives
+    ``key``, found by its hint and id: the key itself is never printed."""
+    prefix = f"{key[:4]}…  id {secret_digest(key)[:16]}  created "
+    found = [line[len(prefix):] for line in keys if line.startswith(prefix)]
+    assert len(found) == 1, keys
+    created, state = found[0].split("  ", 1)
+    assert re.fullmatch(r"\S+Z", created), keys
+    return state
+
+
 def section(show_output: str, title: str) -> list[str]:
     """The indented lines under ``title:`` in ``account show``."""
     lines = show_output.splitlines()
@@ -199,7 +212,9 @@ def test_account_show_lists_balance_key_and_ledger(capd: Capd) -> None:
     assert out.splitlines()[0].startswith("account 1 (bob) created ")
     assert balance_line(out) == ("balance 2.50000000 USD, reserved 0.00000000 USD,"
                                  " available 2.50000000 USD")
-    assert section(out, "keys") == [f"{key}  live"]
+    keys = section(out, "keys")
+    assert len(keys) == 1 and key_state(keys, key) == "live"
+    assert key not in out
     ledger = section(out, "recent ledger")
     assert len(ledger) == 1, out
     assert re.fullmatch(r"\S+Z\s+topup\s+2\.50000000\s+operator\s+opening balance", ledger[0]), out
@@ -267,7 +282,8 @@ def test_key_add_prints_a_second_key_of_the_same_account(capd: Capd, key: str) -
     assert second != key
     via_first, via_second = capd.show(key), capd.show(second)
     assert via_first == via_second
-    assert sorted(section(via_second, "keys")) == sorted([f"{key}  live", f"{second}  live"])
+    keys = section(via_second, "keys")
+    assert len(keys) == 2 and key_state(keys, key) == key_state(keys, second) == "live"
     caller = capd.store(lambda s: s.caller_for_key(second))
     assert caller is not None and caller.account_id == 1
 
@@ -276,10 +292,18 @@ def test_key_revoke_revokes_the_key(capd: Capd, key: str) -> None:
     second = capd.ok("key", "add", key).lines[0]
     assert capd.ok("key", "revoke", second).lines == ["revoked"]
     keys = section(capd.show(key), "keys")
-    assert f"{key}  live" in keys
-    assert any(re.fullmatch(rf"{second}  revoked \S+Z", k) for k in keys), keys
+    assert key_state(keys, key) == "live"
+    assert re.fullmatch(r"revoked \S+Z", key_state(keys, second)), keys
     assert capd.store(lambda s: s.caller_for_key(second)) is None
     assert capd.store(lambda s: s.caller_for_key(key)) is not None
+
+
+def test_key_revoke_takes_the_id_account_show_prints(capd: Capd, key: str) -> None:
+    second = capd.ok("key", "add", key).lines[0]
+    assert capd.ok("key", "revoke", secret_digest(second)[:16]).lines == ["revoked"]
+    keys = section(capd.show(key), "keys")
+    assert key_state(keys, key) == "live"
+    assert key_state(keys, second).startswith("revoked ")
 
 
 def test_key_revoke_twice_fails_cleanly(capd: Capd, key: str) -> None:
@@ -542,13 +566,15 @@ def test_database_in_missing_directory_fails_cleanly(tmp_path: Path) -> None:
 
 # -- settings from TOML and env, seen through `serve --demo` ------------------------------------
 DEMO_LINE = re.compile(r"demo API key \(balance (\S+) USD\): ([0-9a-f]{32})")
+# a later start: the key was shown once, when the account was made
+DEMO_AGAIN_LINE = re.compile(r"demo account (\d+) exists.*\n.*: (.+ key rotate \d+)\n")
 
 
-def _serve_demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None
-                ) -> tuple[str, str]:
+def _serve_demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                line: re.Pattern[str] = DEMO_LINE) -> tuple[str, str]:
     """Run ``capd [args] serve --demo`` until it prints the demo line, then stop it.
 
-    Returns (the balance it printed, the demo key)."""
+    Returns (the balance it printed, the demo key), or the groups of ``line``."""
     log = tmp_path / f"serve-{time.monotonic_ns()}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -558,7 +584,7 @@ def _serve_demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None
             stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30
-            while not (match := DEMO_LINE.search(log.read_text())):
+            while not (match := line.search(log.read_text())):
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.02)
@@ -608,10 +634,29 @@ def test_env_setting_wins_over_config_file(tmp_path: Path) -> None:
     assert _demo_balance_line(tmp_path, key).startswith("balance 4.00000000 USD,")
 
 
-def test_demo_key_is_kept_across_restarts(tmp_path: Path) -> None:
+def test_demo_account_is_kept_across_restarts_and_its_key_not_shown_again(
+        tmp_path: Path) -> None:
     _, first = _serve_demo(tmp_path)
-    _, again = _serve_demo(tmp_path)
-    assert again == first
+    account_id, rotate = _serve_demo(tmp_path, line=DEMO_AGAIN_LINE)
+    assert account_id == "1"
+    assert _demo_balance_line(tmp_path, first).startswith("balance 10.00000000 USD,")
+    # the command it names gives a fresh key to the same account
+    argv = shlex.split(rotate)
+    assert argv[-3:] == ["key", "rotate", "1"], rotate
+    new = assert_ok(run_capd("--db", f"sqlite:///{tmp_path}/capd.db", *argv[-3:],
+                             cwd=tmp_path)).lines[0]
+    assert KEY_RE.fullmatch(new)
+    assert _demo_balance_line(tmp_path, new).startswith("balance 10.00000000 USD,")
+
+
+def test_demo_key_is_in_no_table(tmp_path: Path) -> None:
+    _, key = _serve_demo(tmp_path)
+    conn = sqlite3.connect(tmp_path / "capd.db")
+    try:
+        dump = "\n".join(conn.iterdump())
+    finally:
+        conn.close()
+    assert key not in dump
 
 
 @pytest.mark.parametrize("toml", [
@@ -782,9 +827,31 @@ def test_key_rotate_replaces_the_key(capd: Capd, key: str) -> None:
     assert len(run.lines) == 1 and KEY_RE.fullmatch(run.lines[0]), str(run)
     new = run.lines[0]
     keys = section(capd.show(new), "keys")
-    assert f"{new}  live" in keys
-    assert any(re.fullmatch(rf"{key}  revoked \S+Z", k) for k in keys), keys
+    assert key_state(keys, new) == "live"
+    assert re.fullmatch(r"revoked \S+Z", key_state(keys, key)), keys
     assert capd.store(lambda s: s.caller_for_key(key)) is None
+
+
+def test_key_rotate_by_account_id_replaces_every_live_key(capd: Capd, key: str) -> None:
+    second = capd.ok("key", "add", key).lines[0]
+    run = capd.ok("key", "rotate", "1")
+    assert len(run.lines) == 1 and KEY_RE.fullmatch(run.lines[0]), str(run)
+    new = run.lines[0]
+    assert capd.store(lambda s: s.caller_for_key(key)) is None
+    assert capd.store(lambda s: s.caller_for_key(second)) is None
+    caller = capd.store(lambda s: s.caller_for_key(new))
+    assert caller is not None and caller.account_id == 1
+
+
+def test_account_show_and_key_add_take_an_account_id(capd: Capd, key: str) -> None:
+    assert capd.show("1") == capd.show(key)
+    new = capd.ok("key", "add", "1").lines[0]
+    caller = capd.store(lambda s: s.caller_for_key(new))
+    assert caller is not None and caller.account_id == 1
+
+
+def test_account_show_of_an_unknown_id_fails_cleanly(capd: Capd, key: str) -> None:
+    assert_fails_cleanly(capd("account", "show", "2"), prefix="capd: error:")
 
 
 def test_key_rotate_of_a_revoked_key_fails_cleanly(capd: Capd, key: str) -> None:
@@ -856,6 +923,14 @@ def test_serve_banner_names_the_venv_script_under_run(tmp_path: Path,
     banner = serve_banner("http://127.0.0.1:8080", "sqlite:///capd.db", None, _cli_hint())
     assert ".venv/bin/capd account create --balance 5" in banner
     assert "\"clientKey\":\"<key>\"" in banner
+
+
+def test_serve_banner_of_an_existing_demo_account_names_the_rotate_command() -> None:
+    from capd.cli import serve_banner
+
+    banner = serve_banner("http://127.0.0.1:8080", "sqlite:///capd.db", None, "capd", 3)
+    assert "  a fresh demo key: capd key rotate 3" in banner.splitlines()
+    assert "no key yet" not in banner
 
 
 # -- prune (issue 12) ----------------------------------------------------------------------

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from capd.domain.money import UNITS_PER_USD
+from capd.store.secrets import secret_digest
 from tests.helpers import b64, captcha_png, free_port
 
 pytestmark = pytest.mark.slow
@@ -199,8 +200,8 @@ def test_sigkill_loses_no_task_and_charges_none_twice(
 
     # the books balance
     (balance, reserved), = query(db, "SELECT balance_units, reserved_units FROM accounts"
-                                     " WHERE id = (SELECT account_id FROM api_keys WHERE key = ?)",
-                                 (key,))
+                                     " WHERE id = (SELECT account_id FROM api_keys WHERE key_hash = ?)",
+                                 (secret_digest(key),))
     (ledger_sum,), = query(db, "SELECT SUM(amount_units) FROM ledger")
     assert reserved == 0
     assert balance == ledger_sum == OPENING_UNITS - PRICE_UNITS * len(solved)

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from capd.domain.money import UNITS_PER_USD
+from capd.store.secrets import secret_digest
 from tests.helpers import b64, captcha_png, free_port
 
 pytestmark = pytest.mark.slow
@@ -186,7 +187,8 @@ def charges(stack: Stack) -> dict[int, list[int]]:
 def books(stack: Stack) -> tuple[int, int, int]:
     (balance, reserved), = stack.query(
         "SELECT balance_units, reserved_units FROM accounts WHERE id ="
-        " (SELECT account_id FROM api_keys WHERE key = ?)", (stack.key,))
+        " (SELECT account_id FROM api_keys WHERE key_hash = ?)",
+        (secret_digest(stack.key),))
     (ledger_sum,), = stack.query("SELECT SUM(amount_units) FROM ledger")
     return balance, reserved, ledger_sum
 

@@ -88,7 +88,7 @@ async def signin(request: Request) -> Response:
         status, text = SIGNIN_REFUSALS.get(exc.code, (403, exc.description))
         return signin_page(request, "signin.html", status, text)
     opened = await open_session(svc.store, svc.clock(), ACCOUNT, account_id=caller.account_id,
-                                api_key=opts.key)
+                                key_digest=digest(opts.key))
     response = redirect("/console/")
     set_session_cookie(response, request, opened.token)
     return response
@@ -176,13 +176,9 @@ async def overview(request: Request, session: ConsoleSession) -> Response:
                 csrf=session.csrf, **await usage_context(request, account.id))
 
 
-def key_id(key: str) -> str:
-    """How a page names a key in a form without showing it: a digest prefix."""
-    return digest(key)[:16]
-
-
-def masked(key: str) -> str:
-    return f"{key[:6]}…{key[-4:]}"
+def masked(hint: str) -> str:
+    """A key as pages show it: the hint the store keeps, never the key."""
+    return f"{hint}…"
 
 
 async def access_page(request: Request, session: ConsoleSession, status: int = 200,
@@ -194,8 +190,8 @@ async def access_page(request: Request, session: ConsoleSession, status: int = 2
     bans = await svc.store.bans(now, active_only=False, account_id=session.account_id)
     bans.sort(key=lambda b: b.started_at, reverse=True)
     return page(request, "account/access.html", status,
-                keys=[{"id": key_id(k.key), "masked": masked(k.key), "record": k,
-                       "current": k.key == session.api_key} for k in keys],
+                keys=[{"id": k.key_id, "masked": masked(k.hint), "record": k,
+                       "current": k.digest == session.key_digest} for k in keys],
                 whitelist=await svc.store.whitelist(session.account_id),
                 bans=bans[:50], now=now, your_ip=client_ip(request), csrf=session.csrf,
                 error=error, new_key=new_key)
@@ -213,18 +209,18 @@ async def rotate_key(request: Request, session: ConsoleSession) -> Response:
     wanted = form_text(form, "key_id", 64)
     svc = service(request)
     assert session.account_id is not None
-    live = [k.key for k in await svc.store.keys(session.account_id)
-            if k.revoked_at is None and key_id(k.key) == wanted]
+    live = [k.digest for k in await svc.store.keys(session.account_id)
+            if k.revoked_at is None and k.key_id == wanted]
     if not live:
         return await access_page(request, session, 404, "No live key of this account matches.")
     try:
-        new_key = await admin(request).rotate_key(session.account_id, live[0])
+        new_key = await admin(request).rotate_key_digest(session.account_id, live[0])
     except AdminError as exc:
         return await access_page(request, session, 400, str(exc))
-    if live[0] == session.api_key:
-        await svc.store.set_console_session_key(session.token_hash, new_key)
+    if live[0] == session.key_digest:
+        await svc.store.set_console_session_key(session.token_hash, digest(new_key))
         session = ConsoleSession(session.token_hash, session.kind, session.account_id,
-                                 new_key, None, session.csrf, session.created_at,
+                                 digest(new_key), None, session.csrf, session.created_at,
                                  session.expires_at)
     return await access_page(request, session, new_key=new_key)
 

@@ -2,9 +2,9 @@
 
 Sessions are server-side, in the store: the cookie holds a random token, the store only
 its SHA-256 digest, with the session's kind, its CSRF token and its expiry. An account
-session names the API key it was opened with and an operator session the digest of its
-admin token; both are checked on every request, so revoking the key or the token (or the
-session expiring) ends the session at once.
+session names the digest of the API key it was opened with (never the key) and an
+operator session the digest of its admin token; both are checked on every request, so
+revoking the key or the token (or the session expiring) ends the session at once.
 
 Cookies are HttpOnly, SameSite=Strict, limited to /console, and Secure when the request
 came over TLS. Every form that changes something carries the session's CSRF token; the
@@ -14,7 +14,6 @@ cookie of the same value.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import secrets
@@ -27,6 +26,7 @@ from starlette.responses import Response
 from capd.constants import CONSOLE_SESSION_S
 from capd.service import ip_allowed
 from capd.store.base import ConsoleSession, Store
+from capd.store.secrets import secret_digest
 
 SESSION_COOKIE = "capd_console"
 SIGNIN_COOKIE = "capd_signin"
@@ -46,7 +46,8 @@ class Denied(Exception):
 
 
 def digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    """What the store keeps of a session token, an admin token or an API key."""
+    return secret_digest(token)
 
 
 def new_token() -> str:
@@ -64,12 +65,13 @@ class Opened:
 
 
 async def open_session(store: Store, now: float, kind: str, *, account_id: int | None = None,
-                       api_key: str | None = None,
+                       key_digest: str | None = None,
                        admin_token_hash: str | None = None) -> Opened:
-    """Create a session (and forget expired ones); returns the cookie token."""
+    """Create a session (and forget expired ones); returns the cookie token. An account
+    session takes the digest of the key it was opened with (``digest(key)``)."""
     await store.sweep_console_sessions(now)
     token = new_token()
-    session = ConsoleSession(digest(token), kind, account_id, api_key, admin_token_hash,
+    session = ConsoleSession(digest(token), kind, account_id, key_digest, admin_token_hash,
                              new_token(), now, now + CONSOLE_SESSION_S)
     await store.create_console_session(session)
     return Opened(token, session)
@@ -86,7 +88,7 @@ async def current_session(request: Request, store: Store, now: float,
     if session is None:
         return None
     if session.kind == ACCOUNT:
-        caller = await store.caller_for_key(session.api_key or "")
+        caller = await store.caller_for_key_digest(session.key_digest or "")
         alive = caller is not None and caller.account_id == session.account_id
         if alive and caller is not None and not ip_allowed(ip, caller.whitelist):
             return None  # kept: it works again from an allowed address

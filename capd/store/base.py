@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
+from capd.constants import KEY_ID_CHARS
+
 
 # An OSError (the store's I/O failed), not a capd.errors.CapdError: a CapdError is an answer
 # (HTTP 200 with its error code), while this is the front doors' HTTP 503
@@ -85,10 +87,18 @@ class Caller:
 
 @dataclass(frozen=True)
 class KeyRecord:
-    key: str
+    """An API key as the store keeps it: never the key itself (``capd.store.secrets``)."""
+
+    digest: str  # SHA-256 of the key, 64 hex characters
+    hint: str  # the key's first characters, to tell an account's keys apart
     account_id: int
     created_at: float
     revoked_at: float | None
+
+    @property
+    def key_id(self) -> str:
+        """How operators and pages name a key without showing it: a digest prefix."""
+        return self.digest[:KEY_ID_CHARS]
 
 
 @dataclass(frozen=True)
@@ -175,13 +185,13 @@ class AdminToken:
 @dataclass(frozen=True)
 class ConsoleSession:
     """A signed-in console session. The cookie holds a random token; the store holds its
-    SHA-256 digest. An account session names the API key it was opened with, an operator
-    session the digest of its admin token, so revoking either ends the session."""
+    SHA-256 digest. An account session names the digest of the API key it was opened with,
+    an operator session the digest of its admin token, so revoking either ends the session."""
 
     token_hash: str
     kind: str  # "account" or "admin"
     account_id: int | None
-    api_key: str | None
+    key_digest: str | None
     admin_token_hash: str | None
     csrf: str
     created_at: float
@@ -251,7 +261,8 @@ class Store(Protocol):
     async def subscribe(self, on_task: Callable[[str], None]) -> None:
         """Call ``on_task(type)`` when another node queues work (no-op for one process)."""
 
-    # accounts and keys
+    # accounts and keys: a method that takes ``key`` takes the key itself and keeps or
+    # looks up only its digest and hint (``capd.store.secrets``)
     async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
                              actor: str = "operator", note: str = "") -> int:
         """Create an account holding ``key``, with ``opening_units`` as a ``topup`` ledger
@@ -270,8 +281,14 @@ class Store(Protocol):
     async def revoke_key(self, key: str, now: float) -> bool:
         """Revoke a live key; False when it is unknown or already revoked."""
 
+    async def revoke_key_digest(self, digest: str, now: float) -> bool:
+        """``revoke_key`` for the key with this digest."""
+
     async def caller_for_key(self, key: str) -> Caller | None:
         """The account behind a live key, with its whitelist; None when unknown/revoked."""
+
+    async def caller_for_key_digest(self, digest: str) -> Caller | None:
+        """``caller_for_key`` for the key with this digest (a console session's)."""
 
     async def account(self, account_id: int) -> Account | None: ...
 
@@ -279,6 +296,10 @@ class Store(Protocol):
         """The account a key (live or revoked) belongs to."""
 
     async def keys(self, account_id: int) -> list[KeyRecord]: ...
+
+    async def keys_by_id(self, key_id: str) -> list[KeyRecord]:
+        """The keys (live or revoked) whose ``key_id`` (digest prefix) is ``key_id``:
+        how an operator names a key that nobody holds any more."""
 
     async def whitelist(self, account_id: int) -> list[str]: ...
 
@@ -321,7 +342,9 @@ class Store(Protocol):
                           callback: Callable[[Task], str] | None = None) -> Task | None:
         """Complete an open task exactly once: with a solution (capture the reservation as a
         charge) or an error code (release it). With ``owner``, only the holder of a live lease
-        may complete. Returns the finished task, or None when nothing changed.
+        may complete. Returns the finished task, or None when nothing changed. The finished
+        task keeps no proxy login or password in its payload and no user:password in its
+        callback URL (``capd.store.secrets``).
 
         With ``callback``, when the finished task has a callback URL, a pending outbox row
         (due at ``now``, body ``callback(finished task)``) is written in the same
@@ -421,7 +444,8 @@ class Store(Protocol):
     async def settle_callback(self, callback_id: int, state: CallbackState,
                               next_at: float) -> bool:
         """End a claimed attempt: ``delivered``, ``failed`` (final), or ``pending`` again
-        from ``next_at``; the lease is released. False when the row is no longer pending."""
+        from ``next_at``; the lease is released. A final state drops any user:password
+        from the row's URL. False when the row is no longer pending."""
 
     async def callback_counts(self) -> dict[str, int]:
         """Outbox rows by state: ``pending``, ``delivered``, ``failed`` (each present)."""
@@ -448,8 +472,9 @@ class Store(Protocol):
     async def console_session(self, token_hash: str, now: float) -> ConsoleSession | None:
         """The unexpired session with this digest, if any."""
 
-    async def set_console_session_key(self, token_hash: str, api_key: str) -> None:
-        """Point an account session at another key of its account (after a rotation)."""
+    async def set_console_session_key(self, token_hash: str, key_digest: str) -> None:
+        """Point an account session at another key (by digest) of its account (after a
+        rotation)."""
 
     async def delete_console_session(self, token_hash: str) -> None: ...
 

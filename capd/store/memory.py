@@ -39,6 +39,13 @@ from capd.store.base import (
 )
 from capd.store.counters import OneProcess
 from capd.store.migrations import migration_scripts
+from capd.store.secrets import (
+    has_proxy_secrets,
+    key_hint,
+    secret_digest,
+    without_proxy_secrets,
+    without_userinfo,
+)
 from capd.store.transitions import (
     CHARGE_NOTE,
     NEW_ID_TRIES,
@@ -82,6 +89,7 @@ class _Task:
     cost_units: int = 0
     reported_at: float | None = None
     payload_dropped_at: float | None = None
+    proxy_secrets: bool = False  # proxy credentials in the payload, dropped when it ends
 
     def view(self, with_payload: bool = True) -> Task:
         return Task(
@@ -166,11 +174,12 @@ class MemoryStore(OneProcess):
     async def create_account(self, name: str, key: str, now: float, *, opening_units: int = 0,
                              actor: str = "operator", note: str = "") -> int:
         check_opening(opening_units)
-        if key in self._keys:
+        digest = secret_digest(key)
+        if digest in self._keys:
             raise ValueError("the key belongs to another account")
         account_id = next(self._account_ids)
         self._accounts[account_id] = Account(account_id, name, opening_units, 0, now)
-        self._keys[key] = KeyRecord(key, account_id, now, None)
+        self._keys[digest] = KeyRecord(digest, key_hint(key), account_id, now, None)
         if opening_units > 0:
             self._append_ledger(account_id, now, "topup", opening_units, None, actor, note)
         return account_id
@@ -178,19 +187,26 @@ class MemoryStore(OneProcess):
     async def add_key(self, account_id: int, key: str, now: float) -> None:
         if account_id not in self._accounts:
             raise KeyError(account_id)
-        if key in self._keys:
+        digest = secret_digest(key)
+        if digest in self._keys:
             raise ValueError("the key belongs to another account")
-        self._keys[key] = KeyRecord(key, account_id, now, None)
+        self._keys[digest] = KeyRecord(digest, key_hint(key), account_id, now, None)
 
     async def revoke_key(self, key: str, now: float) -> bool:
-        record = self._keys.get(key)
+        return await self.revoke_key_digest(secret_digest(key), now)
+
+    async def revoke_key_digest(self, digest: str, now: float) -> bool:
+        record = self._keys.get(digest)
         if record is None or record.revoked_at is not None:
             return False
-        self._keys[key] = replace(record, revoked_at=now)
+        self._keys[digest] = replace(record, revoked_at=now)
         return True
 
     async def caller_for_key(self, key: str) -> Caller | None:
-        record = self._keys.get(key)
+        return await self.caller_for_key_digest(secret_digest(key))
+
+    async def caller_for_key_digest(self, digest: str) -> Caller | None:
+        record = self._keys.get(digest)
         if record is None or record.revoked_at is not None:
             return None
         return Caller(record.account_id, tuple(await self.whitelist(record.account_id)))
@@ -199,7 +215,7 @@ class MemoryStore(OneProcess):
         return self._accounts.get(account_id)
 
     async def account_for_key(self, key: str) -> Account | None:
-        record = self._keys.get(key)
+        record = self._keys.get(secret_digest(key))
         return self._accounts.get(record.account_id) if record else None
 
     async def find_accounts(self, query: str, limit: int = 50) -> list[Account]:
@@ -207,14 +223,19 @@ class MemoryStore(OneProcess):
         if search is None or limit <= 0:
             return []
         needle = search.text.lower()
-        owner = self._keys[search.text].account_id if search.text in self._keys else None
+        record = self._keys.get(secret_digest(search.text))
+        owner = record.account_id if record is not None else None
         found = [a for a in self._accounts.values()
                  if a.id in (search.account_id, owner) or needle in a.name.lower()]
         return sorted(found, key=lambda a: a.id)[:limit]
 
     async def keys(self, account_id: int) -> list[KeyRecord]:
         return sorted((k for k in self._keys.values() if k.account_id == account_id),
-                      key=lambda k: (k.created_at, k.key))
+                      key=lambda k: (k.created_at, k.digest))
+
+    async def keys_by_id(self, key_id: str) -> list[KeyRecord]:
+        return sorted((k for k in self._keys.values() if k.key_id == key_id),
+                      key=lambda k: k.digest)
 
     async def whitelist(self, account_id: int) -> list[str]:
         return sorted(self._whitelists.get(account_id, ()))
@@ -286,7 +307,7 @@ class MemoryStore(OneProcess):
             options=options, state=TaskState.QUEUED, price_units=task.price_units,
             reserved_units=task.price_units, created_at=task.created_at,
             deadline_at=task.deadline_at, client_ip=task.client_ip,
-            callback_url=task.callback_url)
+            callback_url=task.callback_url, proxy_secrets=has_proxy_secrets(task.payload))
         return task_id
 
     async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:
@@ -323,11 +344,16 @@ class MemoryStore(OneProcess):
         task.state, task.ended_at, task.solution = outcome, now, encoded
         task.error_code, task.cost_units = error_code, charge
         task.reserved_units, task.lease_until = 0, None
+        url = task.callback_url  # as given: the outbox row keeps it until settled
+        if task.proxy_secrets:
+            task.payload = orjson.dumps(without_proxy_secrets(orjson.loads(task.payload)))
+            task.proxy_secrets = False
+        task.callback_url = without_userinfo(url)
         finished = task.view()
-        if callback is not None and task.callback_url:
+        if callback is not None and url:
             row_id = next(self._outbox_ids)
             self._outbox[row_id] = _Callback(row_id, task_id, task.account_id,
-                                             task.callback_url, callback(finished), now, now)
+                                             url, callback(finished), now, now)
         return finished
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
@@ -508,6 +534,8 @@ class MemoryStore(OneProcess):
         if row is None or row.state != CallbackState.PENDING:
             return False
         row.state, row.next_at, row.leased_until = state, next_at, None
+        if state != CallbackState.PENDING:
+            row.url = without_userinfo(row.url) or row.url
         return True
 
     async def callback_counts(self) -> dict[str, int]:
@@ -571,10 +599,10 @@ class MemoryStore(OneProcess):
         session = self._sessions.get(token_hash)
         return session if session is not None and session.expires_at > now else None
 
-    async def set_console_session_key(self, token_hash: str, api_key: str) -> None:
+    async def set_console_session_key(self, token_hash: str, key_digest: str) -> None:
         session = self._sessions.get(token_hash)
         if session is not None:
-            self._sessions[token_hash] = replace(session, api_key=api_key)
+            self._sessions[token_hash] = replace(session, key_digest=key_digest)
 
     async def delete_console_session(self, token_hash: str) -> None:
         self._sessions.pop(token_hash, None)

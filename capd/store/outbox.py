@@ -11,6 +11,10 @@ A node that dies mid-attempt leaves a lease that runs out; the row is then due a
 Row states (``CallbackState``): pending (due at ``next_at``; claimed while
 ``leased_until`` is ahead) -> delivered | failed, or pending again with a later
 ``next_at`` (a retry). ``capd.store.memory`` keeps the same rules in Python.
+
+A row keeps its URL as the client gave it while it is pending (the task row itself has
+lost any user:password when it finished); settling it delivered or failed drops the
+credentials from the URL too (``capd.store.secrets``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from capd.store.base import Callback, CallbackState
+from capd.store.secrets import without_userinfo
 from capd.store.transitions import Db, Dialect
 
 _CLAIM_LOCK = 0x63616362  # "cacb": PostgreSQL claimers of callbacks take turns
@@ -61,9 +66,11 @@ class OutboxStatements:
         self.any_due = q(
             "SELECT 1 FROM callbacks_outbox WHERE state = 'pending' AND next_at <= $1"
             " AND (leased_until IS NULL OR leased_until <= $1) LIMIT 1")
+        self.url = q("SELECT url FROM callbacks_outbox WHERE id = $1")
+        # $4: the URL less its credentials once settled for good (NULL: unchanged)
         self.settle = q(
-            "UPDATE callbacks_outbox SET state = $1, next_at = $2, leased_until = NULL"
-            " WHERE id = $3 AND state = 'pending' RETURNING id")
+            "UPDATE callbacks_outbox SET state = $1, next_at = $2, leased_until = NULL,"
+            " url = COALESCE($4, url) WHERE id = $3 AND state = 'pending' RETURNING id")
         self.counts = q("SELECT state, COUNT(*) FROM callbacks_outbox GROUP BY state")
 
 
@@ -88,8 +95,13 @@ class SqlOutbox:
 
     async def settle_callback(self, callback_id: int, state: CallbackState,
                               next_at: float) -> bool:
-        row = await self._tdb.fetchrow(self._outbox_sql.settle, state.value, next_at,
-                                       callback_id)
+        sql = self._outbox_sql
+        bare = None
+        if state != CallbackState.PENDING:
+            found = await self._tdb.fetchrow(sql.url, callback_id)
+            if found is not None and without_userinfo(found[0]) != found[0]:
+                bare = without_userinfo(found[0])
+        row = await self._tdb.fetchrow(sql.settle, state.value, next_at, callback_id, bare)
         return row is not None
 
     async def callback_counts(self) -> dict[str, int]:

@@ -28,6 +28,7 @@ from capd.store.counters import Bounded, FinalTasks
 from capd.store.migrations import migration_scripts
 from capd.store.outbox import OutboxStatements, SqlOutbox
 from capd.store.retention import RetentionStatements, SqlRetention
+from capd.store.secrets import key_hint, secret_digest
 from capd.store.transitions import (
     BAN_COLS,
     POSTGRES,
@@ -213,31 +214,30 @@ class PostgresStore(SqlTransitions, SqlRetention, SqlOutbox):
         return status
 
     async def add_key(self, account_id: int, key: str, now: float) -> None:
-        await self._write(self._sql.insert_key, key, account_id, now)
+        await self._write(self._sql.insert_key, secret_digest(key), key_hint(key), account_id,
+                          now)
 
-    async def revoke_key(self, key: str, now: float) -> bool:
-        status = await self._write(
-            "UPDATE api_keys SET revoked_at = $1 WHERE key = $2 AND revoked_at IS NULL",
-            now, key)
+    async def revoke_key_digest(self, digest: str, now: float) -> bool:
+        status = await self._write(self._sql.revoke_key, now, digest)
         return bool(status.endswith(" 1"))
 
-    async def caller_for_key(self, key: str) -> Caller | None:
+    async def caller_for_key_digest(self, digest: str) -> Caller | None:
         if self._caching:
-            hit = self._callers.get(key)
+            hit = self._callers.get(digest)
             if hit is not None and hit[0] > time.monotonic():
                 return hit[1]
         generation = self._generation
-        caller = await self._read_caller(key)
+        caller = await self._read_caller(digest)
         if self._caching and generation == self._generation:
-            self._callers.put(key, (time.monotonic() + CACHE_TTL_S, caller))
+            self._callers.put(digest, (time.monotonic() + CACHE_TTL_S, caller))
         return caller
 
-    async def _read_caller(self, key: str) -> Caller | None:
+    async def _read_caller(self, digest: str) -> Caller | None:
         row = await (await self._p()).fetchrow(
             "SELECT k.account_id, COALESCE(array_agg(w.network) FILTER"
             " (WHERE w.network IS NOT NULL), '{}') FROM api_keys k"
             " LEFT JOIN whitelist w ON w.account_id = k.account_id"
-            " WHERE k.key = $1 AND k.revoked_at IS NULL GROUP BY k.account_id", key)
+            " WHERE k.key_hash = $1 AND k.revoked_at IS NULL GROUP BY k.account_id", digest)
         return Caller(row[0], tuple(row[1])) if row else None
 
     async def whitelist_add(self, account_id: int, network: str) -> bool:

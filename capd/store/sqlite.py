@@ -25,6 +25,12 @@ from capd.store.counters import Bounded, FinalTasks, OneProcess
 from capd.store.migrations import migration_scripts
 from capd.store.outbox import OutboxStatements, SqlOutbox
 from capd.store.retention import RetentionStatements, SqlRetention
+from capd.store.secrets import (
+    create_private_file,
+    key_hint,
+    register_sqlite_functions,
+    secret_digest,
+)
 from capd.store.transitions import (
     BAN_COLS,
     SQLITE,
@@ -118,6 +124,7 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
         self._busy_timeout_s = busy_timeout_ms / 1000
         self._reader: sqlite3.Connection | None = None  # the console's long reads
         self._reader_lock = threading.Lock()
+        create_private_file(path)  # owner-only (0600); its -wal and -shm take its mode
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=busy_timeout_ms / 1000)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -214,6 +221,7 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
 
     def _migrate(self) -> int:
         db = self._db
+        register_sqlite_functions(db)  # capd_sha256() and others, for migration 0006
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = self._one("SELECT MAX(version) FROM schema_version")
         current = row[0] or 0
@@ -246,25 +254,23 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
     # -- accounts and keys -----------------------------------------------------------------
     async def add_key(self, account_id: int, key: str, now: float) -> None:
         self._invalidate()
-        self._run(self._sql.insert_key, (key, account_id, now))
+        self._run(self._sql.insert_key, (secret_digest(key), key_hint(key), account_id, now))
 
-    async def revoke_key(self, key: str, now: float) -> bool:
+    async def revoke_key_digest(self, digest: str, now: float) -> bool:
         self._invalidate()
-        cur = self._run(
-            "UPDATE api_keys SET revoked_at = ? WHERE key = ? AND revoked_at IS NULL", (now, key))
-        return cur.rowcount == 1
+        return self._run(self._sql.revoke_key, (now, digest)).rowcount == 1
 
-    async def caller_for_key(self, key: str) -> Caller | None:
+    async def caller_for_key_digest(self, digest: str) -> Caller | None:
         self._fresh()
-        if key in self._callers:
-            return self._callers[key]
-        row = self._one("SELECT account_id FROM api_keys WHERE key = ? AND revoked_at IS NULL",
-                        (key,))
+        if digest in self._callers:
+            return self._callers[digest]
+        row = self._one("SELECT account_id FROM api_keys WHERE key_hash = ?"
+                        " AND revoked_at IS NULL", (digest,))
         caller = None
         if row is not None:
             nets = self._all("SELECT network FROM whitelist WHERE account_id = ?", (row[0],))
             caller = Caller(row[0], tuple(n[0] for n in nets))
-        self._callers.put(key, caller)
+        self._callers.put(digest, caller)
         return caller
 
     async def whitelist_add(self, account_id: int, network: str) -> bool:

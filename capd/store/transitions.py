@@ -19,7 +19,9 @@ Task transitions (from -> to: guard; money):
 - ``finish_task``   queued or leased -> failed (with an error code): same guard;
   release: R -= reserved.
 - either ``finish_task``, given ``callback`` and a task with a callback URL, also writes
-  its pending callback outbox row in the same transaction (``capd.store.outbox``).
+  its pending callback outbox row in the same transaction (``capd.store.outbox``), with
+  the URL as given; the task row itself keeps no proxy credentials in its payload and no
+  user:password in its callback URL from then on (``capd.store.secrets``).
 - ``report_task``   solved, not yet reported -> solved and reported: the account's own
   task, ended within ``window_s``; with ``refund``, B += cost and a ledger ``refund``.
 
@@ -51,13 +53,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from capd.constants import MAX_UNITS
+from capd.constants import KEY_ID_CHARS, MAX_UNITS
 from capd.errors import InsufficientFunds
 from capd.store.base import (
     OPEN_STATES,
     Account,
     AdminToken,
     Ban,
+    Caller,
     ConsoleSession,
     KeyRecord,
     LedgerEntry,
@@ -69,6 +72,13 @@ from capd.store.base import (
     usage_rows,
 )
 from capd.store.counters import FinalTasks
+from capd.store.secrets import (
+    has_proxy_secrets,
+    key_hint,
+    secret_digest,
+    without_proxy_secrets,
+    without_userinfo,
+)
 
 SYSTEM_ACTOR = "capd"  # the ledger's actor for charges and refunds
 CHARGE_NOTE = "task solved"
@@ -246,14 +256,18 @@ class Statements:
         account_cols = "a.id, a.name, a.balance_units, a.reserved_units, a.created_at"
         self.account = q(f"SELECT {account_cols} FROM accounts a WHERE a.id = $1")
         self.account_for_key = q(f"SELECT {account_cols} FROM accounts a"
-                                 f" JOIN api_keys k ON k.account_id = a.id WHERE k.key = $1")
+                                 f" JOIN api_keys k ON k.account_id = a.id"
+                                 f" WHERE k.key_hash = $1")
         self.find_accounts = q(
             f"SELECT {account_cols} FROM accounts a WHERE a.id = $1"
             f" OR a.name {d.ilike} $2 ESCAPE '\\'"
-            " OR a.id IN (SELECT account_id FROM api_keys WHERE key = $3)"
+            " OR a.id IN (SELECT account_id FROM api_keys WHERE key_hash = $3)"
             " ORDER BY a.id LIMIT $4")
-        self.keys = q("SELECT key, account_id, created_at, revoked_at FROM api_keys"
-                      " WHERE account_id = $1 ORDER BY created_at, key")
+        self.keys = q("SELECT key_hash, hint, account_id, created_at, revoked_at FROM api_keys"
+                      " WHERE account_id = $1 ORDER BY created_at, key_hash")
+        self.keys_by_id = q("SELECT key_hash, hint, account_id, created_at, revoked_at"
+                            f" FROM api_keys WHERE substr(key_hash, 1, {KEY_ID_CHARS}) = $1"
+                            " ORDER BY key_hash")
         self.whitelist = q("SELECT network FROM whitelist WHERE account_id = $1"
                            " ORDER BY network")
         self.ledger = q("SELECT id, account_id, at, kind, amount_units, task_id, actor, note"
@@ -267,8 +281,10 @@ class Statements:
         self.queue_depth = q("SELECT COUNT(*) FROM tasks WHERE type = $1 AND state = 'queued'")
         self.insert_account = q("INSERT INTO accounts (name, created_at, balance_units)"
                                 " VALUES ($1, $2, $3) RETURNING id")
-        self.insert_key = q("INSERT INTO api_keys (key, account_id, created_at)"
-                            " VALUES ($1, $2, $3)")
+        self.insert_key = q("INSERT INTO api_keys (key_hash, hint, account_id, created_at)"
+                            " VALUES ($1, $2, $3, $4)")
+        self.revoke_key = q("UPDATE api_keys SET revoked_at = $1 WHERE key_hash = $2"
+                            " AND revoked_at IS NULL")
         self.insert_ledger = q("INSERT INTO ledger (account_id, at, kind, amount_units,"
                                " task_id, actor, note) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         self.move_balance = q("UPDATE accounts SET balance_units = balance_units + $1"
@@ -279,8 +295,8 @@ class Statements:
                          " WHERE id = $2 AND balance_units - reserved_units >= $1 RETURNING id")
         self.insert_task = q(
             "INSERT INTO tasks (id, account_id, type, payload, options, state, price_units,"
-            " reserved_units, created_at, deadline_at, client_ip, callback_url)"
-            " VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, $8, $9, $10)"
+            " reserved_units, created_at, deadline_at, client_ip, callback_url, proxy_secrets)"
+            " VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, $8, $9, $10, $11)"
             " ON CONFLICT (id) DO NOTHING RETURNING id")
         type_match = d.text_list_match.format(col="type", n=3)
         self.claim = q(
@@ -291,12 +307,16 @@ class Statements:
             f"   AND (state = 'queued' OR lease_until <= $4) AND deadline_at > $4"
             f"  ORDER BY created_at, id LIMIT $5{d.skip_locked}) RETURNING {TASK_COLS}")
         self.task_to_finish = q("SELECT state, account_id, reserved_units, price_units,"
-                                " lease_owner, lease_until FROM tasks WHERE id = $1"
-                                + d.row_lock)
+                                " lease_owner, lease_until, proxy_secrets, callback_url"
+                                " FROM tasks WHERE id = $1" + d.row_lock)
+        self.payload = q("SELECT payload FROM tasks WHERE id = $1")
+        # the payload less its proxy credentials ($7; NULL: it has none), the callback URL
+        # less its user:password ($8)
         self.finish = q(
             f"UPDATE tasks SET state = $1, ended_at = $2, solution = $3, error_code = $4,"
-            f" cost_units = $5, reserved_units = 0, lease_until = NULL WHERE id = $6"
-            f" RETURNING {TASK_COLS}")
+            f" cost_units = $5, reserved_units = 0, lease_until = NULL,"
+            f" payload = COALESCE($7, payload), callback_url = $8, proxy_secrets = 0"
+            f" WHERE id = $6 RETURNING {TASK_COLS}")
         # the finished task's callback, due at once (capd.store.outbox delivers it)
         self.queue_callback = q(
             "INSERT INTO callbacks_outbox (task_id, account_id, url, body, created_at,"
@@ -319,13 +339,13 @@ class Statements:
                                     " WHERE token_hash = $2 AND revoked_at IS NULL RETURNING id")
         self.admin_token = q("SELECT id, name, created_at FROM admin_tokens"
                              " WHERE token_hash = $1 AND revoked_at IS NULL")
-        session_cols = ("token_hash, kind, account_id, api_key, admin_token_hash, csrf,"
+        session_cols = ("token_hash, kind, account_id, key_hash, admin_token_hash, csrf,"
                         " created_at, expires_at")
         self.insert_session = q(f"INSERT INTO console_sessions ({session_cols})"
                                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
         self.session = q(f"SELECT {session_cols} FROM console_sessions"
                          " WHERE token_hash = $1 AND expires_at > $2")
-        self.session_key = q("UPDATE console_sessions SET api_key = $1 WHERE token_hash = $2")
+        self.session_key = q("UPDATE console_sessions SET key_hash = $1 WHERE token_hash = $2")
         self.delete_session = q("DELETE FROM console_sessions WHERE token_hash = $1")
         self.sweep_sessions = q("DELETE FROM console_sessions WHERE expires_at <= $1"
                                 " RETURNING token_hash")
@@ -378,24 +398,37 @@ class SqlTransitions:
             """type -> when a worker last asked for it (``OneProcess`` keeps it in memory,
             PostgreSQL in a table every node writes)."""
 
+        async def caller_for_key_digest(self, digest: str) -> Caller | None: ...
+
+        async def revoke_key_digest(self, digest: str, now: float) -> bool: ...
+
+    async def caller_for_key(self, key: str) -> Caller | None:
+        return await self.caller_for_key_digest(secret_digest(key))
+
+    async def revoke_key(self, key: str, now: float) -> bool:
+        return await self.revoke_key_digest(secret_digest(key), now)
+
     async def account(self, account_id: int) -> Account | None:
         row = await self._tdb.fetchrow(self._sql.account, account_id)
         return Account(*row) if row else None
 
     async def account_for_key(self, key: str) -> Account | None:
         """The account a key (live or revoked) belongs to."""
-        row = await self._tdb.fetchrow(self._sql.account_for_key, key)
+        row = await self._tdb.fetchrow(self._sql.account_for_key, secret_digest(key))
         return Account(*row) if row else None
 
     async def keys(self, account_id: int) -> list[KeyRecord]:
         return [KeyRecord(*r) for r in await self._tdb.fetch(self._sql.keys, account_id)]
+
+    async def keys_by_id(self, key_id: str) -> list[KeyRecord]:
+        return [KeyRecord(*r) for r in await self._tdb.fetch(self._sql.keys_by_id, key_id)]
 
     async def find_accounts(self, query: str, limit: int = 50) -> list[Account]:
         search = account_search(query)
         if search is None or limit <= 0:
             return []
         rows = await self._tdb.fetch(self._sql.find_accounts, search.account_id,
-                                     search.like_pattern, search.text, limit)
+                                     search.like_pattern, secret_digest(search.text), limit)
         return [Account(*r) for r in rows]
 
     async def whitelist(self, account_id: int) -> list[str]:
@@ -438,7 +471,7 @@ class SqlTransitions:
             row = await tx.fetchrow(sql.insert_account, name, now, opening_units)
             assert row is not None
             account_id = int(row[0])
-            await tx.execute(sql.insert_key, key, account_id, now)
+            await tx.execute(sql.insert_key, secret_digest(key), key_hint(key), account_id, now)
             if opening_units > 0:
                 await tx.execute(sql.insert_ledger, account_id, now, "topup", opening_units,
                                  None, actor, note)
@@ -468,7 +501,7 @@ class SqlTransitions:
                 row = await tx.fetchrow(
                     sql.insert_task, new_id(), task.account_id, task.type, payload, options,
                     task.price_units, task.created_at, task.deadline_at, task.client_ip,
-                    task.callback_url)
+                    task.callback_url, int(has_proxy_secrets(task.payload)))
                 if row is not None:
                     await self._tdb.task_queued(tx, task.type)
                     return int(row[0])
@@ -493,23 +526,28 @@ class SqlTransitions:
             row = await tx.fetchrow(sql.task_to_finish, task_id)
             if row is None:
                 return None
-            state, account_id, reserved, price, lease_owner, lease_until = row
+            state, account_id, reserved, price, lease_owner, lease_until, secrets, url = row
             if not may_finish(state, lease_owner, lease_until, owner, now):
                 return None
             charge = price if outcome == TaskState.SOLVED else 0
+            payload = None  # unchanged
+            if secrets:
+                kept = await tx.fetchrow(sql.payload, task_id)
+                assert kept is not None
+                payload = json_text(without_proxy_secrets(orjson.loads(kept[0])))
             done = await tx.fetchrow(
                 sql.finish, outcome.value, now,
                 json_text(solution) if solution is not None else None, error_code, charge,
-                task_id)
+                task_id, payload, without_userinfo(url))
             await tx.execute(sql.settle, reserved, charge, account_id)
             if charge:
                 await tx.execute(sql.insert_ledger, account_id, now, "charge", -charge,
                                  task_id, SYSTEM_ACTOR, CHARGE_NOTE)
             assert done is not None
             finished = task_from_row(done)
-            if callback is not None and finished.callback_url:
-                await tx.execute(sql.queue_callback, task_id, account_id,
-                                 finished.callback_url, callback(finished), now)
+            if callback is not None and url:  # the URL as given: credentials included
+                await tx.execute(sql.queue_callback, task_id, account_id, url,
+                                 callback(finished), now)
         return finished
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
@@ -547,15 +585,15 @@ class SqlTransitions:
     async def create_console_session(self, session: ConsoleSession) -> None:
         s = session
         await self._tdb.execute(self._sql.insert_session, s.token_hash, s.kind, s.account_id,
-                                s.api_key, s.admin_token_hash, s.csrf, s.created_at,
+                                s.key_digest, s.admin_token_hash, s.csrf, s.created_at,
                                 s.expires_at)
 
     async def console_session(self, token_hash: str, now: float) -> ConsoleSession | None:
         row = await self._tdb.fetchrow(self._sql.session, token_hash, now)
         return ConsoleSession(*row) if row else None
 
-    async def set_console_session_key(self, token_hash: str, api_key: str) -> None:
-        await self._tdb.execute(self._sql.session_key, api_key, token_hash)
+    async def set_console_session_key(self, token_hash: str, key_digest: str) -> None:
+        await self._tdb.execute(self._sql.session_key, key_digest, token_hash)
 
     async def delete_console_session(self, token_hash: str) -> None:
         await self._tdb.execute(self._sql.delete_session, token_hash)

@@ -228,3 +228,32 @@ def test_an_operator_session_is_not_an_account_session(new_page: Any,
     sign_in_admin(page, server, admin_token(server))
     response = page.goto(f"{server.url}/console/access")
     assert response.status == 403
+
+
+def test_a_session_keeps_the_key_digest_never_the_key(new_page: Any, server: LiveServer,
+                                                      tmp_path: Any) -> None:
+    import sqlite3
+
+    from capd.console.sessions import digest
+
+    key = server.new_account("1")
+    page = new_page()
+    sign_in(page, server, key)
+    token = cookies_for(page)["capd_console"]
+    session = server.admin(lambda store: store.console_session(digest(token), server.clock()))
+    assert session is not None and session.key_digest == digest(key)
+    conn = sqlite3.connect(tmp_path / "capd.db")
+    try:
+        dump = "\n".join(conn.iterdump())
+    finally:
+        conn.close()
+    assert digest(key) in dump and key not in dump
+
+
+def test_the_keys_page_shows_a_hint_of_each_key(new_page: Any, server: LiveServer) -> None:
+    key = server.new_account("1")
+    page = new_page()
+    sign_in(page, server, key)
+    page.click("text=Keys & access")
+    assert f"{key[:4]}…" in page.inner_text("table")
+    assert key[4:] not in page.content()

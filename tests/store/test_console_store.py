@@ -48,9 +48,9 @@ def test_console_sessions_expire_rekey_and_sweep(run: Any) -> None:
         await store.create_console_session(session)
         assert await store.console_session("h" * 64, NOW + 99) == session
         assert await store.console_session("h" * 64, NOW + 100) is None
-        await store.set_console_session_key("h" * 64, "b" * 32)
+        await store.set_console_session_key("h" * 64, "b" * 64)
         found = await store.console_session("h" * 64, NOW)
-        assert found is not None and found.api_key == "b" * 32
+        assert found is not None and found.key_digest == "b" * 64
         assert await store.sweep_console_sessions(NOW + 100) == 1
         assert await store.console_session("h" * 64, NOW) is None
         await store.create_console_session(session)
