@@ -246,6 +246,8 @@ def test_blocklist_matches_host_and_subdomains(run: Any) -> None:
 @other_nodes
 def test_writes_through_another_connection_are_seen_at_once(run: Any,
                                                             location: str) -> None:
+    """At once: from the next turn of the event loop, so by every request that starts
+    after the commit (SQLite asks whether another connection committed once a turn)."""
     async def body(store: Store) -> None:
         account_id = await funded(store)
         other = open_backend(location)
@@ -255,9 +257,11 @@ def test_writes_through_another_connection_are_seen_at_once(run: Any,
             await other.revoke_key("a" * 32, NOW)
             await other.whitelist_add(account_id, "10.0.0.0/8")
             ban_id = await other.add_ban("ip", "1.2.3.4", None, "r", NOW, NOW + 600)
+            await asyncio.sleep(0)  # the next turn
             assert await store.caller_for_key("a" * 32) is None
             assert await store.active_ban("ip", "1.2.3.4", None, NOW) is not None
             await other.lift_ban(ban_id, NOW, "op")
+            await asyncio.sleep(0)
             assert await store.active_ban("ip", "1.2.3.4", None, NOW) is None
         finally:
             await other.close()
