@@ -354,7 +354,14 @@ class Store(Protocol):
         """Forget counters whose window has ended; returns how many."""
 
     async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
-                      now: float, ends_at: float) -> int: ...
+                      now: float, ends_at: float) -> int:
+        """Ban the slot (``scope``, ``ip``, ``account_id``) until ``ends_at``; the ban's id.
+
+        At most one ban per slot is active (not lifted, ending after ``now``), and the
+        database holds that rule, whatever the nodes do at once: when the slot has an
+        active ban it is extended (its end becomes the later of the two; its reason and
+        start stay), else a new ban starts (a ban of the slot already over is retired).
+        Lifting the one active ban leaves the slot free."""
 
     async def active_ban(self, scope: str, ip: str, account_id: int | None,
                          now: float) -> Ban | None: ...

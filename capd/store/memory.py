@@ -367,6 +367,10 @@ class MemoryStore(OneProcess):
                       now: float, ends_at: float) -> int:
         if scope not in ("ip", "account_ip"):
             raise ValueError(f"unknown ban scope {scope!r}")
+        current = await self.active_ban(scope, ip, account_id, now)
+        if current is not None:  # the slot's one active ban: extended
+            await self.extend_ban(current.id, ends_at)
+            return current.id
         ban_id = next(self._ban_ids)
         self._bans[ban_id] = Ban(ban_id, scope, ip, account_id, reason, now, ends_at, None)
         return ban_id

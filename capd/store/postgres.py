@@ -284,17 +284,6 @@ class PostgresStore(SqlTransitions, SqlRetention, SqlOutbox):
             "DELETE FROM counters WHERE window_end <= $1", now)
         return int(status.split()[-1])
 
-    async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
-                      now: float, ends_at: float) -> int:
-        pool = await self._p()
-        async with pool.acquire() as conn, conn.transaction():
-            value = await conn.fetchval(
-                "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                scope, ip, account_id, reason, now, ends_at)
-            await self._changed(conn)
-        return int(value)
-
     async def active_ban(self, scope: str, ip: str, account_id: int | None,
                          now: float) -> Ban | None:
         cache_key = (scope, ip, account_id)

@@ -216,6 +216,7 @@ class Dialect:
     text_list: Callable[[Sequence[str]], Any]  # a Python list as that parameter
     ilike: str  # the case-insensitive LIKE operator
     floor: str  # "{x} rounded down" for a non-negative number of seconds
+    greatest: str  # the larger of two values: "{greatest}(a, b)"
 
 
 _DOLLAR = re.compile(r"\$(\d+)")
@@ -226,7 +227,8 @@ SQLITE = Dialect(
     text_list_match="{col} IN (SELECT value FROM json_each(${n}))",
     text_list=lambda values: json_text(list(values)),
     ilike="LIKE",  # SQLite's LIKE ignores ASCII case already
-    floor="CAST({x} AS INTEGER)")  # truncation: the same as floor for times after 1970
+    floor="CAST({x} AS INTEGER)",  # truncation: the same as floor for times after 1970
+    greatest="MAX")  # SQLite's MAX of two arguments is a scalar function
 
 POSTGRES = Dialect(
     name="postgres", row_lock=" FOR UPDATE", skip_locked=" FOR UPDATE SKIP LOCKED",
@@ -234,7 +236,8 @@ POSTGRES = Dialect(
     text_list_match="{col} = ANY(${n}::text[])",
     text_list=list,
     ilike="ILIKE",
-    floor="floor({x})")
+    floor="floor({x})",
+    greatest="GREATEST")
 
 
 class Statements:
@@ -357,6 +360,20 @@ class Statements:
         self.live_leases = q(
             "SELECT type, COUNT(*), SUM(CASE WHEN lease_owner LIKE 'builtin-%' THEN 1 ELSE 0"
             " END) FROM tasks WHERE state = 'leased' AND lease_until > $1 GROUP BY type")
+        # bans (issue 12): one active ban per slot (scope, ip, account), held by the unique
+        # partial index bans_one_active (migration 0005); a slot's ban past its end is
+        # retired ('expired') before the next one starts, a live one is extended
+        slot = ("scope = $1 AND ip = $2 AND COALESCE(account_id, 0) = COALESCE(CAST($3 AS"
+                " BIGINT), 0) AND lifted_at IS NULL AND lifted_by IS NULL")
+        self.retire_expired_ban = q(
+            f"UPDATE bans SET lifted_by = 'expired' WHERE {slot} AND ends_at <= $4")
+        self.upsert_ban = q(
+            "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6)"
+            " ON CONFLICT (scope, ip, COALESCE(account_id, 0))"
+            " WHERE lifted_at IS NULL AND lifted_by IS NULL"
+            f" DO UPDATE SET ends_at = {d.greatest}(bans.ends_at, excluded.ends_at)"
+            " RETURNING id")
         self.open_tasks = q(
             "SELECT type, SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END),"
             " SUM(CASE WHEN state = 'leased' THEN 1 ELSE 0 END) FROM tasks"
@@ -530,6 +547,17 @@ class SqlTransitions:
                                  SYSTEM_ACTOR, REFUND_NOTE)
                 await tx.execute(sql.move_balance, cost, account_id)
         return True
+
+    async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
+                      now: float, ends_at: float) -> int:
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            await tx.execute(sql.retire_expired_ban, scope, ip, account_id, now)
+            row = await tx.fetchrow(sql.upsert_ban, scope, ip, account_id, reason, now,
+                                    ends_at)
+            await self._tdb.keys_changed(tx)
+        assert row is not None
+        return int(row[0])
 
     # -- the console: admin tokens, sessions, read-only views ------------------------------
     async def create_admin_token(self, token_hash: str, name: str, now: float) -> int:
