@@ -10,20 +10,23 @@ import asyncpg
 
 from capd.domain.limits import LimitRules
 from capd.policy import Policy
-from capd.store import open_store
 from capd.store.base import Store
+from capd.store.postgres import PostgresStore
 from tests.store.contract import NOW
 
 NODES = 4  # stores, each with its own connection pool: several nodes
 CALLS_PER_NODE = 25
+POOL = 4  # connections per store: the calls of one node overlap on several connections
 RULES = LimitRules(max_polls_per_task=120, max_polls_per_s=10, ban_duration_s=600,
                    unknown_key_ban_threshold=1, violation_block_threshold=1,
                    violation_window_s=60, poll_window_s=600)
 
 
 async def nodes(pg_url: str) -> list[Store]:
-    stores = [open_store(pg_url) for _ in range(NODES)]
+    stores: list[Store] = [PostgresStore(pg_url, max_connections=POOL) for _ in range(NODES)]
     await stores[0].migrate()
+    for store in stores:  # each opens its pool before the calls race
+        await store.bans(NOW)
     return stores
 
 
