@@ -127,6 +127,8 @@ class LiveServer:
     port: int = 0
 
     def start(self, recogniser: Recogniser | None, **app_kwargs: Any) -> None:
+        if "store" not in app_kwargs:  # the fake clock rules the leases, on PostgreSQL too
+            app_kwargs["store"] = open_store(self.settings.database_url, database_clock=False)
         app = create_app(self.settings, recogniser=recogniser, clock=self.clock, **app_kwargs)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, loop="asyncio",
                                 lifespan="on", log_level="warning", access_log=False,

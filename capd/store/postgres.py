@@ -31,6 +31,7 @@ from capd.store.retention import RetentionStatements, SqlRetention
 from capd.store.transitions import (
     BAN_COLS,
     POSTGRES,
+    POSTGRES_CALLER_CLOCK,
     SqlTransitions,
     Statements,
     Tx,
@@ -128,8 +129,11 @@ class PostgresStore(SqlTransitions, SqlRetention, SqlOutbox):
     _retention_sql = RetentionStatements(POSTGRES)
     _outbox_sql = OutboxStatements(POSTGRES)
 
-    def __init__(self, url: str, min_connections: int = 1, max_connections: int = 10) -> None:
+    def __init__(self, url: str, min_connections: int = 1, max_connections: int = 10,
+                 database_clock: bool = True) -> None:
         self.url = url
+        if not database_clock:  # leases and deadlines by the caller's now (tests)
+            self._sql = Statements(POSTGRES_CALLER_CLOCK)
         self._min = min_connections
         self._max = max_connections
         self._pool: asyncpg.Pool | None = None

@@ -43,6 +43,7 @@ and ``check_*`` functions) to Python objects.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -104,10 +105,17 @@ def finish_outcome(solution: dict[str, Any] | None, error_code: str | None) -> T
 def may_finish(state: str, lease_owner: str | None, lease_until: float | None,
                owner: str | None, now: float) -> bool:
     """Whether a task in ``state`` may be finished (by ``owner``, when given)."""
+    return may_finish_live(state, lease_owner, lease_until is not None and lease_until > now,
+                           owner)
+
+
+def may_finish_live(state: str, lease_owner: str | None, lease_live: bool,
+                    owner: str | None) -> bool:
+    """``may_finish`` given whether the task's lease is live (by the clock that rules)."""
     if state not in OPEN_STATES:
         return False
     return owner is None or (state == TaskState.LEASED and lease_owner == owner
-                             and lease_until is not None and lease_until > now)
+                             and lease_live)
 
 
 def may_claim(state: str, lease_until: float | None, deadline_at: float, now: float) -> bool:
@@ -217,6 +225,27 @@ class Dialect:
     ilike: str  # the case-insensitive LIKE operator
     floor: str  # "{x} rounded down" for a non-negative number of seconds
     greatest: str  # the larger of two values: "{greatest}(a, b)"
+    # The clock of lease expiry and deadlines, in unix seconds: None, the caller's ``now``
+    # (SQLite: one process, its injected clock); else an expression of the database's own
+    # clock (PostgreSQL: several nodes, whose clocks may disagree, share the leases).
+    db_clock: str | None = None
+
+    def now(self, n: int) -> str:
+        """The present, as lease and deadline comparisons see it: parameter ``$n`` (the
+        caller's ``now``, passed only where ``now_args`` says) or the database's clock."""
+        return self.db_clock or f"${n}"
+
+    def now_args(self, now: float) -> tuple[float, ...]:
+        """The trailing ``now`` parameter of a statement written with ``now(n)``."""
+        return () if self.db_clock else (now,)
+
+    def moved(self, t: int, base: int) -> str:
+        """A time ``$t`` that the caller computed on its own clock, whose present is
+        ``$base``, on the clock of ``now``: the same ``$t - $base`` seconds ahead."""
+        if self.db_clock is None:
+            return f"${t}"
+        return (f"({self.db_clock} + (CAST(${t} AS DOUBLE PRECISION)"
+                f" - CAST(${base} AS DOUBLE PRECISION)))")
 
 
 _DOLLAR = re.compile(r"\$(\d+)")
@@ -237,7 +266,10 @@ POSTGRES = Dialect(
     text_list=list,
     ilike="ILIKE",
     floor="floor({x})",
-    greatest="GREATEST")
+    greatest="GREATEST",
+    db_clock="CAST(extract(epoch FROM clock_timestamp()) AS DOUBLE PRECISION)")
+# PostgreSQL with leases and deadlines on the caller's clock, for tests that drive time
+POSTGRES_CALLER_CLOCK = dataclasses.replace(POSTGRES, db_clock=None)
 
 
 class Statements:
@@ -266,7 +298,7 @@ class Statements:
         self.task = q(f"SELECT {TASK_COLS} FROM tasks WHERE id = $1")
         self.task_light = q(f"SELECT {TASK_COLS_LIGHT} FROM tasks WHERE id = $1")
         self.overdue = q(f"SELECT {TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
-                         f" AND deadline_at <= $1 ORDER BY deadline_at LIMIT $2")
+                         f" AND deadline_at <= {d.now(2)} ORDER BY deadline_at LIMIT $1")
         self.queue_depth = q("SELECT COUNT(*) FROM tasks WHERE type = $1 AND state = 'queued'")
         self.insert_account = q("INSERT INTO accounts (name, created_at, balance_units)"
                                 " VALUES ($1, $2, $3) RETURNING id")
@@ -283,19 +315,19 @@ class Statements:
         self.insert_task = q(
             "INSERT INTO tasks (id, account_id, type, payload, options, state, price_units,"
             " reserved_units, created_at, deadline_at, client_ip, callback_url)"
-            " VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, $8, $9, $10)"
+            f" VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, {d.moved(8, 7)}, $9, $10)"
             " ON CONFLICT (id) DO NOTHING RETURNING id")
         type_match = d.text_list_match.format(col="type", n=3)
         self.claim = q(
-            f"UPDATE tasks SET state = 'leased', lease_until = $1, lease_owner = $2,"
+            f"UPDATE tasks SET state = 'leased', lease_until = {d.moved(1, 4)}, lease_owner = $2,"
             f" attempts = attempts + 1 WHERE id IN ("
             f"  SELECT id FROM tasks WHERE {type_match}"
             f"   AND state IN ('queued', 'leased')"
-            f"   AND (state = 'queued' OR lease_until <= $4) AND deadline_at > $4"
+            f"   AND (state = 'queued' OR lease_until <= {d.now(4)}) AND deadline_at > {d.now(4)}"
             f"  ORDER BY created_at, id LIMIT $5{d.skip_locked}) RETURNING {TASK_COLS}")
         self.task_to_finish = q("SELECT state, account_id, reserved_units, price_units,"
-                                " lease_owner, lease_until FROM tasks WHERE id = $1"
-                                + d.row_lock)
+                                f" lease_owner, CASE WHEN lease_until > {d.now(2)} THEN 1"
+                                " ELSE 0 END FROM tasks WHERE id = $1" + d.row_lock)
         self.finish = q(
             f"UPDATE tasks SET state = $1, ended_at = $2, solution = $3, error_code = $4,"
             f" cost_units = $5, reserved_units = 0, lease_until = NULL WHERE id = $6"
@@ -306,10 +338,11 @@ class Statements:
             " next_at) VALUES ($1, $2, $3, $4, $5, $5)")
         self.settle = q("UPDATE accounts SET reserved_units = reserved_units - $1,"
                         " balance_units = balance_units - $2 WHERE id = $3")
+        until = d.moved(1, 4)
         self.extend = q(
-            "UPDATE tasks SET lease_until = CASE WHEN $1 < deadline_at THEN $1"
+            f"UPDATE tasks SET lease_until = CASE WHEN {until} < deadline_at THEN {until}"
             " ELSE deadline_at END WHERE id = $2 AND state = 'leased' AND lease_owner = $3"
-            " AND lease_until > $4 RETURNING lease_until")
+            f" AND lease_until > {d.now(4)} RETURNING lease_until")
         self.report = q(
             "UPDATE tasks SET reported_at = $1 WHERE id = $2 AND account_id = $3"
             " AND state = 'solved' AND reported_at IS NULL AND ended_at >= $4"
@@ -359,7 +392,8 @@ class Statements:
                               " ORDER BY created_at DESC, id DESC LIMIT $2")
         self.live_leases = q(
             "SELECT type, COUNT(*), SUM(CASE WHEN lease_owner LIKE 'builtin-%' THEN 1 ELSE 0"
-            " END) FROM tasks WHERE state = 'leased' AND lease_until > $1 GROUP BY type")
+            f" END) FROM tasks WHERE state = 'leased' AND lease_until > {d.now(1)}"
+            " GROUP BY type")
         # bans (issue 12): one active ban per slot (scope, ip, account), held by the unique
         # partial index bans_one_active (migration 0005); a slot's ban past its end is
         # retired ('expired') before the next one starts, a live one is extended
@@ -441,7 +475,9 @@ class SqlTransitions:
         return task
 
     async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
-        return [task_from_row(r) for r in await self._tdb.fetch(self._sql.overdue, now, limit)]
+        sql = self._sql
+        rows = await self._tdb.fetch(sql.overdue, limit, *sql.dialect.now_args(now))
+        return [task_from_row(r) for r in rows]
 
     async def queue_depth(self, task_type: str) -> int:
         row = await self._tdb.fetchrow(self._sql.queue_depth, task_type)
@@ -507,11 +543,11 @@ class SqlTransitions:
         outcome = finish_outcome(solution, error_code)
         sql = self._sql
         async with self._tdb.transaction() as tx:
-            row = await tx.fetchrow(sql.task_to_finish, task_id)
+            row = await tx.fetchrow(sql.task_to_finish, task_id, *sql.dialect.now_args(now))
             if row is None:
                 return None
-            state, account_id, reserved, price, lease_owner, lease_until = row
-            if not may_finish(state, lease_owner, lease_until, owner, now):
+            state, account_id, reserved, price, lease_owner, lease_live = row
+            if not may_finish_live(state, lease_owner, bool(lease_live), owner):
                 return None
             charge = price if outcome == TaskState.SOLVED else 0
             done = await tx.fetchrow(
@@ -617,7 +653,8 @@ class SqlTransitions:
 
     async def workers_online(self, now: float) -> list[WorkerActivity]:
         leases = {r[0]: (int(r[1]), int(r[2] or 0))
-                  for r in await self._tdb.fetch(self._sql.live_leases, now)}
+                  for r in await self._tdb.fetch(self._sql.live_leases,
+                                                 *self._sql.dialect.now_args(now))}
         seen = await self._workers_seen()
         return [WorkerActivity(t, seen.get(t), *leases.get(t, (0, 0)))
                 for t in sorted(set(leases) | set(seen))]
