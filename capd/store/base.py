@@ -243,6 +243,12 @@ class Callback:
 class Store(Protocol):
     """Persistence primitives. Every method is atomic on its own."""
 
+    # Whether lease expiry and deadlines follow the database's clock (PostgreSQL, issue
+    # 12) rather than the ``now`` each call passes: then only the store can tell whether a
+    # lease has ended, and callers must not judge it by their own clock.
+    @property
+    def database_clock(self) -> bool: ...
+
     async def migrate(self) -> int:
         """Apply pending schema migrations; returns the schema version now in force."""
 
@@ -328,9 +334,12 @@ class Store(Protocol):
         transaction: a task is never finished without its callback queued."""
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
-                           now: float) -> float | None:
-        """Move a live lease's end to ``until`` (never past the task's deadline); returns
-        the new end, or None when ``owner`` holds no live lease on the task."""
+                           now: float, *, keep_later: bool = False) -> float | None:
+        """Move a live lease's end to ``until`` (never past the task's deadline; with
+        ``keep_later``, never earlier than it is either); returns the new end, or None
+        when ``owner`` holds no live lease on the task. The lease's own end is compared
+        in the store, so that on the database's clock (PostgreSQL) a node's skew cannot
+        move it: ``until - now`` is what counts there."""
 
     async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
         """Open tasks whose deadline has passed."""

@@ -130,6 +130,7 @@ class MemoryStore(OneProcess):
     """Store backend on Python dicts; one process, nothing persisted."""
 
     backend = "memory"
+    database_clock = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -331,11 +332,13 @@ class MemoryStore(OneProcess):
         return finished
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
-                           now: float) -> float | None:
+                           now: float, *, keep_later: bool = False) -> float | None:
         task = self._tasks.get(task_id)
         if task is None or not may_extend(task.state, task.lease_owner, task.lease_until,
                                           owner, now):
             return None
+        if keep_later and task.lease_until is not None:
+            until = max(until, task.lease_until)
         task.lease_until = min(until, task.deadline_at)
         return task.lease_until
 

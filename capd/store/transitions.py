@@ -338,6 +338,11 @@ class Statements:
             " next_at) VALUES ($1, $2, $3, $4, $5, $5)")
         self.settle = q("UPDATE accounts SET reserved_units = reserved_units - $1,"
                         " balance_units = balance_units - $2 WHERE id = $3")
+        until = f"{d.greatest}(lease_until, {d.moved(1, 4)})"
+        self.extend_keep_later = q(
+            f"UPDATE tasks SET lease_until = CASE WHEN {until} < deadline_at THEN {until}"
+            " ELSE deadline_at END WHERE id = $2 AND state = 'leased' AND lease_owner = $3"
+            f" AND lease_until > {d.now(4)} RETURNING lease_until")
         until = d.moved(1, 4)
         self.extend = q(
             f"UPDATE tasks SET lease_until = CASE WHEN {until} < deadline_at THEN {until}"
@@ -423,6 +428,11 @@ class SqlTransitions:
     _sql: Statements
     _tdb: Db
     _final_tasks: FinalTasks
+
+    @property
+    def database_clock(self) -> bool:
+        """Whether leases and deadlines follow the database's clock (``Store``)."""
+        return self._sql.dialect.db_clock is not None
 
     if TYPE_CHECKING:  # the backend's own (not defined here, so the MRO finds it)
         async def _workers_seen(self) -> dict[str, float]:
@@ -566,8 +576,10 @@ class SqlTransitions:
         return finished
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
-                           now: float) -> float | None:
-        row = await self._tdb.fetchrow(self._sql.extend, until, task_id, owner, now)
+                           now: float, *, keep_later: bool = False) -> float | None:
+        sql = self._sql
+        row = await self._tdb.fetchrow(sql.extend_keep_later if keep_later else sql.extend,
+                                       until, task_id, owner, now)
         return float(row[0]) if row else None
 
     async def report_task(self, task_id: int, account_id: int, refund: bool,

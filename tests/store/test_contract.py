@@ -581,6 +581,22 @@ def test_extend_lease_moves_a_live_lease_up_to_the_deadline(run: Any) -> None:
 
 
 @covers("extend_lease", "claim_tasks")
+def test_extend_keeping_the_later_end_never_shortens_a_lease(run: Any) -> None:
+    async def body(store: Store) -> None:
+        account_id = await funded(store)
+        task_id = await store.create_task(new_task(account_id, deadline=NOW + 60), counter_ids())
+        await store.claim_tasks(["ImageToTextTask"], 1, "a", 30, NOW)
+        assert await store.extend_lease(task_id, "a", NOW + 10, NOW + 1, keep_later=True) == (
+            NOW + 30)
+        assert await store.extend_lease(task_id, "a", NOW + 45, NOW + 1, keep_later=True) == (
+            NOW + 45)
+        assert await store.extend_lease(task_id, "a", NOW + 90, NOW + 2, keep_later=True) == (
+            NOW + 60)  # never past the deadline
+        assert await store.extend_lease(task_id, "a", NOW + 3, NOW + 3) == NOW + 3  # released
+    run(body)
+
+
+@covers("extend_lease", "claim_tasks")
 def test_an_expired_lease_cannot_be_extended(run: Any) -> None:
     async def body(store: Store) -> None:
         account_id = await funded(store)
