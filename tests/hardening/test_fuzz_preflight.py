@@ -141,3 +141,14 @@ def test_loopback_proxies_answer_as_their_kind(world: dict[str, Any]) -> None:
 def test_preflight_never_answers_5xx(case: Any, world: dict[str, Any]) -> None:
     _steer(case, world)
     case.call_and_validate(base_url=world["server"].url, checks=CHECKS, timeout=30)
+
+
+@pytest.mark.parametrize("url", ["https://exa mple.com/", "https://[::1/",
+                                 "https://ex%00ample.com/", "https://" + "a" * 300 + ".com/"])
+def test_odd_target_host_with_a_proxy_is_a_parameter_error(world: dict[str, Any],
+                                                           url: str) -> None:
+    answer = world["server"].call("createTask", {"clientKey": world["clientKey"], "task": {
+        "type": "RecaptchaV2Task", "websiteURL": url, "websiteKey": SITEKEY,
+        "proxyType": "http", "proxyAddress": "127.0.0.1", "proxyPort": world["ports"][0]}})
+    assert answer["errorId"] == 1 and answer["errorCode"] in (
+        "ERROR_BAD_PARAMETERS", "ERROR_RECAPTCHA_INVALID_DOMAIN"), answer
