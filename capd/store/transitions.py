@@ -36,9 +36,10 @@ ledger's unique (task_id, kind) index says the same in SQL).
 
 The SQL backends share the statements below, written with PostgreSQL's numbered ``$n``
 placeholders; a ``Dialect`` fills the few places where SQLite and PostgreSQL differ (row
-locks, list parameters, rounding down); ``Db.fetch_long`` lets SQLite run the console's
-long reads off the event loop. ``capd.store.memory`` applies the same rules (the ``may_*``
-and ``check_*`` functions) to Python objects.
+locks, list parameters, rounding down, and the clock of leases and deadlines: the caller's
+``now`` on SQLite, the database's own on PostgreSQL, issue 12); ``Db.fetch_long`` lets
+SQLite run the console's long reads off the event loop. ``capd.store.memory`` applies the
+same rules (the ``may_*`` and ``check_*`` functions) to Python objects.
 """
 
 from __future__ import annotations
