@@ -18,6 +18,12 @@ MAX_BODY_BYTES = 1024 * 1024  # spec §1: bodies over 1 MiB are refused before p
 MAX_DRAIN_BYTES = 4 * 1024 * 1024
 MIN_IMAGE_BYTES = 100  # spec §5.5: fewer decoded bytes is ERROR_ZERO_CAPTCHA_FILESIZE
 MAX_IMAGE_BYTES = 51_200  # spec §5.5: more decoded bytes is ERROR_TOO_BIG_CAPTCHA_FILESIZE
+# an image must decode (issue 12: else ERROR_ZERO_CAPTCHA_FILESIZE at createTask), as one
+# of these formats (Pillow's names; no format that runs an outside program, such as EPS)
+# and within this many pixels: a 50 KB file can declare huge dimensions (a decompression
+# bomb), refused from its header before any pixel is decoded
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "ICO", "PPM")
+MAX_IMAGE_PIXELS = 4_000_000
 
 RESULT_TTL_S = 300  # spec §4: results kept 5 minutes after completion
 MAX_POLLS_PER_TASK = 120  # spec §4

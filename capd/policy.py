@@ -76,12 +76,9 @@ class Policy:
 
     async def _ban(self, scope: str, ip: str, account_id: int | None, reason: str,
                    now: float) -> None:
-        ends = ban_ends_at(now, self.rules)
-        current = await self.store.active_ban(scope, ip, account_id, now)
-        if current is None:
-            await self.store.add_ban(scope, ip, account_id, reason, now, ends)
-        else:
-            await self.store.extend_ban(current.id, ends)
+        # one call: the store starts the ban or extends the slot's active one atomically
+        await self.store.add_ban(scope, ip, account_id, reason, now,
+                                 ban_ends_at(now, self.rules))
 
     async def check_proxy_checks(self, account_id: int, limit: int, window_s: float) -> None:
         """Count a proxy pre-flight of an account; past ``limit`` per ``window_s``,

@@ -8,6 +8,7 @@ import io
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -56,6 +57,47 @@ def captcha_png(text: str, size: int = 36, width: int | None = None) -> bytes:
     return out.getvalue()
 
 
+def blank_png(width: int = 120, height: int = 40) -> bytes:
+    """A readable picture with nothing on it: it passes createTask's image checks, and
+    the recogniser reads no text from it, so its task fails ERROR_CAPTCHA_UNSOLVABLE."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(out, "PNG")
+    return out.getvalue()
+
+
+def png_of_size(size: int) -> bytes:
+    """A valid 1x1 PNG of exactly ``size`` bytes (at least 83), padded with a tEXt chunk."""
+    out = io.BytesIO()
+    Image.new("L", (1, 1), 255).save(out, "PNG")
+    png = out.getvalue()
+    iend = png.rindex(b"IEND") - 4  # the IEND chunk's length field
+    text = b"pad\x00" + b"x" * (size - len(png) - 12 - 4)
+    chunk = b"tEXt" + text
+    padded = (png[:iend] + len(text).to_bytes(4, "big") + chunk
+              + zlib.crc32(chunk).to_bytes(4, "big") + png[iend:])
+    assert len(padded) == size, (len(padded), size)
+    return padded
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG (a couple of hundred bytes) whose header declares ``width`` x ``height``
+    pixels: a decompression bomb for a decoder that trusts the header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    rows = zlib.compress(b"\x00" * 4096, 9)  # the start of the rows: zeros compress away
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
+            + chunk(b"IEND", b""))
+
+
+def image_as(fmt: str, text: str = "ab12") -> bytes:
+    """The captcha of ``text`` saved in Pillow's format ``fmt`` (PNG, JPEG, GIF, BMP...)."""
+    out = io.BytesIO()
+    Image.open(io.BytesIO(captcha_png(text, size=20))).convert("RGB").save(out, fmt)
+    return out.getvalue()
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -85,6 +127,8 @@ class LiveServer:
     port: int = 0
 
     def start(self, recogniser: Recogniser | None, **app_kwargs: Any) -> None:
+        if "store" not in app_kwargs:  # the fake clock rules the leases, on PostgreSQL too
+            app_kwargs["store"] = open_store(self.settings.database_url, database_clock=False)
         app = create_app(self.settings, recogniser=recogniser, clock=self.clock, **app_kwargs)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, loop="asyncio",
                                 lifespan="on", log_level="warning", access_log=False,

@@ -192,6 +192,11 @@ def _image_spec(fields: dict[str, Any], key: KeyOptions) -> ImageSpec:
     )
 
 
+# task types whose images capd's own recogniser reads: at createTask they must decode as
+# a picture (``capd.domain.images.check_image``), else ERROR_ZERO_CAPTCHA_FILESIZE; the
+# images of other types go to workers as sent
+READ_IMAGE_TYPES = frozenset({"ImageToTextTask"})
+
 # fields whose size the image rules bound (spec §5.5), not MAX_TASK_FIELDS_BYTES
 IMAGE_FIELDS = frozenset({"body", "imagesBase64"})
 

@@ -9,6 +9,7 @@ settings are injected.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import secrets
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from capd.config import Settings
 from capd.constants import QUEUE_STATS_CACHE_S, QUEUE_STATS_SPEED_WINDOW_S, SPENDING_STATS_HOURS
 from capd.domain.catalogue import TASK_TYPES
 from capd.domain.hosts import url_host
+from capd.domain.images import check_image
 from capd.domain.keys import KeyOptions, parse_client_key
 from capd.domain.limits import (
     BANNED_PROXY,
@@ -30,6 +32,7 @@ from capd.domain.limits import (
 )
 from capd.domain.money import from_units, task_price_units
 from capd.domain.tasks import (
+    READ_IMAGE_TYPES,
     TaskDraft,
     ValidationRules,
     callback_host,
@@ -184,6 +187,11 @@ class Service:
         callback_url = req.callback_url if isinstance(req.callback_url, str) else None
         checked = complete_task(draft, req.task, key, callback_url, self.rules)
         ttype = checked.type
+        if ttype.name in READ_IMAGE_TYPES:
+            # spec §5 step 5, with issue 12: an image capd reads must decode; a full decode
+            # can cost milliseconds, so it runs off the event loop
+            for image in checked.images:
+                await asyncio.to_thread(check_image, image)
         now = self.clock()
         if checked.website_host is not None:
             listed = await self.store.blocked_domain(checked.website_host)

@@ -18,10 +18,14 @@ def sqlite_path(url: str) -> str:
     return rest[1:]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, database_clock: bool = True) -> Store:
     """The Store backend a database URL names; not yet migrated.
 
-    ``memory://`` is a store in process memory (``capd.store.memory``), for tests."""
+    ``memory://`` is a store in process memory (``capd.store.memory``), for tests. On
+    PostgreSQL, lease expiry and task deadlines follow the database's clock, which every
+    node shares, not the ``now`` each node passes (issue 12); ``database_clock=False``
+    makes them follow the caller's ``now`` as SQLite and memory do, for tests that drive
+    time by hand."""
     if url == "memory://":
         from capd.store.memory import MemoryStore
 
@@ -33,7 +37,7 @@ def open_store(url: str) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from capd.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, database_clock=database_clock)
     raise ConfigError(f"database URL {url!r}: unsupported scheme (use sqlite:///path)")
 
 

@@ -253,6 +253,12 @@ class Callback:
 class Store(Protocol):
     """Persistence primitives. Every method is atomic on its own."""
 
+    # Whether lease expiry and deadlines follow the database's clock (PostgreSQL, issue
+    # 12) rather than the ``now`` each call passes: then only the store can tell whether a
+    # lease has ended, and callers must not judge it by their own clock.
+    @property
+    def database_clock(self) -> bool: ...
+
     async def migrate(self) -> int:
         """Apply pending schema migrations; returns the schema version now in force."""
 
@@ -351,9 +357,12 @@ class Store(Protocol):
         transaction: a task is never finished without its callback queued."""
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
-                           now: float) -> float | None:
-        """Move a live lease's end to ``until`` (never past the task's deadline); returns
-        the new end, or None when ``owner`` holds no live lease on the task."""
+                           now: float, *, keep_later: bool = False) -> float | None:
+        """Move a live lease's end to ``until`` (never past the task's deadline; with
+        ``keep_later``, never earlier than it is either); returns the new end, or None
+        when ``owner`` holds no live lease on the task. The lease's own end is compared
+        in the store, so that on the database's clock (PostgreSQL) a node's skew cannot
+        move it: ``until - now`` is what counts there."""
 
     async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
         """Open tasks whose deadline has passed."""
@@ -377,7 +386,14 @@ class Store(Protocol):
         """Forget counters whose window has ended; returns how many."""
 
     async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
-                      now: float, ends_at: float) -> int: ...
+                      now: float, ends_at: float) -> int:
+        """Ban the slot (``scope``, ``ip``, ``account_id``) until ``ends_at``; the ban's id.
+
+        At most one ban per slot is active (not lifted, ending after ``now``), and the
+        database holds that rule, whatever the nodes do at once: when the slot has an
+        active ban it is extended (its end becomes the later of the two; its reason and
+        start stay), else a new ban starts (a ban of the slot already over is retired).
+        Lifting the one active ban leaves the slot free."""
 
     async def active_ban(self, scope: str, ip: str, account_id: int | None,
                          now: float) -> Ban | None: ...

@@ -138,6 +138,7 @@ class MemoryStore(OneProcess):
     """Store backend on Python dicts; one process, nothing persisted."""
 
     backend = "memory"
+    database_clock = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -357,11 +358,13 @@ class MemoryStore(OneProcess):
         return finished
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
-                           now: float) -> float | None:
+                           now: float, *, keep_later: bool = False) -> float | None:
         task = self._tasks.get(task_id)
         if task is None or not may_extend(task.state, task.lease_owner, task.lease_until,
                                           owner, now):
             return None
+        if keep_later and task.lease_until is not None:
+            until = max(until, task.lease_until)
         task.lease_until = min(until, task.deadline_at)
         return task.lease_until
 
@@ -393,6 +396,10 @@ class MemoryStore(OneProcess):
                       now: float, ends_at: float) -> int:
         if scope not in ("ip", "account_ip"):
             raise ValueError(f"unknown ban scope {scope!r}")
+        current = await self.active_ban(scope, ip, account_id, now)
+        if current is not None:  # the slot's one active ban: extended
+            await self.extend_ban(current.id, ends_at)
+            return current.id
         ban_id = next(self._ban_ids)
         self._bans[ban_id] = Ban(ban_id, scope, ip, account_id, reason, now, ends_at, None)
         return ban_id

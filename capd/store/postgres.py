@@ -32,6 +32,7 @@ from capd.store.secrets import key_hint, secret_digest
 from capd.store.transitions import (
     BAN_COLS,
     POSTGRES,
+    POSTGRES_CALLER_CLOCK,
     SqlTransitions,
     Statements,
     Tx,
@@ -129,8 +130,11 @@ class PostgresStore(SqlTransitions, SqlRetention, SqlOutbox):
     _retention_sql = RetentionStatements(POSTGRES)
     _outbox_sql = OutboxStatements(POSTGRES)
 
-    def __init__(self, url: str, min_connections: int = 1, max_connections: int = 10) -> None:
+    def __init__(self, url: str, min_connections: int = 1, max_connections: int = 10,
+                 database_clock: bool = True) -> None:
         self.url = url
+        if not database_clock:  # leases and deadlines by the caller's now (tests)
+            self._sql = Statements(POSTGRES_CALLER_CLOCK)
         self._min = min_connections
         self._max = max_connections
         self._pool: asyncpg.Pool | None = None
@@ -283,17 +287,6 @@ class PostgresStore(SqlTransitions, SqlRetention, SqlOutbox):
         status = await (await self._p()).execute(
             "DELETE FROM counters WHERE window_end <= $1", now)
         return int(status.split()[-1])
-
-    async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
-                      now: float, ends_at: float) -> int:
-        pool = await self._p()
-        async with pool.acquire() as conn, conn.transaction():
-            value = await conn.fetchval(
-                "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                scope, ip, account_id, reason, now, ends_at)
-            await self._changed(conn)
-        return int(value)
 
     async def active_ban(self, scope: str, ip: str, account_id: int | None,
                          now: float) -> Ban | None:

@@ -288,14 +288,6 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
     # -- money -------------------------------------------------------------------------------
     # -- tasks -------------------------------------------------------------------------------
     # -- limits and bans ---------------------------------------------------------------------
-    async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
-                      now: float, ends_at: float) -> int:
-        self._invalidate()
-        cur = self._run(
-            "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)", (scope, ip, account_id, reason, now, ends_at))
-        return int(cur.lastrowid or 0)
-
     async def active_ban(self, scope: str, ip: str, account_id: int | None,
                          now: float) -> Ban | None:
         self._fresh()

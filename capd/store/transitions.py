@@ -38,13 +38,15 @@ ledger's unique (task_id, kind) index says the same in SQL).
 
 The SQL backends share the statements below, written with PostgreSQL's numbered ``$n``
 placeholders; a ``Dialect`` fills the few places where SQLite and PostgreSQL differ (row
-locks, list parameters, rounding down); ``Db.fetch_long`` lets SQLite run the console's
-long reads off the event loop. ``capd.store.memory`` applies the same rules (the ``may_*``
-and ``check_*`` functions) to Python objects.
+locks, list parameters, rounding down, and the clock of leases and deadlines: the caller's
+``now`` on SQLite, the database's own on PostgreSQL, issue 12); ``Db.fetch_long`` lets
+SQLite run the console's long reads off the event loop. ``capd.store.memory`` applies the
+same rules (the ``may_*`` and ``check_*`` functions) to Python objects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -114,10 +116,17 @@ def finish_outcome(solution: dict[str, Any] | None, error_code: str | None) -> T
 def may_finish(state: str, lease_owner: str | None, lease_until: float | None,
                owner: str | None, now: float) -> bool:
     """Whether a task in ``state`` may be finished (by ``owner``, when given)."""
+    return may_finish_live(state, lease_owner, lease_until is not None and lease_until > now,
+                           owner)
+
+
+def may_finish_live(state: str, lease_owner: str | None, lease_live: bool,
+                    owner: str | None) -> bool:
+    """``may_finish`` given whether the task's lease is live (by the clock that rules)."""
     if state not in OPEN_STATES:
         return False
     return owner is None or (state == TaskState.LEASED and lease_owner == owner
-                             and lease_until is not None and lease_until > now)
+                             and lease_live)
 
 
 def may_claim(state: str, lease_until: float | None, deadline_at: float, now: float) -> bool:
@@ -226,6 +235,28 @@ class Dialect:
     text_list: Callable[[Sequence[str]], Any]  # a Python list as that parameter
     ilike: str  # the case-insensitive LIKE operator
     floor: str  # "{x} rounded down" for a non-negative number of seconds
+    greatest: str  # the larger of two values: "{greatest}(a, b)"
+    # The clock of lease expiry and deadlines, in unix seconds: None, the caller's ``now``
+    # (SQLite: one process, its injected clock); else an expression of the database's own
+    # clock (PostgreSQL: several nodes, whose clocks may disagree, share the leases).
+    db_clock: str | None = None
+
+    def now(self, n: int) -> str:
+        """The present, as lease and deadline comparisons see it: parameter ``$n`` (the
+        caller's ``now``, passed only where ``now_args`` says) or the database's clock."""
+        return self.db_clock or f"${n}"
+
+    def now_args(self, now: float) -> tuple[float, ...]:
+        """The trailing ``now`` parameter of a statement written with ``now(n)``."""
+        return () if self.db_clock else (now,)
+
+    def moved(self, t: int, base: int) -> str:
+        """A time ``$t`` that the caller computed on its own clock, whose present is
+        ``$base``, on the clock of ``now``: the same ``$t - $base`` seconds ahead."""
+        if self.db_clock is None:
+            return f"${t}"
+        return (f"({self.db_clock} + (CAST(${t} AS DOUBLE PRECISION)"
+                f" - CAST(${base} AS DOUBLE PRECISION)))")
 
 
 _DOLLAR = re.compile(r"\$(\d+)")
@@ -236,7 +267,8 @@ SQLITE = Dialect(
     text_list_match="{col} IN (SELECT value FROM json_each(${n}))",
     text_list=lambda values: json_text(list(values)),
     ilike="LIKE",  # SQLite's LIKE ignores ASCII case already
-    floor="CAST({x} AS INTEGER)")  # truncation: the same as floor for times after 1970
+    floor="CAST({x} AS INTEGER)",  # truncation: the same as floor for times after 1970
+    greatest="MAX")  # SQLite's MAX of two arguments is a scalar function
 
 POSTGRES = Dialect(
     name="postgres", row_lock=" FOR UPDATE", skip_locked=" FOR UPDATE SKIP LOCKED",
@@ -244,7 +276,11 @@ POSTGRES = Dialect(
     text_list_match="{col} = ANY(${n}::text[])",
     text_list=list,
     ilike="ILIKE",
-    floor="floor({x})")
+    floor="floor({x})",
+    greatest="GREATEST",
+    db_clock="CAST(extract(epoch FROM clock_timestamp()) AS DOUBLE PRECISION)")
+# PostgreSQL with leases and deadlines on the caller's clock, for tests that drive time
+POSTGRES_CALLER_CLOCK = dataclasses.replace(POSTGRES, db_clock=None)
 
 
 class Statements:
@@ -277,7 +313,7 @@ class Statements:
         self.task = q(f"SELECT {TASK_COLS} FROM tasks WHERE id = $1")
         self.task_light = q(f"SELECT {TASK_COLS_LIGHT} FROM tasks WHERE id = $1")
         self.overdue = q(f"SELECT {TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
-                         f" AND deadline_at <= $1 ORDER BY deadline_at LIMIT $2")
+                         f" AND deadline_at <= {d.now(2)} ORDER BY deadline_at LIMIT $1")
         self.queue_depth = q("SELECT COUNT(*) FROM tasks WHERE type = $1 AND state = 'queued'")
         self.insert_account = q("INSERT INTO accounts (name, created_at, balance_units)"
                                 " VALUES ($1, $2, $3) RETURNING id")
@@ -296,18 +332,19 @@ class Statements:
         self.insert_task = q(
             "INSERT INTO tasks (id, account_id, type, payload, options, state, price_units,"
             " reserved_units, created_at, deadline_at, client_ip, callback_url, proxy_secrets)"
-            " VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, $8, $9, $10, $11)"
+            f" VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, {d.moved(8, 7)}, $9, $10, $11)"
             " ON CONFLICT (id) DO NOTHING RETURNING id")
         type_match = d.text_list_match.format(col="type", n=3)
         self.claim = q(
-            f"UPDATE tasks SET state = 'leased', lease_until = $1, lease_owner = $2,"
+            f"UPDATE tasks SET state = 'leased', lease_until = {d.moved(1, 4)}, lease_owner = $2,"
             f" attempts = attempts + 1 WHERE id IN ("
             f"  SELECT id FROM tasks WHERE {type_match}"
             f"   AND state IN ('queued', 'leased')"
-            f"   AND (state = 'queued' OR lease_until <= $4) AND deadline_at > $4"
+            f"   AND (state = 'queued' OR lease_until <= {d.now(4)}) AND deadline_at > {d.now(4)}"
             f"  ORDER BY created_at, id LIMIT $5{d.skip_locked}) RETURNING {TASK_COLS}")
         self.task_to_finish = q("SELECT state, account_id, reserved_units, price_units,"
-                                " lease_owner, lease_until, proxy_secrets, callback_url"
+                                f" lease_owner, CASE WHEN lease_until > {d.now(2)} THEN 1"
+                                " ELSE 0 END, proxy_secrets, callback_url"
                                 " FROM tasks WHERE id = $1" + d.row_lock)
         self.payload = q("SELECT payload FROM tasks WHERE id = $1")
         # the payload less its proxy credentials ($7; NULL: it has none), the callback URL
@@ -323,10 +360,16 @@ class Statements:
             " next_at) VALUES ($1, $2, $3, $4, $5, $5)")
         self.settle = q("UPDATE accounts SET reserved_units = reserved_units - $1,"
                         " balance_units = balance_units - $2 WHERE id = $3")
-        self.extend = q(
-            "UPDATE tasks SET lease_until = CASE WHEN $1 < deadline_at THEN $1"
+        until = f"{d.greatest}(lease_until, {d.moved(1, 4)})"
+        self.extend_keep_later = q(
+            f"UPDATE tasks SET lease_until = CASE WHEN {until} < deadline_at THEN {until}"
             " ELSE deadline_at END WHERE id = $2 AND state = 'leased' AND lease_owner = $3"
-            " AND lease_until > $4 RETURNING lease_until")
+            f" AND lease_until > {d.now(4)} RETURNING lease_until")
+        until = d.moved(1, 4)
+        self.extend = q(
+            f"UPDATE tasks SET lease_until = CASE WHEN {until} < deadline_at THEN {until}"
+            " ELSE deadline_at END WHERE id = $2 AND state = 'leased' AND lease_owner = $3"
+            f" AND lease_until > {d.now(4)} RETURNING lease_until")
         self.report = q(
             "UPDATE tasks SET reported_at = $1 WHERE id = $2 AND account_id = $3"
             " AND state = 'solved' AND reported_at IS NULL AND ended_at >= $4"
@@ -376,7 +419,22 @@ class Statements:
                               " ORDER BY created_at DESC, id DESC LIMIT $2")
         self.live_leases = q(
             "SELECT type, COUNT(*), SUM(CASE WHEN lease_owner LIKE 'builtin-%' THEN 1 ELSE 0"
-            " END) FROM tasks WHERE state = 'leased' AND lease_until > $1 GROUP BY type")
+            f" END) FROM tasks WHERE state = 'leased' AND lease_until > {d.now(1)}"
+            " GROUP BY type")
+        # bans (issue 12): one active ban per slot (scope, ip, account), held by the unique
+        # partial index bans_one_active (migration 0005); a slot's ban past its end is
+        # retired ('expired') before the next one starts, a live one is extended
+        slot = ("scope = $1 AND ip = $2 AND COALESCE(account_id, 0) = COALESCE(CAST($3 AS"
+                " BIGINT), 0) AND lifted_at IS NULL AND lifted_by IS NULL")
+        self.retire_expired_ban = q(
+            f"UPDATE bans SET lifted_by = 'expired' WHERE {slot} AND ends_at <= $4")
+        self.upsert_ban = q(
+            "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6)"
+            " ON CONFLICT (scope, ip, COALESCE(account_id, 0))"
+            " WHERE lifted_at IS NULL AND lifted_by IS NULL"
+            f" DO UPDATE SET ends_at = {d.greatest}(bans.ends_at, excluded.ends_at)"
+            " RETURNING id")
         self.open_tasks = q(
             "SELECT type, SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END),"
             " SUM(CASE WHEN state = 'leased' THEN 1 ELSE 0 END) FROM tasks"
@@ -392,6 +450,11 @@ class SqlTransitions:
     _sql: Statements
     _tdb: Db
     _final_tasks: FinalTasks
+
+    @property
+    def database_clock(self) -> bool:
+        """Whether leases and deadlines follow the database's clock (``Store``)."""
+        return self._sql.dialect.db_clock is not None
 
     if TYPE_CHECKING:  # the backend's own (not defined here, so the MRO finds it)
         async def _workers_seen(self) -> dict[str, float]:
@@ -457,7 +520,9 @@ class SqlTransitions:
         return task
 
     async def overdue_tasks(self, now: float, limit: int = 100) -> list[Task]:
-        return [task_from_row(r) for r in await self._tdb.fetch(self._sql.overdue, now, limit)]
+        sql = self._sql
+        rows = await self._tdb.fetch(sql.overdue, limit, *sql.dialect.now_args(now))
+        return [task_from_row(r) for r in rows]
 
     async def queue_depth(self, task_type: str) -> int:
         row = await self._tdb.fetchrow(self._sql.queue_depth, task_type)
@@ -523,11 +588,11 @@ class SqlTransitions:
         outcome = finish_outcome(solution, error_code)
         sql = self._sql
         async with self._tdb.transaction() as tx:
-            row = await tx.fetchrow(sql.task_to_finish, task_id)
+            row = await tx.fetchrow(sql.task_to_finish, task_id, *sql.dialect.now_args(now))
             if row is None:
                 return None
-            state, account_id, reserved, price, lease_owner, lease_until, secrets, url = row
-            if not may_finish(state, lease_owner, lease_until, owner, now):
+            state, account_id, reserved, price, lease_owner, lease_live, secrets, url = row
+            if not may_finish_live(state, lease_owner, bool(lease_live), owner):
                 return None
             charge = price if outcome == TaskState.SOLVED else 0
             payload = None  # unchanged
@@ -551,8 +616,10 @@ class SqlTransitions:
         return finished
 
     async def extend_lease(self, task_id: int, owner: str, until: float,
-                           now: float) -> float | None:
-        row = await self._tdb.fetchrow(self._sql.extend, until, task_id, owner, now)
+                           now: float, *, keep_later: bool = False) -> float | None:
+        sql = self._sql
+        row = await self._tdb.fetchrow(sql.extend_keep_later if keep_later else sql.extend,
+                                       until, task_id, owner, now)
         return float(row[0]) if row else None
 
     async def report_task(self, task_id: int, account_id: int, refund: bool,
@@ -568,6 +635,17 @@ class SqlTransitions:
                                  SYSTEM_ACTOR, REFUND_NOTE)
                 await tx.execute(sql.move_balance, cost, account_id)
         return True
+
+    async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
+                      now: float, ends_at: float) -> int:
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            await tx.execute(sql.retire_expired_ban, scope, ip, account_id, now)
+            row = await tx.fetchrow(sql.upsert_ban, scope, ip, account_id, reason, now,
+                                    ends_at)
+            await self._tdb.keys_changed(tx)
+        assert row is not None
+        return int(row[0])
 
     # -- the console: admin tokens, sessions, read-only views ------------------------------
     async def create_admin_token(self, token_hash: str, name: str, now: float) -> int:
@@ -627,7 +705,8 @@ class SqlTransitions:
 
     async def workers_online(self, now: float) -> list[WorkerActivity]:
         leases = {r[0]: (int(r[1]), int(r[2] or 0))
-                  for r in await self._tdb.fetch(self._sql.live_leases, now)}
+                  for r in await self._tdb.fetch(self._sql.live_leases,
+                                                 *self._sql.dialect.now_args(now))}
         seen = await self._workers_seen()
         return [WorkerActivity(t, seen.get(t), *leases.get(t, (0, 0)))
                 for t in sorted(set(leases) | set(seen))]

@@ -69,10 +69,10 @@ def test_report_is_accepted_after_the_result_expired(server: LiveServer, key: st
 
 
 def test_failed_task_cannot_be_reported(server: LiveServer, key: str) -> None:
-    from tests.helpers import b64
+    from tests.helpers import b64, blank_png
 
     task_id = server.call("createTask", {"clientKey": key, "task": {
-        "type": "ImageToTextTask", "body": b64(b"\x01" * 200)}})["taskId"]
+        "type": "ImageToTextTask", "body": b64(blank_png())}})["taskId"]
     assert server.wait_result(key, task_id)["errorId"] == 1
     assert report(server, key, task_id)["errorCode"] == "ERROR_NO_SUCH_CAPCHA_ID"
 

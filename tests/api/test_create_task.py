@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import base64
+import random
 from typing import Any
 
 import pytest
 
-from tests.helpers import CHROME_UA, SITEKEY, LiveServer, b64, captcha_png, image_task
+from tests.helpers import (
+    CHROME_UA,
+    SITEKEY,
+    LiveServer,
+    b64,
+    captcha_png,
+    image_as,
+    image_task,
+    png_bomb,
+    png_of_size,
+)
 
 RECAPTCHA = {"type": "RecaptchaV2TaskProxyless", "websiteURL": "https://example.com/login",
              "websiteKey": SITEKEY}
@@ -197,6 +208,38 @@ def test_missing_undecodable_or_tiny_image(server: LiveServer, key: str, body: A
     assert_error(create(server, key, task), "ERROR_ZERO_CAPTCHA_FILESIZE")
 
 
+UNREADABLE_IMAGES = {
+    "random bytes": random.Random(12).randbytes(200),
+    "truncated png": captcha_png("ab12")[:400],
+    "png bomb": png_bomb(100_000, 100_000) + bytes(32),  # padded over the 100-byte minimum
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNREADABLE_IMAGES))
+def test_image_that_does_not_decode_is_refused(server: LiveServer, key: str,
+                                               name: str) -> None:
+    before = server.ledger_consistent(key)
+    task = {"type": "ImageToTextTask", "body": b64(UNREADABLE_IMAGES[name])}
+    answer = create(server, key, task)
+    assert_error(answer, "ERROR_ZERO_CAPTCHA_FILESIZE")
+    assert "image" in answer["errorDescription"]
+    assert server.ledger_consistent(key) == before
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP"])
+def test_image_of_each_common_format_is_accepted(server: LiveServer, key: str,
+                                                 fmt: str) -> None:
+    answer = create(server, key, {"type": "ImageToTextTask", "body": b64(image_as(fmt))})
+    assert answer["errorId"] == 0, answer
+
+
+def test_unreadable_image_is_checked_before_balance(server: LiveServer) -> None:
+    key = server.new_account("0")
+    answer = create(server, key, {"type": "ImageToTextTask",
+                                  "body": b64(UNREADABLE_IMAGES["random bytes"])})
+    assert_error(answer, "ERROR_ZERO_CAPTCHA_FILESIZE")
+
+
 def test_image_over_50_kb_is_too_big(server: LiveServer, key: str) -> None:
     task = {"type": "ImageToTextTask", "body": b64(b"\x89PNG" + b"x" * 51_200)}
     assert_error(create(server, key, task), "ERROR_TOO_BIG_CAPTCHA_FILESIZE")
@@ -204,7 +247,8 @@ def test_image_over_50_kb_is_too_big(server: LiveServer, key: str) -> None:
 
 def test_image_of_exactly_the_limits_is_accepted(server: LiveServer, key: str) -> None:
     for size in (100, 51_200):
-        answer = create(server, key, {"type": "ImageToTextTask", "body": b64(b"x" * size)})
+        answer = create(server, key, {"type": "ImageToTextTask",
+                                      "body": b64(png_of_size(size))})
         assert answer["errorId"] == 0, (size, answer)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from capd.domain.tasks import ImageSpec
-from tests.helpers import GatedRecogniser, LiveServer, b64, captcha_png, image_task
+from tests.helpers import GatedRecogniser, LiveServer, b64, blank_png, captcha_png, image_task
 
 
 def poll(server: LiveServer, key: str, task_id: Any) -> dict[str, Any]:
@@ -103,10 +103,10 @@ def test_sdk_rhythm_of_five_polls_a_second_is_never_refused(server: LiveServer,
         assert poll(server, key, task_id)["status"] == "ready"
 
 
-def test_unreadable_image_fails_unsolvable_and_is_not_charged(server: LiveServer,
-                                                              key: str) -> None:
+def test_picture_with_nothing_to_read_fails_unsolvable_and_is_not_charged(
+        server: LiveServer, key: str) -> None:
     before = server.ledger_consistent(key)
-    task_id = created(server, key, {"type": "ImageToTextTask", "body": b64(b"\x00" * 300)})
+    task_id = created(server, key, {"type": "ImageToTextTask", "body": b64(blank_png())})
     result = server.wait_result(key, task_id)
     assert result["errorId"] == 1 and result["errorCode"] == "ERROR_CAPTCHA_UNSOLVABLE"
     assert server.ledger_consistent(key) == before

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import SITEKEY, LiveServer, free_port, image_task
+from tests.helpers import SITEKEY, LiveServer, blank_png, free_port, image_task
 
 RECAPTCHA = {"type": "RecaptchaV2TaskProxyless", "websiteURL": "https://example.com/",
              "websiteKey": SITEKEY}
@@ -168,7 +168,7 @@ def test_callback_on_failure_carries_the_error(make_server: Any, receiver: Any) 
     key = server.new_account("1")
     url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     task_id = server.call("createTask", {"clientKey": key, "callbackUrl": url, "task": {
-        "type": "ImageToTextTask", "body": base64.b64encode(b"\x00" * 200).decode()}})["taskId"]
+        "type": "ImageToTextTask", "body": base64.b64encode(blank_png()).decode()}})["taskId"]
     _, body = receiver.bodies.get(timeout=15)
     assert body["taskId"] == task_id and body["errorCode"] == "ERROR_CAPTCHA_UNSOLVABLE"
 

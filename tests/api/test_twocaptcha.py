@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +16,10 @@ from tests.helpers import (
     GatedRecogniser,
     LiveServer,
     b64,
+    blank_png,
     captcha_png,
     image_task,
+    png_bomb,
 )
 
 PNG = captcha_png("aB3k9")
@@ -224,8 +228,28 @@ def test_unreadable_multipart_is_upload_error(server: LiveServer) -> None:
     assert (response.status_code, response.text) == (200, "ERROR_UPLOAD")
 
 
-def test_unreadable_image_fails_unsolvable(server: LiveServer, key: str) -> None:
-    task_id = task_id_of(submit(server, key, method="base64", body=b64(b"\x01" * 200)))
+def test_unreadable_image_is_refused_at_upload(server: LiveServer, key: str) -> None:
+    assert submit(server, key, method="base64", body=b64(b"\x01" * 200)) == \
+        "ERROR_ZERO_CAPTCHA_FILESIZE"
+
+
+@pytest.mark.parametrize("image", [random.Random(12).randbytes(200),
+                                   captcha_png("ab12")[:400],
+                                   png_bomb(100_000, 100_000) + bytes(32)],
+                         ids=["random bytes", "truncated png", "png bomb"])
+def test_image_that_does_not_decode_is_zero_filesize(server: LiveServer, key: str,
+                                                     image: bytes) -> None:
+    assert submit(server, key, method="base64", body=b64(image)) == \
+        "ERROR_ZERO_CAPTCHA_FILESIZE"
+    body, boundary = multipart(key, 'Content-Disposition: form-data; name="file"; '
+                               'filename="c.png"\r\nContent-Type: image/png', image)
+    assert post_multipart(server, body, boundary) == "ERROR_ZERO_CAPTCHA_FILESIZE"
+    answer = json.loads(submit(server, key, method="base64", body=b64(image), json="1"))
+    assert (answer["status"], answer["request"]) == (0, "ERROR_ZERO_CAPTCHA_FILESIZE")
+
+
+def test_picture_with_nothing_to_read_fails_unsolvable(server: LiveServer, key: str) -> None:
+    task_id = task_id_of(submit(server, key, method="base64", body=b64(blank_png())))
     assert wait_answer(server, key, task_id) == "ERROR_CAPTCHA_UNSOLVABLE"
 
 
@@ -474,7 +498,7 @@ def test_malformed_id(server: LiveServer, key: str, bad: str) -> None:
 
 
 def test_failed_task_answers_its_error(server: LiveServer, key: str) -> None:
-    task_id = task_id_of(submit(server, key, method="base64", body=b64(b"\x01" * 200)))
+    task_id = task_id_of(submit(server, key, method="base64", body=b64(blank_png())))
     wait_answer(server, key, task_id)
     assert res_json(server, key, action="get", id=task_id)["request"] == \
         "ERROR_CAPTCHA_UNSOLVABLE"
@@ -535,7 +559,7 @@ def test_reportgood_of_another_accounts_task(server: LiveServer, key: str) -> No
 
 
 def test_reportgood_of_a_failed_task(server: LiveServer, key: str) -> None:
-    task_id = task_id_of(submit(server, key, method="base64", body=b64(b"\x01" * 200)))
+    task_id = task_id_of(submit(server, key, method="base64", body=b64(blank_png())))
     wait_answer(server, key, task_id)
     assert res(server, key, action="reportgood", id=task_id) == "ERROR_WRONG_CAPTCHA_ID"
 

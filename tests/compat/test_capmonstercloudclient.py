@@ -20,7 +20,7 @@ from capmonstercloudclient import CapMonsterClient, ClientOptions
 from capmonstercloudclient.exceptions import GetBalanceError, GetResultError, GetTaskError
 from capmonstercloudclient.requests import ImageToTextRequest, RecaptchaV2Request
 
-from tests.compat.images import HUGE, PNG, TEXT, TINY, UNREADABLE
+from tests.compat.images import BLANK, HUGE, PNG, TEXT, TINY
 from tests.helpers import SITEKEY, GatedRecogniser, LiveServer
 
 T = TypeVar("T")
@@ -100,7 +100,7 @@ def test_token_type_without_a_worker(server: LiveServer, key: str) -> None:
 
 def test_unsolvable_image_surfaces_from_polling(server: LiveServer, key: str) -> None:
     with pytest.raises(GetResultError, match=r"\[ERROR_CAPTCHA_UNSOLVABLE\]"):
-        solve(server, key, ImageToTextRequest(image_bytes=UNREADABLE))
+        solve(server, key, ImageToTextRequest(image_bytes=BLANK))
 
 
 HELD_S = 3.0  # ~15 polls at the SDK's 0.2 s rhythm, all inside the default limits

@@ -21,7 +21,7 @@ from twocaptcha import TwoCaptcha
 from twocaptcha.exceptions.api import ApiException
 
 from tests.compat.conftest import TlsLiveServer
-from tests.compat.images import HUGE, PNG, TEXT, TINY, UNREADABLE
+from tests.compat.images import BLANK, HUGE, PNG, TEXT, TINY
 from tests.helpers import SITEKEY, b64, captcha_png
 
 pytestmark = pytest.mark.usefixtures("trust_test_ca")
@@ -122,7 +122,7 @@ def test_image_too_big(tls_server: TlsLiveServer, key: str, png_file: PngFile) -
 
 
 def test_unsolvable_image(tls_server: TlsLiveServer, key: str, png_file: PngFile) -> None:
-    path = png_file(UNREADABLE)
+    path = png_file(BLANK)
     assert refused(lambda: solver(tls_server, key).normal(path)) == "ERROR_CAPTCHA_UNSOLVABLE"
 
 

@@ -229,6 +229,52 @@ def test_bans_are_scoped_extended_and_lifted(run: Any) -> None:
     run(body)
 
 
+@covers("add_ban", "active_ban", "bans", "lift_ban")
+def test_one_active_ban_per_slot_is_extended_not_doubled(run: Any) -> None:
+    async def body(store: Store) -> None:
+        first = await store.add_ban("ip", "1.2.3.4", None, "unknown keys", NOW, NOW + 600)
+        again = await store.add_ban("ip", "1.2.3.4", None, "other", NOW + 10, NOW + 610)
+        earlier = await store.add_ban("ip", "1.2.3.4", None, "other", NOW + 20, NOW + 300)
+        assert first == again == earlier
+        active = await store.bans(NOW + 30)
+        assert [(b.id, b.reason, b.started_at, b.ends_at) for b in active] == [
+            (first, "unknown keys", NOW, NOW + 610)]  # the later end; start and reason stay
+        assert await store.lift_ban(first, NOW + 30, "op")
+        assert await store.active_ban("ip", "1.2.3.4", None, NOW + 30) is None
+        assert await store.bans(NOW + 30) == []
+    run(body)
+
+
+@covers("add_ban", "bans")
+def test_one_active_ban_per_account_and_ip(run: Any) -> None:
+    async def body(store: Store) -> None:
+        a5 = await store.add_ban("account_ip", "1.2.3.4", 5, "r", NOW, NOW + 600)
+        assert await store.add_ban("account_ip", "1.2.3.4", 5, "r", NOW, NOW + 700) == a5
+        a6 = await store.add_ban("account_ip", "1.2.3.4", 6, "r", NOW, NOW + 600)
+        ip = await store.add_ban("ip", "1.2.3.4", None, "r", NOW, NOW + 600)
+        other_ip = await store.add_ban("account_ip", "1.2.3.5", 5, "r", NOW, NOW + 600)
+        assert len({a5, a6, ip, other_ip}) == 4  # each slot its own ban
+        assert sorted(b.id for b in await store.bans(NOW)) == sorted([a5, a6, ip, other_ip])
+    run(body)
+
+
+@covers("add_ban", "active_ban", "bans", "lift_ban")
+def test_after_a_ban_ends_or_is_lifted_the_next_is_new(run: Any) -> None:
+    async def body(store: Store) -> None:
+        first = await store.add_ban("ip", "1.2.3.4", None, "r", NOW, NOW + 600)
+        later = await store.add_ban("ip", "1.2.3.4", None, "r", NOW + 600, NOW + 1200)
+        assert later != first  # the first had ended: a new ban, the old one kept as history
+        history = {b.id: b for b in await store.bans(NOW + 600, active_only=False)}
+        assert history[first].ends_at == NOW + 600 and history[first].lifted_at is None
+        assert [b.id for b in await store.bans(NOW + 600)] == [later]
+        assert await store.lift_ban(later, NOW + 700, "op")
+        third = await store.add_ban("ip", "1.2.3.4", None, "r", NOW + 800, NOW + 1400)
+        assert third not in (first, later)
+        assert (await store.active_ban("ip", "1.2.3.4", None, NOW + 800)).id == third  # type: ignore[union-attr]
+        assert len(await store.bans(NOW + 800, active_only=False)) == 3
+    run(body)
+
+
 @covers("blocklist_add", "blocked_domain", "blocklist_remove")
 def test_blocklist_matches_host_and_subdomains(run: Any) -> None:
     async def body(store: Store) -> None:
@@ -535,6 +581,22 @@ def test_extend_lease_moves_a_live_lease_up_to_the_deadline(run: Any) -> None:
         done = await store.finish_task(task_id, NOW + 40, solution={"t": 1}, owner="a")
         assert done is not None and done.state == TaskState.SOLVED
         assert await store.extend_lease(task_id, "a", NOW + 50, NOW + 41) is None  # finished
+    run(body)
+
+
+@covers("extend_lease", "claim_tasks")
+def test_extend_keeping_the_later_end_never_shortens_a_lease(run: Any) -> None:
+    async def body(store: Store) -> None:
+        account_id = await funded(store)
+        task_id = await store.create_task(new_task(account_id, deadline=NOW + 60), counter_ids())
+        await store.claim_tasks(["ImageToTextTask"], 1, "a", 30, NOW)
+        assert await store.extend_lease(task_id, "a", NOW + 10, NOW + 1, keep_later=True) == (
+            NOW + 30)
+        assert await store.extend_lease(task_id, "a", NOW + 45, NOW + 1, keep_later=True) == (
+            NOW + 45)
+        assert await store.extend_lease(task_id, "a", NOW + 90, NOW + 2, keep_later=True) == (
+            NOW + 60)  # never past the deadline
+        assert await store.extend_lease(task_id, "a", NOW + 3, NOW + 3) == NOW + 3  # released
     run(body)
 
 

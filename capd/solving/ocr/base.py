@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Protocol
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from capd.domain.images import UnreadableImageError, open_checked
 from capd.domain.tasks import ImageSpec
-
-MAX_SOURCE_PIXELS = 4_000_000  # a 50 KB PNG can claim huge dimensions; refuse bombs
 
 
 class UnreadableImage(Exception):
@@ -18,17 +16,12 @@ class UnreadableImage(Exception):
 
 
 def open_image(image: bytes) -> Image.Image:
-    """Decode image bytes (any format Pillow reads), refusing decompression bombs."""
+    """Decode image bytes under the rules createTask checks them by
+    (``capd.domain.images``: the formats capd reads, refusing decompression bombs)."""
     try:
-        img = Image.open(io.BytesIO(image))
-        width, height = img.size
-        if width < 1 or height < 1 or width * height > MAX_SOURCE_PIXELS:
-            raise UnreadableImage(f"unusable image size {width}x{height}")
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
-            SyntaxError) as exc:
+        return open_checked(image)
+    except UnreadableImageError as exc:
         raise UnreadableImage(str(exc)) from None
-    return img
 
 
 @dataclass(frozen=True)
