@@ -26,6 +26,8 @@ from capd.config import Settings
 from capd.constants import PRUNE_EVERY_S
 from capd.errors import CapdError
 from capd.metrics import Metrics
+from capd.modules.engine import with_modules
+from capd.modules.library import default_dir as default_modules_dir
 from capd.outbound.guard import AddressGuard, TargetGuard
 from capd.outbound.outbox import OutboxSender
 from capd.outbound.proxycheck import ProxyChecker
@@ -139,6 +141,11 @@ def create_app(settings: Settings, *, store: Store | None = None,
             engine = recogniser
             if engine is None:
                 engine = await asyncio.to_thread(load_recogniser, settings.ocr_engine)
+            # tasks naming a stored custom module read with it (capd/modules)
+            engine = await asyncio.to_thread(
+                with_modules, engine,
+                settings.modules_dir or default_modules_dir(settings.database_url),
+                settings.modules_poll_s)
             pool = OcrPool(engine, settings.ocr_threads)
             solver = BuiltinSolver(store, dispatcher, pool, clock, settings.ocr_lease_s,
                                    service.rules, service.finish_task, metrics_registry)
