@@ -444,8 +444,11 @@ def _export(net: DdddNet, fp32_path: str, int8_path: str) -> tuple[bytes, bytes]
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with warnings.catch_warnings():
-        # the LSTM's batch-size note: the engine runs one image at a time
+        # the LSTM's batch-size note (the engine runs one image at a time) and the
+        # TorchScript exporter's deprecation notice (the same exporter as
+        # training/export_finetuned.py, whose files the engines are known to run)
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(net, (torch.rand(1, 1, 64, 160),), fp32_path,
                           input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": {0: "batch", 3: "width"},
