@@ -43,8 +43,8 @@ FORMAT_VERSION = 1
 SUFFIX = ".capdmodule"
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
-# lower case, as the task's module name is compared lower-cased (domain/tasks.py)
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# what a key option can name (domain/keys.py), lower case: tasks compare it lower-cased
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RESERVED_NAMES = frozenset({"universal"})  # what a task without a module reads with
 _VERSION_RE = re.compile(r"^([1-9][0-9]{0,8})\.capdmodule$")
 # manifest field -> the types it may hold (required fields; others are kept as given)
@@ -61,7 +61,7 @@ class ModuleError(Exception):
 def check_name(name: str) -> str:
     """The name itself when it can name a module, else ModuleError."""
     if not NAME_RE.match(name):
-        raise ModuleError(f"module name {name!r}: use 1-64 of a-z 0-9 _ . - (lower case),"
+        raise ModuleError(f"module name {name!r}: use 1-64 of a-z 0-9 _ - (lower case),"
                           " starting with a letter or digit")
     if name in RESERVED_NAMES:
         raise ModuleError(f"module name {name!r} is reserved (tasks without a module use it)")
