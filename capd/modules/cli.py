@@ -87,13 +87,15 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     if args.base:
         entry = library.entry(args.base)
         base = training.base_from_module(library.load(entry), entry.version)
+
+    def progress(line: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+    progress(f"checking {Path(args.data) / 'labels.csv'} and its images")
     try:
         samples = training.read_dataset(args.data, args.min_samples)
     except training.DataError as exc:
         raise ModuleCliError(str(exc)) from None
-
-    def progress(line: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 
     general = None
     engine_name = args.engine or settings.ocr_engine
