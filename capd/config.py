@@ -74,6 +74,9 @@ class Settings:
     # running server or worker looks for new versions
     modules_dir: str = ""
     modules_poll_s: float = C.MODULES_POLL_S
+    # keep worker-answered ImageToText tasks of a stored module as its labelled samples
+    # (`capd module samples NAME --export DIR`); they follow payload_retention_s
+    module_samples: bool = True
     # worker protocol
     worker_seen_window_s: float = C.WORKER_SEEN_WINDOW_S
     worker_lease_s: float = C.WORKER_LEASE_S

@@ -27,7 +27,9 @@ from capd.constants import PRUNE_EVERY_S
 from capd.errors import CapdError
 from capd.metrics import Metrics
 from capd.modules.engine import with_modules
+from capd.modules.library import Library
 from capd.modules.library import default_dir as default_modules_dir
+from capd.modules.samples import SampleBox
 from capd.outbound.guard import AddressGuard, TargetGuard
 from capd.outbound.outbox import OutboxSender
 from capd.outbound.proxycheck import ProxyChecker
@@ -185,7 +187,20 @@ def create_app(settings: Settings, *, store: Store | None = None,
                     exception_handlers=exception_handlers())
     app.state.service = service
     app.state.callbacks = callbacks
-    app.state.desk = WorkerDesk(store, dispatcher, clock, settings, service.finish_task)
+    # custom modules: an ImageToText task of a stored module answered through the worker
+    # protocol is kept as a labelled sample; a report that it was wrong drops it
+    samples = SampleBox(Library(settings.modules_dir
+                                or default_modules_dir(settings.database_url)),
+                        service.rules, settings.payload_retention_s, clock)
+
+    async def finish_by_worker(task_id: int, **outcome: Any) -> Task | None:
+        done = await service.finish_task(task_id, **outcome)
+        if done is not None and done.type == "ImageToTextTask" and settings.module_samples:
+            await asyncio.to_thread(samples.keep, done)
+        return done
+
+    service.report_listeners.append(samples.forget)
+    app.state.desk = WorkerDesk(store, dispatcher, clock, settings, finish_by_worker)
     app.state.ready = False
     app.state.openapi = openapi_document()
     return app

@@ -64,12 +64,17 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     e.add_argument("file")
     i = mod.add_parser("import", help="store a module file as its name's next version")
     i.add_argument("file")
+    sm = mod.add_parser("samples", help="answers kept as labelled samples of a module")
+    sm.add_argument("name")
+    sm.add_argument("--export", required=True, metavar="DIR",
+                    help="write them as DIR/labels.csv and images (the training format)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> None:
     try:
         {"train": cmd_train, "list": cmd_list, "show": cmd_show, "remove": cmd_remove,
-         "export": cmd_export, "import": cmd_import}[args.sub](args, settings)
+         "export": cmd_export, "import": cmd_import,
+         "samples": cmd_samples}[args.sub](args, settings)
     except ModuleError as exc:
         raise ModuleCliError(str(exc)) from None
 
@@ -186,3 +191,17 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
     entry = library_of(settings).save(data)
     print(f"module {entry.name} version {entry.version} imported into {entry.path.parent}",
           file=sys.stdout)
+
+
+def cmd_samples(args: argparse.Namespace, settings: Settings) -> None:
+    from capd.domain.tasks import ValidationRules
+    from capd.modules.samples import SampleBox
+
+    library = library_of(settings)
+    library.entry(args.name)  # an unknown module is an error, not an empty export
+    rules = ValidationRules(settings.min_image_bytes, settings.max_image_bytes,
+                            settings.min_browser_major, settings.min_safari_major)
+    box = SampleBox(library, rules, settings.payload_retention_s, time.time)
+    count = box.export(args.name, args.export)
+    print(f"{count} sample{'s' if count != 1 else ''} of module {args.name} written to"
+          f" {Path(args.export) / 'labels.csv'}")
