@@ -11,7 +11,8 @@ process of its own (so that its peak memory is its own):
    a fixed seed, the first 80% train, the last 20% held out);
 2. a module trained exactly as ``capd module train`` does (``capd.modules.train``) on
    the first ``--train`` images of the train split for at most ``--minutes``;
-3. the module and the general engine read the same ``--held`` held-out images (never
+3. the module, the general engine and the base the module started from (the
+   ``finetuned`` engine) read the same ``--held`` held-out images (never
    trained on, not the ones training held out internally) with the task options a
    client of the scheme would send (digits only when every label is digits,
    case-sensitive only when the labels mix cases); exact match.
@@ -67,9 +68,10 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
     spec = training.scoring_spec([s.text for s in fit])
     acc_module, _ = training.score(module, held, spec)
     acc_general, _ = training.score(load_recogniser(engine_name), held, spec)
+    acc_base, _ = training.score(load_recogniser("finetuned"), held, spec)  # the start
     return {"scheme": scheme, "train": len(fit), "held": len(held), "minutes": minutes,
             "module": round(acc_module, 4), "general": round(acc_general, 4),
-            "engine": engine_name, "train_wall_s": round(wall_s),
+            "base": round(acc_base, 4), "engine": engine_name, "train_wall_s": round(wall_s),
             "steps": outcome.manifest["steps"], "weights": outcome.manifest["weights"],
             "model_mb": round(len(outcome.data) / 1e6, 1),
             "peak_mb": round(training.peak_memory_mb())}
@@ -121,13 +123,14 @@ def main() -> None:
                 print(line, end="", flush=True)
         if proc.wait() != 0:
             print(f"{scheme}: failed with exit status {proc.returncode}", flush=True)
-    print(f"\n| scheme | train images | minutes | module | general ({args.engine}) | target |"
-          " met | training wall s | peak memory MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| scheme | train images | minutes | steps | module | general ({args.engine}) |"
+          " base (finetuned) | target | met | training wall s | peak memory MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         goal, met = target(r)
-        print(f"| {r['scheme']} | {r['train']} | {r['minutes']:g} | {r['module']:.3f} |"
-              f" {r['general']:.3f} | {goal:.2f} | {'yes' if met else 'no'} |"
+        print(f"| {r['scheme']} | {r['train']} | {r['minutes']:g} | {r['steps']} |"
+              f" {r['module']:.3f} | {r['general']:.3f} | {r.get('base', 0):.3f} |"
+              f" {goal:.2f} | {'yes' if met else 'no'} |"
               f" {r['train_wall_s']} | {r['peak_mb']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
