@@ -25,7 +25,14 @@ from pathlib import Path
 from PIL import Image
 
 from capd.domain.tasks import ValidationRules
-from capd.modules.library import Library, ModuleError, atomic_write, check_name
+from capd.modules.library import (
+    NAME_RE,
+    RESERVED_NAMES,
+    Library,
+    ModuleError,
+    atomic_write,
+    check_name,
+)
 from capd.solving.imagetask import image_bytes
 from capd.store.base import Task, TaskState
 
@@ -59,8 +66,9 @@ class SampleBox:
         solution = task.solution or {}
         text = solution.get("text")
         if (task.type != IMAGE_TYPE or task.state != TaskState.SOLVED or not module
+                or not NAME_RE.match(module) or module in RESERVED_NAMES
                 or not isinstance(text, str) or not text):
-            return False
+            return False  # "universal" (no module) and names no module can have
         try:
             if not self.library.versions(module):
                 return False

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from capd.domain.keys import parse_client_key
 from capd.domain.tasks import ImageSpec, _image_spec
 from capd.modules.engine import ModuleRouter
@@ -92,3 +94,20 @@ def test_a_damaged_version_is_skipped_and_the_previous_keeps_serving(module_file
     clock.now += 30.0
     assert r.read(captcha_png("4821"), ImageSpec(module="tiny")).text != "general"
     assert r.modules() == {"tiny": 1}
+
+
+def test_tasks_without_a_module_leave_no_sample_and_log_nothing(
+        module_file: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from capd.domain.tasks import ValidationRules
+    from capd.modules.samples import SampleBox
+    from capd.store.base import Task, TaskState
+
+    Library(tmp_path).save(module_file)
+    box = SampleBox(Library(tmp_path), ValidationRules(1, 10**6, 1, 1), 3600.0, lambda: 0.0)
+    for module in ("universal", "Not A Name", "other"):
+        task = Task(1, 1, "ImageToTextTask", {"body": ""}, {"image": {"module": module}},
+                    TaskState.SOLVED, 0, 0, 0.0, 0.0, None, None, 0, 0.0, {"text": "ab"}, None,
+                    0, "127.0.0.1", None, None)
+        assert box.keep(task) is False
+    assert caplog.records == []
+    assert not (tmp_path / "tiny" / "samples").exists()
