@@ -9,8 +9,11 @@ process of its own (so that its peak memory is its own):
 
 1. the scheme's fixed split (``training/datasets.py``: file names sorted, shuffled with
    a fixed seed, the first 80% train, the last 20% held out);
-2. a module trained exactly as ``capd module train`` does (``capd.modules.train``) on
-   the first ``--train`` images of the train split for at most ``--minutes``;
+2. a module trained as ``capd module train`` does (``capd.modules.train``) on the first
+   ``--train`` images of the train split for at most ``--minutes``, except that the
+   trained weights are always kept: the base (the ``finetuned`` engine) was fine-tuned
+   on these schemes' train splits, so the part of the 500 that training holds out
+   flatters the base, and keeping the better of the two on it would be biased;
 3. the module, the general engine and the base the module started from (the
    ``finetuned`` engine) read the same ``--held`` held-out images (never
    trained on, not the ones training held out internally) with the task options a
@@ -62,7 +65,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
     started = time.monotonic()
     outcome = training.train(scheme[:64], fit, minutes,
                              lambda line: print(f"  [{scheme}] {line}", flush=True),
-                             threads=threads)
+                             threads=threads, keep_best=False)
     wall_s = time.monotonic() - started
     module = ModuleEngine(unpack(outcome.data))
     spec = training.scoring_spec([s.text for s in fit])

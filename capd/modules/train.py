@@ -340,10 +340,13 @@ def peak_memory_mb() -> float:
 def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
           base: tuple[bytes, list[str], str] | None = None,
           general: tuple[str, Recogniser] | None = None, threads: int = 0,
-          seed: int = SPLIT_SEED, clock: Callable[[], float] = time.monotonic) -> Outcome:
+          seed: int = SPLIT_SEED, clock: Callable[[], float] = time.monotonic,
+          keep_best: bool = True) -> Outcome:
     """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
     clock (see the module docstring). ``general`` is (engine name, engine) scored on the
-    same held-out images for comparison; ``progress`` receives one line at a time."""
+    same held-out images for comparison; ``progress`` receives one line at a time.
+    ``keep_best``: keep the base's weights when training ends below them on the
+    held-out images."""
     started = clock()
     budget = minutes * 60.0
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
@@ -426,7 +429,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     train_s = clock() - started
     end_acc = held_accuracy(net, held, charset, spec)
     progress(f"held-out accuracy after training: {end_acc:.3f}")
-    if end_acc < start_acc:
+    if keep_best and end_acc < start_acc:
         # too few steps (a short budget, a busy machine) can leave the network worse
         # than where it started: the base's weights are the better module then
         progress("training did not beat the base on the held-out images: keeping the"
