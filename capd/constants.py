@@ -113,3 +113,5 @@ MODULE_MIN_SAMPLES = 20  # labelled images needed to train (some are held out)
 MODULE_HELD_OUT_SHARE = 0.2  # share of the labelled images never trained on
 MODULE_MAX_FILE_BYTES = 256 * 1024 * 1024  # a module file (or a member of it) above this is refused
 MODULES_DIR_NAME = "capd-modules"  # default directory, beside the SQLite file
+MODULE_PROGRESS_EVERY_S = 10.0  # training prints a progress line at least this often
+MODULE_MAX_SAMPLES = 20_000  # answers kept per module (beyond it, new ones are not)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from capd.constants import MODULE_MAX_SAMPLES
 from capd.domain.tasks import ValidationRules
 from capd.modules.library import (
     NAME_RE,
@@ -38,7 +39,6 @@ from capd.store.base import Task, TaskState
 
 log = logging.getLogger("capd.modules")
 IMAGE_TYPE = "ImageToTextTask"
-MAX_SAMPLES_PER_MODULE = 20_000  # beyond this, new answers are not kept
 
 
 class SampleBox:
@@ -75,7 +75,7 @@ class SampleBox:
             folder = self.folder(module)
             folder.mkdir(exist_ok=True)
             self.prune(module)
-            if len(os.listdir(folder)) >= 2 * MAX_SAMPLES_PER_MODULE:
+            if len(os.listdir(folder)) >= 2 * MODULE_MAX_SAMPLES:
                 return False
             image = image_bytes(task.payload, self.rules)
             if not image:

@@ -50,7 +50,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from capd.constants import MODULE_HELD_OUT_SHARE, MODULE_MIN_SAMPLES  # noqa: E402
+from capd.constants import (  # noqa: E402
+    MODULE_HELD_OUT_SHARE,
+    MODULE_MIN_SAMPLES,
+    MODULE_PROGRESS_EVERY_S,
+)
 from capd.domain.tasks import ImageSpec  # noqa: E402
 from capd.modules.engine import ModuleEngine  # noqa: E402
 from capd.modules.library import Module, pack, unpack  # noqa: E402
@@ -64,7 +68,6 @@ SPLIT_SEED = 20261127
 MAX_INT8_DROP = 0.005  # int8 ships when it loses at most this much held-out accuracy
 CACHE_SHARE = 0.25  # at most this share of the budget goes to caching augmented variants
 MAX_VARIANTS = 12  # cached variants per training image (the first is the image as it is)
-PROGRESS_EVERY_S = 10.0
 Progress = Callable[[str], None]
 
 
@@ -422,7 +425,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         value = float(loss.item())
         ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value
         now = clock()
-        if now - last_print >= PROGRESS_EVERY_S:
+        if now - last_print >= MODULE_PROGRESS_EVERY_S:
             last_print = now
             progress(f"step {step}: loss {ema:.3f}, lr {lr:.1e},"
                      f" {now - started:.0f}s of {budget:.0f}s")
