@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int,
-               engine_name: str, threads: int) -> dict[str, Any]:
+               engine_name: str, threads: int, lr: float) -> dict[str, Any]:
     """Train and score one scheme in this process (see the module docstring)."""
     from capd.modules import train as training
     from capd.modules.engine import ModuleEngine
@@ -65,7 +65,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
     started = time.monotonic()
     outcome = training.train(scheme[:64], fit, minutes,
                              lambda line: print(f"  [{scheme}] {line}", flush=True),
-                             threads=threads, keep_best=False)
+                             threads=threads, keep_best=False, lr=lr)
     wall_s = time.monotonic() - started
     module = ModuleEngine(unpack(outcome.data))
     spec = training.scoring_spec([s.text for s in fit])
@@ -96,13 +96,14 @@ def main() -> None:
     ap.add_argument("--schemes", default="", help="comma-separated (default: every folder)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="")
+    ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
     if not args.datasets or not os.path.isdir(args.datasets):
         sys.exit("bench_modules: give --datasets DIR (or set CAPD_DATASETS)")
     if args.one:
         row = one_scheme(args.datasets, args.one, args.minutes, args.train, args.held,
-                         args.engine, args.threads)
+                         args.engine, args.threads, args.lr)
         print("RESULT " + json.dumps(row), flush=True)
         return
     schemes = [s for s in args.schemes.split(",") if s] or sorted(
@@ -113,7 +114,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "bench.bench_modules", "--datasets", args.datasets,
                "--one", scheme, "--minutes", str(args.minutes), "--train", str(args.train),
                "--held", str(args.held), "--engine", args.engine,
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--lr", str(args.lr)]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -344,11 +344,11 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
           base: tuple[bytes, list[str], str] | None = None,
           general: tuple[str, Recogniser] | None = None, threads: int = 0,
           seed: int = SPLIT_SEED, clock: Callable[[], float] = time.monotonic,
-          keep_best: bool = True) -> Outcome:
+          keep_best: bool = True, lr: float = 5e-4) -> Outcome:
     """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
     clock (see the module docstring). ``general`` is (engine name, engine) scored on the
     same held-out images for comparison; ``progress`` receives one line at a time.
-    ``keep_best``: keep the base's weights when training ends below them on the
+    ``lr``: the peak learning rate. ``keep_best``: keep the base's weights when training ends below them on the
     held-out images."""
     started = clock()
     budget = minutes * 60.0
@@ -389,10 +389,10 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     targets = [[charset.index(c) + 1 for c in s.text] for s in fit]
 
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-4)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
     batch = min(32, len(fit))
-    warm, peak_lr = 0.05, 5e-4
+    warm, peak_lr = 0.05, lr
     train_start = clock()
     train_budget = max(1.0, budget - (train_start - started))
     step, ema, last_print = 0, float("nan"), train_start

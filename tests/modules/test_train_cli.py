@@ -125,3 +125,26 @@ def test_train_refuses_a_bad_module_name(tmp_path: Path, dataset: Callable[..., 
     monkeypatch.setenv("CAPD_MODULES_DIR", str(tmp_path / "lib"))
     code = main(["module", "train", "../evil", "--data", str(dataset())])
     _assert_refused(tmp_path, code, capsys.readouterr().err, "module name '../evil'")
+
+
+def test_train_from_a_stored_module_as_base(tmp_path: Path, dataset: Callable[..., Path],
+                                            module_file: bytes,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CAPD_MODULES_DIR", str(tmp_path / "lib"))
+    monkeypatch.setenv("CAPD_OCR_ENGINE", "ddddocr")
+    Library(tmp_path / "lib").save(module_file)
+    code = main(["module", "train", "tiny", "--data", str(dataset()), "--minutes", "0.05",
+                 "--base", "tiny", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "base module tiny v1" in out
+    assert [e.version for e in Library(tmp_path / "lib").versions("tiny")] == [1, 2]
+
+
+def test_train_from_an_unknown_base_is_one_line(tmp_path: Path, dataset: Callable[..., Path],
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CAPD_MODULES_DIR", str(tmp_path / "lib"))
+    code = main(["module", "train", "shop", "--data", str(dataset()), "--base", "nothing"])
+    _assert_refused(tmp_path, code, capsys.readouterr().err, "no module named 'nothing'")
