@@ -348,8 +348,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
     clock (see the module docstring). ``general`` is (engine name, engine) scored on the
     same held-out images for comparison; ``progress`` receives one line at a time.
-    ``lr``: the peak learning rate. ``keep_best``: keep the base's weights when training ends below them on the
-    held-out images."""
+    ``lr``: the peak learning rate. ``keep_best``: keep the base's weights when training
+    ends below them on the held-out images."""
     started = clock()
     budget = minutes * 60.0
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
