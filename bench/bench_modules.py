@@ -74,7 +74,8 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
     acc_base, _ = training.score(load_recogniser("finetuned"), held, spec)  # the start
     return {"scheme": scheme, "train": len(fit), "held": len(held), "minutes": minutes,
             "module": round(acc_module, 4), "general": round(acc_general, 4),
-            "base": round(acc_base, 4), "engine": engine_name, "lr": lr, "train_wall_s": round(wall_s),
+            "base": round(acc_base, 4), "engine": engine_name, "lr": lr,
+            "train_wall_s": round(wall_s),
             "steps": outcome.manifest["steps"], "weights": outcome.manifest["weights"],
             "model_mb": round(len(outcome.data) / 1e6, 1),
             "peak_mb": round(training.peak_memory_mb())}
