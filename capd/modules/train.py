@@ -485,11 +485,11 @@ def _export(net: DdddNet, fp32_path: str, int8_path: str) -> tuple[bytes, bytes]
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with warnings.catch_warnings():
-        # the LSTM's batch-size note (the engine runs one image at a time) and the
-        # TorchScript exporter's deprecation notice (the same exporter as
+        # the exporter's notes are not the operator's business: the LSTM batch-size note
+        # (the engine runs one image at a time), the tracer's notes on the LSTM's shape
+        # checks, and the TorchScript exporter's deprecation (the same exporter as
         # training/export_finetuned.py, whose files the engines are known to run)
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.rand(1, 1, 64, 160),), fp32_path,
                           input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": {0: "batch", 3: "width"},
