@@ -84,6 +84,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     if not 0 < args.minutes <= 24 * 60:
         raise ModuleCliError("--minutes must be more than 0 and at most 1440")
     try:
+        import onnx  # noqa: F401  (read by the loader of the base's weights)
+
         from capd.modules import train as training
     except ImportError:
         raise ModuleCliError(INSTALL_HINT) from None
