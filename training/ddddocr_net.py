@@ -37,6 +37,7 @@ def check(n: int) -> None:
     import onnxruntime as ort
     from ddddocr.charsets import CHARSET_OLD
 
+    from capd.solving.ocr.base import open_image
     from capd.solving.ocr.ddddocr_engine import DdddOcrEngine
     from training.datasets import SCHEMES, load_labels
 
@@ -53,7 +54,7 @@ def check(n: int) -> None:
     for scheme in SCHEMES:
         for path, label in load_labels(scheme)[:per]:
             with open(path, "rb") as fh:
-                pixels = eng._pixels(fh.read())
+                pixels = eng._pixels(open_image(fh.read()))
             ref = sess.run(None, {"input1": pixels})[0].reshape(-1, len(charset))
             with torch.no_grad():
                 ours = net(torch.from_numpy(pixels))[:, 0, :].numpy()
