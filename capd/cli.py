@@ -237,8 +237,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
             raise CliError(f"not an http(s) URL: {url!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise
-    pool = OcrPool(load_recogniser(args.engine or settings.ocr_engine),
-                   args.threads or settings.ocr_threads)
+    from capd.modules.engine import with_modules
+    from capd.modules.library import default_dir
+
+    recogniser = with_modules(load_recogniser(args.engine or settings.ocr_engine),
+                              settings.modules_dir or default_dir(settings.database_url),
+                              settings.modules_poll_s)
+    pool = OcrPool(recogniser, args.threads or settings.ocr_threads)
     rules = ValidationRules(settings.min_image_bytes, settings.max_image_bytes,
                             settings.min_browser_major, settings.min_safari_major)
     worker = RemoteOcrWorker(urls, args.token, pool, rules)
@@ -508,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(fn=cmd_prune)
     add_backup_parser(sub)
     _add_admin_token_parser(sub)
+    # -- custom recognition modules (capd/modules/cli.py; they open no database) --
+    from capd.modules.cli import add_parser as add_module_parser
+
+    add_module_parser(sub, _Parser)
     return p
 
 
@@ -532,6 +541,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "worker":
             cmd_worker(args, settings)
+            return 0
+        if args.command == "module":  # custom modules live in a directory, not the store
+            from capd.modules.cli import ModuleCliError
+            from capd.modules.cli import run as run_module_command
+
+            try:
+                run_module_command(args, settings)
+            except ModuleCliError as exc:
+                raise CliError(str(exc)) from None
             return 0
         if args.command == "backup":  # opens no Store: it copies the file beneath one
             cmd_backup(args, settings)

@@ -69,6 +69,14 @@ class Settings:
     ocr_threads: int = 0  # 0: one per CPU core
     ocr_lease_s: float = C.OCR_LEASE_S
     builtin_ocr: bool = True  # False: ImageToText only through `capd worker` processes
+    # custom recognition modules (capd/modules): the directory holding them, shared by
+    # every node ("": a capd-modules folder beside the SQLite file), and how often a
+    # running server or worker looks for new versions
+    modules_dir: str = ""
+    modules_poll_s: float = C.MODULES_POLL_S
+    # keep worker-answered ImageToText tasks of a stored module as its labelled samples
+    # (`capd module samples NAME --export DIR`); they follow payload_retention_s
+    module_samples: bool = True
     # worker protocol
     worker_seen_window_s: float = C.WORKER_SEEN_WINDOW_S
     worker_lease_s: float = C.WORKER_LEASE_S

@@ -114,3 +114,14 @@ PAYLOAD_RETENTION_S = REPORT_WINDOW_S
 TASK_RETENTION_S = 30 * 24 * 3600
 PRUNE_BATCH = 500  # rows per statement: each batch is a short transaction
 PRUNE_EVERY_S = 60.0  # how often `capd serve` prunes (one batch of each kind per round)
+
+# custom recognition modules (issue 15, capd/modules): trained per captcha scheme,
+# stored as files in the modules directory, read by tasks naming them
+MODULES_POLL_S = 30.0  # how often a node looks for new / changed / removed modules
+MODULE_TRAIN_MINUTES = 15.0  # `capd module train` default wall-clock budget
+MODULE_MIN_SAMPLES = 20  # labelled images needed to train (some are held out)
+MODULE_HELD_OUT_SHARE = 0.2  # share of the labelled images never trained on
+MODULE_MAX_FILE_BYTES = 256 * 1024 * 1024  # a module file (or a member of it) above this is refused
+MODULES_DIR_NAME = "capd-modules"  # default directory, beside the SQLite file
+MODULE_PROGRESS_EVERY_S = 10.0  # training prints a progress line at least this often
+MODULE_MAX_SAMPLES = 20_000  # answers kept per module (beyond it, new ones are not)

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from capd.domain.tasks import ImageSpec
+from capd.modules.train import fit_isotonic  # shared with custom modules
 from training import config
 from training.synth import STYLES, make_sample, usable_fonts
 
@@ -195,35 +196,6 @@ def calibration_table(recs: list[dict]) -> list[tuple[int, float, float]]:
         kept = [ok for c, ok in pts if c * 100 >= t]
         rows.append((t, len(kept) / len(pts), sum(kept) / len(kept) if kept else float("nan")))
     return rows
-
-
-def fit_isotonic(pairs: list[tuple[float, bool]], z: float = 1.28
-                 ) -> tuple[list[float], list[float]]:
-    """Pool-adjacent-violators on (raw confidence, right), then each block's accuracy is
-    replaced by its Wilson lower bound (z=1.28: one-sided 90%) and made non-decreasing by
-    lowering, never raising: a conservative isotonic map. Knots at block mean raw values."""
-    pairs = sorted(pairs)
-    blocks: list[list[float]] = []  # [sum_y, count, sum_x]
-    for x, y in pairs:
-        blocks.append([float(y), 1.0, x])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
-            s, n, sx = blocks.pop()
-            blocks[-1][0] += s
-            blocks[-1][1] += n
-            blocks[-1][2] += sx
-    xs = [b[2] / b[1] for b in blocks]
-    ys = []
-    for s, n, _ in blocks:
-        p = s / n
-        centre = p + z * z / (2 * n)
-        margin = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5)
-        ys.append(max(0.0, (centre - margin) / (1 + z * z / n)))
-    for i in range(len(ys) - 2, -1, -1):
-        ys[i] = min(ys[i], ys[i + 1])
-    # anchor the ends so that interpolation is defined on [0, 1]
-    xs = [0.0, *xs, 1.0]
-    ys = [0.0, *ys, ys[-1]]
-    return xs, ys
 
 
 def calibrate(per_style: int) -> None:

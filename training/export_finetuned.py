@@ -45,7 +45,7 @@ CS = ImageSpec(case_sensitive=True)
 def export_float(checkpoint: str, out: str) -> dict:
     import torch
 
-    from training.ddddocr_net import DdddNet
+    from capd.modules.net import DdddNet
 
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if ck.get("charset") != CHARSET:

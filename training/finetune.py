@@ -2,7 +2,7 @@
 
     nice -n 19 python -m training.finetune --budget-min 60 [--resume]
 
-Start: ddddocr's network and weights (training/ddddocr_net.py, dequantised from its
+Start: ddddocr's network and weights (capd/modules/net.py, dequantised from its
 ONNX file) with its 8210-class output layer replaced by one over the CTC blank + capd's
 66 symbols (training.model.CHARSET: digits, a-z, A-Z, + - × =, case kept). Every row
 of the new layer is copied from the old layer's row for the same character (all 66
@@ -57,9 +57,9 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
+from capd.modules.net import FRONT_BLOCKS, DdddNet, pretrained  # noqa: E402
 from capd.solving.ocr.finetuned_engine import grey64  # noqa: E402
 from training import datasets  # noqa: E402
-from training.ddddocr_net import FRONT_BLOCKS, DdddNet, pretrained  # noqa: E402
 from training.model import CHARSET  # noqa: E402
 
 SEED = 20261127

@@ -26,6 +26,10 @@ from capd.config import Settings
 from capd.constants import PRUNE_BATCH, PRUNE_EVERY_S
 from capd.errors import CapdError
 from capd.metrics import Metrics
+from capd.modules.engine import with_modules
+from capd.modules.library import Library
+from capd.modules.library import default_dir as default_modules_dir
+from capd.modules.samples import SampleBox
 from capd.outbound.guard import AddressGuard, TargetGuard
 from capd.outbound.outbox import OutboxSender
 from capd.outbound.proxycheck import ProxyChecker
@@ -143,6 +147,11 @@ def create_app(settings: Settings, *, store: Store | None = None,
             engine = recogniser
             if engine is None:
                 engine = await asyncio.to_thread(load_recogniser, settings.ocr_engine)
+            # tasks naming a stored custom module read with it (capd/modules)
+            engine = await asyncio.to_thread(
+                with_modules, engine,
+                settings.modules_dir or default_modules_dir(settings.database_url),
+                settings.modules_poll_s)
             pool = OcrPool(engine, settings.ocr_threads)
             solver = BuiltinSolver(store, dispatcher, pool, clock, settings.ocr_lease_s,
                                    service.rules, service.finish_task, metrics_registry)
@@ -182,7 +191,20 @@ def create_app(settings: Settings, *, store: Store | None = None,
                     exception_handlers=exception_handlers())
     app.state.service = service
     app.state.callbacks = callbacks
-    app.state.desk = WorkerDesk(store, dispatcher, clock, settings, service.finish_task)
+    # custom modules: an ImageToText task of a stored module answered through the worker
+    # protocol is kept as a labelled sample; a report that it was wrong drops it
+    samples = SampleBox(Library(settings.modules_dir
+                                or default_modules_dir(settings.database_url)),
+                        service.rules, settings.payload_retention_s, clock)
+
+    async def finish_by_worker(task_id: int, **outcome: Any) -> Task | None:
+        done = await service.finish_task(task_id, **outcome)
+        if done is not None and done.type == "ImageToTextTask" and settings.module_samples:
+            await asyncio.to_thread(samples.keep, done)
+        return done
+
+    service.report_listeners.append(samples.forget)
+    app.state.desk = WorkerDesk(store, dispatcher, clock, settings, finish_by_worker)
     app.state.ready = False
     app.state.openapi = openapi_document()
     return app

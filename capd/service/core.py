@@ -149,6 +149,8 @@ class Service:
         self.rules = validation_rules(settings)
         self.policy = policy or Policy(store, limit_rules(settings), clock)
         self.finish_listeners: list[Callable[[Task], Any]] = []
+        # told of every task a report marked incorrect (custom modules drop it as a sample)
+        self.report_listeners: list[Callable[[Task], Any]] = []
         # renders a finished task's callback body; with it, a task that has a callback URL
         # gets its outbox row in the transaction that finishes it (issue 12)
         self.callback_body: Callable[[Task], str] | None = None
@@ -321,6 +323,8 @@ class Service:
         if not await self.store.report_task(task.id, caller.account_id, refund=image, now=now,
                                             window_s=window_s):
             raise CapdError("ERROR_NO_SUCH_CAPCHA_ID", "not a reportable solved task")
+        for listener in self.report_listeners:
+            listener(task)
 
     # -- anti-captcha's statistics methods: getQueueStats, getSpendingStats ----------------
     async def queue_stats(self, req: QueueStatsRequest) -> QueueLoad:

@@ -1,0 +1,209 @@
+"""``capd module ...``: train, list, show, remove, export and import custom modules.
+
+These commands open no database: modules live in the modules directory
+(``capd.modules.library``). Errors raise ModuleCliError with the one line to show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from capd.config import Settings
+from capd.constants import MODULE_MIN_SAMPLES, MODULE_TRAIN_MINUTES
+from capd.modules.library import Library, ModuleError, atomic_write, check_name, default_dir
+
+INSTALL_HINT = ("capd module train needs PyTorch and onnx, which capd does not install by"
+                " default: pip install 'capd[modules]'")
+
+
+class ModuleCliError(Exception):
+    """A module command that cannot do what was asked; the message is one line."""
+
+
+def library_of(settings: Settings) -> Library:
+    return Library(settings.modules_dir or default_dir(settings.database_url))
+
+
+def _iso(ts: Any) -> str:
+    if not isinstance(ts, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
+def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+    """The ``module`` command and its subcommands."""
+    mod = sub.add_parser("module", help="custom recognition modules (train, list, export, ...)"
+                         ).add_subparsers(dest="sub", required=True, parser_class=parser_class)
+    t = mod.add_parser("train", help="train a module from labelled images (DIR/labels.csv)")
+    t.add_argument("name")
+    t.add_argument("--data", required=True, metavar="DIR",
+                   help="folder with labels.csv (file,text) and the images")
+    t.add_argument("--minutes", type=float, default=MODULE_TRAIN_MINUTES,
+                   help=f"wall-clock training budget (default {MODULE_TRAIN_MINUTES:g})")
+    t.add_argument("--base", metavar="MODULE",
+                   help="start from this stored module (default: the general finetuned model)")
+    t.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    t.add_argument("--engine", help="general engine to compare with (default: ocr_engine)")
+    t.add_argument("--min-samples", type=int, default=MODULE_MIN_SAMPLES,
+                   help=argparse.SUPPRESS)
+    mod.add_parser("list", help="stored modules, newest version of each")
+    s = mod.add_parser("show", help="one module: versions, samples, accuracy, date")
+    s.add_argument("name")
+    r = mod.add_parser("remove", help="delete a module (every version)")
+    r.add_argument("name")
+    e = mod.add_parser("export", help="write a module's newest version to FILE")
+    e.add_argument("name")
+    e.add_argument("file")
+    i = mod.add_parser("import", help="store a module file as its name's next version")
+    i.add_argument("file")
+    sm = mod.add_parser("samples", help="answers kept as labelled samples of a module")
+    sm.add_argument("name")
+    sm.add_argument("--export", required=True, metavar="DIR",
+                    help="write them as DIR/labels.csv and images (the training format)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> None:
+    try:
+        {"train": cmd_train, "list": cmd_list, "show": cmd_show, "remove": cmd_remove,
+         "export": cmd_export, "import": cmd_import,
+         "samples": cmd_samples}[args.sub](args, settings)
+    except ModuleError as exc:
+        raise ModuleCliError(str(exc)) from None
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
+    check_name(args.name)
+    if not 0 < args.minutes <= 24 * 60:
+        raise ModuleCliError("--minutes must be more than 0 and at most 1440")
+    try:
+        import onnx  # noqa: F401  (read by the loader of the base's weights)
+
+        from capd.modules import train as training
+    except ImportError:
+        raise ModuleCliError(INSTALL_HINT) from None
+    library = library_of(settings)
+    base = None
+    if args.base:
+        entry = library.entry(args.base)
+        base = training.base_from_module(library.load(entry), entry.version)
+
+    def progress(line: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+    progress(f"checking {Path(args.data) / 'labels.csv'} and its images")
+    try:
+        samples = training.read_dataset(args.data, args.min_samples)
+    except training.DataError as exc:
+        raise ModuleCliError(str(exc)) from None
+
+    general = None
+    engine_name = args.engine or settings.ocr_engine
+    from capd.errors import ConfigError
+    from capd.solving.ocr import load_recogniser
+
+    try:
+        general = (engine_name, load_recogniser(engine_name))
+    except ConfigError as exc:
+        progress(f"no comparison with the general engine: {exc}")
+    try:
+        outcome = training.train(args.name, samples, args.minutes, progress, base=base,
+                                 general=general, threads=args.threads)
+    except training.DataError as exc:
+        raise ModuleCliError(str(exc)) from None
+    entry = library.save(outcome.data)
+    m = outcome.manifest
+    print(f"module {entry.name} version {entry.version} stored in {library.root}"
+          f" ({len(outcome.data) / 1e6:.1f} MB, {m['weights']}, peak memory"
+          f" {m['peak_memory_mb']} MB)", flush=True)
+    general_part = (f"general engine {m['general_engine']} {_num(m['general_accuracy'])}"
+                    if "general_accuracy" in m else "general engine not measured")
+    print(f"held-out accuracy on {m['held_out']} images: module {entry.name}"
+          f" {_num(m['accuracy'])}, {general_part}", flush=True)
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> None:
+    library = library_of(settings)
+    latest = library.latest()
+    if not latest:
+        print(f"no modules in {library.root}")
+        return
+    print(f"{'name':<24}{'version':>8}{'samples':>9}{'accuracy':>10}{'general':>9}  created")
+    for name, entry in latest.items():
+        try:
+            m = library.load(entry).manifest
+        except ModuleError as exc:
+            print(f"{name:<24}{entry.version:>8}  unreadable: {exc}")
+            continue
+        print(f"{name:<24}{entry.version:>8}{m.get('samples', '-'):>9}"
+              f"{_num(m.get('accuracy')):>10}{_num(m.get('general_accuracy')):>9}"
+              f"  {_iso(m.get('created_at'))}")
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
+    library = library_of(settings)
+    entry = library.entry(args.name)
+    m = library.load(entry).manifest
+    versions = library.versions(args.name)
+    print(f"module {entry.name}")
+    print(f"  version      {entry.version} (stored: {', '.join(str(v.version) for v in versions)})")
+    print(f"  file         {entry.path}")
+    print(f"  created      {_iso(m.get('created_at'))}")
+    print(f"  samples      {m.get('samples', '-')} ({m.get('train_samples', '-')} trained on,"
+          f" {m.get('held_out', '-')} held out)")
+    print(f"  accuracy     {_num(m.get('accuracy'))} held-out exact"
+          f" (general engine {m.get('general_engine', '-')}: {_num(m.get('general_accuracy'))})")
+    print(f"  charset      {''.join(m['charset'])}")
+    print(f"  weights      {m.get('weights', '-')}, base {m.get('base', '-')},"
+          f" {m.get('steps', '-')} steps in {m.get('train_seconds', '-')}s")
+
+
+def cmd_remove(args: argparse.Namespace, settings: Settings) -> None:
+    count = library_of(settings).remove(args.name)
+    print(f"removed module {args.name} ({count} version{'s' if count != 1 else ''})")
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
+    library = library_of(settings)
+    entry = library.entry(args.name)
+    data = entry.path.read_bytes()
+    library.load(entry)  # never hand on a damaged file
+    target = Path(args.file)
+    if not target.parent.is_dir():
+        raise ModuleCliError(f"{target.parent}: no such directory")
+    atomic_write(target, data)
+    print(f"module {entry.name} version {entry.version} written to {target}")
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise ModuleCliError(f"{args.file}: cannot read ({exc.strerror})") from None
+    from capd.modules.library import unpack
+
+    unpack(data, args.file)
+    entry = library_of(settings).save(data)
+    print(f"module {entry.name} version {entry.version} imported into {entry.path.parent}",
+          file=sys.stdout)
+
+
+def cmd_samples(args: argparse.Namespace, settings: Settings) -> None:
+    from capd.domain.tasks import ValidationRules
+    from capd.modules.samples import SampleBox
+
+    library = library_of(settings)
+    library.entry(args.name)  # an unknown module is an error, not an empty export
+    rules = ValidationRules(settings.min_image_bytes, settings.max_image_bytes,
+                            settings.min_browser_major, settings.min_safari_major)
+    box = SampleBox(library, rules, settings.payload_retention_s, time.time)
+    count = box.export(args.name, args.export)
+    print(f"{count} sample{'s' if count != 1 else ''} of module {args.name} written to"
+          f" {Path(args.export) / 'labels.csv'}")

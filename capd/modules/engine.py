@@ -1,0 +1,142 @@
+"""Reading with custom modules: one module's engine, and the router a node's OCR pool
+runs, which sends a task naming a stored module to that module and every other task to
+the general engine.
+
+The router looks at the modules directory at most once per ``poll_s`` (checked when a
+task is read, and at start), loads new or changed versions, and forgets removed ones: a
+module trained or imported on any node is in use everywhere within ``poll_s`` plus one
+read, without a restart. A version that fails to load is logged and skipped (the
+previous version, if any, keeps serving).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from capd.domain.tasks import ImageSpec
+from capd.modules.library import Entry, Library, Module, ModuleError
+from capd.solving.ocr.base import Reading, Recogniser
+from capd.solving.ocr.finetuned_engine import grey64, to_input
+from capd.solving.ocr.onnx_engine import Calibration, CtcEngine, onnx_session
+
+log = logging.getLogger("capd.modules")
+_ALIASES = {"*": "×"}
+
+
+class ModuleEngine(CtcEngine):
+    """A trained module: its ONNX network (ddddocr's architecture, 64 pixels high, one
+    frame per 8 columns) over its own charset, masked CTC decoding, calibrated
+    confidence when the manifest has a calibration."""
+
+    def __init__(self, module: Module) -> None:
+        cal = module.manifest.get("calibration")
+        calibration = Calibration(cal["raw"], cal["calibrated"]) if cal else None
+        super().__init__(["", *module.charset], _ALIASES, calibration)
+        self.name = f"module:{module.name}"
+        try:
+            self._session = onnx_session(module.model)
+        except Exception as exc:  # ONNX Runtime raises its own types for a bad graph
+            raise ModuleError(f"module {module.name}: its model does not load: {exc}"
+                              ) from None
+        self._input = self._session.get_inputs()[0].name
+        self._classes = len(module.charset) + 1
+        letters = [c for c in module.charset if c.isalpha()]
+        # a charset with letters in one case only (most schemes): a case-insensitive task
+        # is decoded in that case and lower-cased, since there is no partner to fold with
+        self._one_case = bool(letters) and (all(c.isupper() for c in letters)
+                                            or all(c.islower() for c in letters))
+
+    def frames(self, img: Image.Image) -> np.ndarray:
+        out = self._session.run(None, {self._input: to_input(grey64(img))})[0]
+        logits: np.ndarray = out.reshape(out.shape[0], -1)
+        if logits.shape[1] != self._classes:
+            raise ModuleError(f"{self.name}: the model has {logits.shape[1]} outputs,"
+                              f" the charset {self._classes}")
+        return logits
+
+    def read(self, image: bytes, spec: ImageSpec) -> Reading:
+        if self._one_case and not spec.case_sensitive:
+            reading = super().read(image, dataclasses.replace(spec, case_sensitive=True))
+            return dataclasses.replace(reading, text=reading.text.lower())
+        return super().read(image, spec)
+
+
+class ModuleRouter:
+    """A Recogniser: tasks naming a stored module read with it, the rest with
+    ``general`` (see the module docstring)."""
+
+    def __init__(self, general: Recogniser, library: Library, poll_s: float,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 load: Callable[[Module], Recogniser] = ModuleEngine) -> None:
+        self.general = general
+        self.name = general.name
+        self.library = library
+        self.poll_s = poll_s
+        self._monotonic = monotonic
+        self._load = load
+        self._lock = threading.Lock()
+        self._engines: dict[str, tuple[Entry, Recogniser]] = {}
+        self._failed: dict[str, Entry] = {}
+        self._checked = -float("inf")
+        self.refresh()
+
+    def modules(self) -> dict[str, int]:
+        """The modules in use here: name -> version."""
+        with self._lock:
+            return {name: entry.version for name, (entry, _) in self._engines.items()}
+
+    def refresh(self) -> None:
+        """Look at the directory now: load new or changed versions, drop removed ones."""
+        with self._lock:
+            self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
+        self._checked = self._monotonic()
+        try:
+            latest = self.library.latest()
+        except OSError as exc:
+            log.warning("modules directory %s unreadable: %s", self.library.root, exc)
+            return
+        for name in list(self._engines):
+            if name not in latest:
+                del self._engines[name]
+                log.info("module %s removed", name)
+        for name, entry in latest.items():
+            have = self._engines.get(name)
+            if have and (have[0].version, have[0].mtime) == (entry.version, entry.mtime):
+                continue
+            if self._failed.get(name) == entry:
+                continue
+            try:
+                engine = self._load(self.library.load(entry))
+            except ModuleError as exc:
+                self._failed[name] = entry
+                log.warning("module %s version %d not loaded: %s", name, entry.version, exc)
+                continue
+            self._failed.pop(name, None)
+            self._engines[name] = (entry, engine)
+            log.info("module %s version %d in use", name, entry.version)
+
+    def engine_for(self, module: str) -> Recogniser | None:
+        """The stored module a task's module name selects, or None (the general engine)."""
+        with self._lock:
+            if self._monotonic() - self._checked >= self.poll_s:
+                self._refresh_locked()
+            found = self._engines.get(module)
+        return found[1] if found else None
+
+    def read(self, image: bytes, spec: ImageSpec) -> Reading:
+        engine = self.engine_for(spec.module)
+        return (engine or self.general).read(image, spec)
+
+
+def with_modules(general: Recogniser, modules_dir: str, poll_s: float) -> ModuleRouter:
+    """The recogniser a node runs: ``general`` behind the modules directory's router."""
+    return ModuleRouter(general, Library(modules_dir), poll_s)

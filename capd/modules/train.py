@@ -1,0 +1,510 @@
+"""Training a custom module from labelled captchas of one scheme (``capd module train``).
+
+Needs the ``modules`` extra (PyTorch, onnx); the service never imports this.
+
+Data: a folder with ``labels.csv`` (header ``file,text``) and the images it names. Every
+row is checked before anything trains (``read_dataset``): the file must be inside the
+folder and decode as an image, the text must be non-empty and drawn from capd's
+alphabet (``ALPHABET``), and there must be at least ``min_samples`` rows. A seeded
+shuffle of the file names holds out ``MODULE_HELD_OUT_SHARE`` of them; they are never
+trained on, and both the new module and the general engine are scored on them.
+
+Network: ddddocr's architecture (``capd.modules.net``), started from the best general
+model of that architecture, the shipped ``finetuned`` engine (or, with ``base``, a stored
+module), its output layer cut down to the characters the labels use (each row copied
+from the base's row for that character, so step 0 reads like the base). The stem and
+the first two convolution stages stay frozen; their outputs are computed once per
+image and per augmented variant (as many variants as fit in a quarter of the budget),
+and the last stage, the BiLSTM and the output layer train on them with CTC, AdamW and
+a warm-up + cosine schedule over the wall-clock budget.
+
+Export: ONNX (opset 17, dynamic batch and width), then ONNX Runtime's dynamic int8
+quantisation, kept when it loses at most ``MAX_INT8_DROP`` or one image of the float
+file's held-out accuracy (one image is below what a small held-out set resolves); a
+confidence calibration (isotonic, conservative) is fitted on the held-out readings and
+goes into the manifest. When training ends below the base's held-out accuracy (too few
+steps on a busy machine can do that), the base's weights are kept instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import random
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+# on a shared CPU, idle OpenMP threads should sleep rather than spin (set before torch)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from capd.constants import (  # noqa: E402
+    MODULE_HELD_OUT_SHARE,
+    MODULE_MIN_SAMPLES,
+    MODULE_PROGRESS_EVERY_S,
+)
+from capd.domain.tasks import ImageSpec  # noqa: E402
+from capd.modules.engine import ModuleEngine  # noqa: E402
+from capd.modules.library import Module, pack, unpack  # noqa: E402
+from capd.modules.net import FRONT_BLOCKS, DdddNet, load_onnx_weights  # noqa: E402
+from capd.solving.ocr.base import Recogniser, UnreadableImage, open_image  # noqa: E402
+from capd.solving.ocr.finetuned_engine import META_FILE, MODEL_FILE, grey64  # noqa: E402
+
+# what a label may hold: the capd / finetuned engines' alphabet (case kept)
+ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+-×="
+SPLIT_SEED = 20261127
+MAX_INT8_DROP = 0.005  # int8 ships when it loses at most this much held-out accuracy
+CACHE_SHARE = 0.25  # at most this share of the budget goes to caching augmented variants
+MAX_VARIANTS = 12  # cached variants per training image (the first is the image as it is)
+Progress = Callable[[str], None]
+
+
+class DataError(Exception):
+    """The labelled folder cannot be trained on; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    text: str
+    image: bytes
+    grey: np.ndarray  # (64, W) uint8, the engine's own preprocessing
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What training produced: the module file's bytes and its manifest."""
+
+    data: bytes
+    manifest: dict[str, Any]
+
+
+def read_dataset(folder: str | os.PathLike[str], min_samples: int = MODULE_MIN_SAMPLES
+                 ) -> list[Sample]:
+    """Every labelled image of ``folder``, checked (see the module docstring)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    labels = root / "labels.csv"
+    if not labels.is_file():
+        raise DataError(f"{root}: no labels.csv (a file,text header, one row per image)")
+    try:
+        with labels.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"file", "text"} <= set(reader.fieldnames):
+                raise DataError(f"{labels}: the header must name the columns file,text")
+            rows = [(reader.line_num, r.get("file") or "", r.get("text") or "")
+                    for r in reader]
+    except UnicodeDecodeError:
+        raise DataError(f"{labels}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise DataError(f"{labels}: not CSV ({exc})") from None
+    allowed = set(ALPHABET)
+    seen: set[str] = set()
+    samples = []
+    base = root.resolve()
+    for line, name, text in rows:
+        where = f"{labels.name} line {line}"
+        if not name:
+            raise DataError(f"{where}: no file name")
+        if name in seen:
+            raise DataError(f"{where}: {name!r} is labelled twice")
+        seen.add(name)
+        if not text:
+            raise DataError(f"{where}: {name!r} has an empty label")
+        outside = sorted(set(text) - allowed)
+        if outside:
+            raise DataError(f"{where}: label {text!r} has characters outside the alphabet"
+                            f" ({''.join(outside)!r}; allowed: 0-9 a-z A-Z + - × =)")
+        path = (root / name).resolve()
+        if base not in path.parents:
+            raise DataError(f"{where}: {name!r} is outside {root}")
+        try:
+            data = path.read_bytes()
+            grey = grey64(open_image(data))
+        except OSError as exc:
+            raise DataError(f"{where}: cannot read {name!r} ({exc.strerror})") from None
+        except UnreadableImage as exc:
+            raise DataError(f"{where}: {name!r} is not a readable image ({exc})") from None
+        samples.append(Sample(name, text, data, grey))
+    if len(samples) < min_samples:
+        raise DataError(f"{labels}: {len(samples)} labelled images; at least {min_samples}"
+                        " are needed")
+    return samples
+
+
+def split(samples: list[Sample], held_share: float = MODULE_HELD_OUT_SHARE
+          ) -> tuple[list[Sample], list[Sample]]:
+    """(train, held-out): file names sorted, shuffled with a fixed seed, the last
+    ``held_share`` (at least one image) held out."""
+    ordered = sorted(samples, key=lambda s: s.name)
+    random.Random(SPLIT_SEED).shuffle(ordered)
+    held = max(1, round(len(ordered) * held_share))
+    return ordered[:-held], ordered[-held:]
+
+
+def charset_of(texts: list[str]) -> list[str]:
+    """The characters the labels use, in ALPHABET's order."""
+    used = set("".join(texts))
+    return [c for c in ALPHABET if c in used]
+
+
+def case_matters(texts: list[str]) -> bool:
+    """Whether labels carry case: both upper- and lower-case letters occur."""
+    joined = "".join(texts)
+    return any(c.isupper() for c in joined) and any(c.islower() for c in joined)
+
+
+def scoring_spec(texts: list[str]) -> ImageSpec:
+    """The task options a client of this scheme would send: digits only when every
+    label is digits, case-sensitive only when labels mix cases."""
+    digits = all(t.isdigit() for t in texts)
+    return ImageSpec(case_sensitive=case_matters(texts), numeric=1 if digits else 0)
+
+
+def is_right(answer: str, label: str, spec: ImageSpec) -> bool:
+    return answer == label if spec.case_sensitive else answer.lower() == label.lower()
+
+
+# -- base network ---------------------------------------------------------------------------
+def general_base() -> tuple[bytes, list[str], str]:
+    """The shipped finetuned engine's int8 file and charset: the default base."""
+    import json
+
+    pkg = resources.files("capd.solving.ocr").joinpath("models")
+    meta = json.loads(pkg.joinpath(META_FILE).read_text())
+    return pkg.joinpath(MODEL_FILE).read_bytes(), list(meta["charset"]), "finetuned"
+
+
+def base_network(model: bytes, base_charset: list[str], charset: list[str],
+                 label: str) -> DdddNet:
+    """The base's weights with an output layer over ``charset`` (rows copied)."""
+    missing = [c for c in charset if c not in base_charset]
+    if missing:
+        raise DataError(f"the labels use characters the base {label} cannot read:"
+                        f" {''.join(missing)!r}")
+    net = DdddNet(n_classes=len(base_charset) + 1)
+    try:
+        load_onnx_weights(net, io.BytesIO(model))
+    except (ValueError, KeyError, StopIteration, IndexError) as exc:
+        raise DataError(f"the base {label} cannot be trained further (its weights are not"
+                        f" an int8 file of this network: {exc})") from None
+    old = net.head
+    new = nn.Linear(old.in_features, len(charset) + 1)
+    rows = [0] + [base_charset.index(c) + 1 for c in charset]
+    with torch.no_grad():
+        new.weight.copy_(old.weight[rows])
+        new.bias.copy_(old.bias[rows])
+    net.head = new
+    return net
+
+
+# -- augmentation and batches (training/finetune.py uses these too) ------------------------
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Light augmentation of a (N, 1, 64, W) batch in [0, 1]: a small affine warp
+    (shear, slight rotation, scale, shift) on 60% of the images, contrast and brightness
+    jitter, sometimes a blur or Gaussian noise."""
+    n = x.shape[0]
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+    on = (torch.rand(n, generator=gen) < 0.6).float()
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = 1 + on * u(-0.03, 0.06)
+    theta[:, 0, 1] = on * u(-0.08, 0.08)   # shear
+    theta[:, 0, 2] = on * u(-0.02, 0.02)
+    theta[:, 1, 0] = on * u(-0.02, 0.02)   # slight rotation
+    theta[:, 1, 1] = 1 + on * u(-0.05, 0.08)
+    theta[:, 1, 2] = on * u(-0.05, 0.05)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    x = (x - mean) * u(0.75, 1.2).view(n, 1, 1, 1) + mean + u(-0.08, 0.08).view(n, 1, 1, 1)
+    blur = (torch.rand(n, 1, 1, 1, generator=gen) < 0.15).float()
+    k = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k.view(1, 1, 3, 3))
+    x = blur * blurred + (1 - blur) * x
+    noisy = (torch.rand(n, 1, 1, 1, generator=gen) < 0.25).float()
+    sigma = u(0.0, 0.06).view(n, 1, 1, 1)
+    x = x + noisy * sigma * torch.randn(x.shape, generator=gen)
+    return x.clamp(0.0, 1.0)
+
+
+def feature_batch(feats_in: list[torch.Tensor], rng: random.Random
+                  ) -> tuple[torch.Tensor, list[int]]:
+    """Cached front outputs (C, 16, W/4) -> a (N, C, 16, Wmax) float batch, each one's
+    width jittered (x0.9-1.1, bilinear) and right-padded with its last column, plus
+    each one's frame count."""
+    feats = []
+    for feat in feats_in:
+        w = feat.shape[-1]
+        new_w = max(4, int(round(w * rng.uniform(0.9, 1.1))))
+        f = feat.float()[None]
+        if new_w != w:
+            f = F.interpolate(f, size=(f.shape[2], new_w), mode="bilinear",
+                              align_corners=False)
+        feats.append(f[0])
+    wmax = max(f.shape[-1] for f in feats)
+    wmax += wmax % 2
+    batch = torch.empty(len(feats), feats[0].shape[0], feats[0].shape[1], wmax)
+    frames = []
+    for i, f in enumerate(feats):
+        w = f.shape[-1]
+        batch[i, :, :, :w] = f
+        batch[i, :, :, w:] = f[:, :, -1:]
+        frames.append((w + 1) // 2)
+    return batch, frames
+
+
+def fit_isotonic(pairs: list[tuple[float, bool]], z: float = 1.28
+                 ) -> tuple[list[float], list[float]]:
+    """Pool-adjacent-violators on (raw confidence, right), then each block's accuracy is
+    replaced by its Wilson lower bound (z=1.28: one-sided 90%) and made non-decreasing by
+    lowering, never raising: a conservative isotonic map. Knots at block mean raw values."""
+    pairs = sorted(pairs)
+    blocks: list[list[float]] = []  # [sum_y, count, sum_x]
+    for x, y in pairs:
+        blocks.append([float(y), 1.0, x])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            s, n, sx = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += n
+            blocks[-1][2] += sx
+    xs = [b[2] / b[1] for b in blocks]
+    ys = []
+    for s, n, _ in blocks:
+        p = s / n
+        centre = p + z * z / (2 * n)
+        margin = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5)
+        ys.append(max(0.0, (centre - margin) / (1 + z * z / n)))
+    for i in range(len(ys) - 2, -1, -1):
+        ys[i] = min(ys[i], ys[i + 1])
+    # anchor the ends so that interpolation is defined on [0, 1]
+    xs = [0.0, *xs, 1.0]
+    ys = [0.0, *ys, ys[-1]]
+    return xs, ys
+
+
+# -- scoring --------------------------------------------------------------------------------
+def score(engine: Recogniser, held: list[Sample], spec: ImageSpec
+          ) -> tuple[float, list[tuple[float, bool]]]:
+    """Exact accuracy on the held-out images and the (confidence, right) pairs."""
+    pairs = []
+    for s in held:
+        try:
+            reading = engine.read(s.image, spec)
+            text, conf = reading.text, reading.confidence
+        except UnreadableImage:
+            text, conf = "", 0.0
+        pairs.append((conf, is_right(text, s.text, spec)))
+    return sum(ok for _, ok in pairs) / len(held), pairs
+
+
+def held_accuracy(net: DdddNet, held: list[Sample], charset: list[str], spec: ImageSpec
+                  ) -> float:
+    """Exact accuracy of the PyTorch network on the held-out images (greedy CTC over the
+    module's charset; case folded when the spec ignores case)."""
+    was_training = net.training
+    net.eval()
+    right = 0
+    with torch.no_grad():
+        for s in held:
+            x = torch.from_numpy(np.array(s.grey)).float().div(255.0)[None, None]
+            best = net(x)[:, 0].argmax(-1).tolist()
+            out, prev = [], 0
+            for k in best:
+                if k != prev and k != 0:
+                    out.append(charset[k - 1])
+                prev = k
+            right += is_right("".join(out), s.text, spec)
+    net.train(was_training)
+    return right / len(held)
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- training -------------------------------------------------------------------------------
+def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
+          base: tuple[bytes, list[str], str] | None = None,
+          general: tuple[str, Recogniser] | None = None, threads: int = 0,
+          seed: int = SPLIT_SEED, clock: Callable[[], float] = time.monotonic,
+          keep_best: bool = True, lr: float = 5e-4) -> Outcome:
+    """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
+    clock (see the module docstring). ``general`` is (engine name, engine) scored on the
+    same held-out images for comparison; ``progress`` receives one line at a time.
+    ``lr``: the peak learning rate. ``keep_best``: keep the base's weights when training
+    ends below them on the held-out images."""
+    started = clock()
+    budget = minutes * 60.0
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    fit, held = split(samples)
+    charset = charset_of([s.text for s in samples])
+    spec = scoring_spec([s.text for s in samples])
+    base_model, base_charset, base_label = base or general_base()
+    net = base_network(base_model, base_charset, charset, base_label)
+    progress(f"{len(samples)} labelled images: {len(fit)} to train on, {len(held)} held out;"
+             f" {len(charset)} symbols; base {base_label}; budget {minutes:g} min")
+
+    for p in [*net.stem.parameters(), *net.body[:FRONT_BLOCKS].parameters()]:
+        p.requires_grad_(False)
+    cached: list[list[torch.Tensor]] = [[] for _ in fit]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(fit):  # same-size images run through the front together
+        by_shape.setdefault(s.grey.shape, []).append(i)
+    net.eval()
+    with torch.no_grad():
+        for variant in range(MAX_VARIANTS):
+            if variant and clock() - started > budget * CACHE_SHARE:
+                break
+            for group in by_shape.values():
+                for at in range(0, len(group), 32):
+                    chunk = group[at:at + 32]
+                    x = torch.from_numpy(np.stack([fit[i].grey for i in chunk]))
+                    x = x.float().div(255.0)[:, None]
+                    if variant:
+                        x = augment(x, gen)
+                    for i, feat in zip(chunk, net.front(x).half(), strict=True):
+                        cached[i].append(feat)
+            progress(f"prepared variant {variant + 1} of every training image"
+                     f" ({clock() - started:.0f}s)")
+    targets = [[charset.index(c) + 1 for c in s.text] for s in fit]
+
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    ctc = nn.CTCLoss(blank=0, zero_infinity=True)
+    batch = min(32, len(fit))
+    warm, peak_lr = 0.05, lr
+    train_start = clock()
+    train_budget = max(1.0, budget - (train_start - started))
+    step, ema, last_print = 0, float("nan"), train_start
+    start_acc = held_accuracy(net, held, charset, spec)
+    start_weights = {k: v.clone() for k, v in net.state_dict().items()}
+    progress(f"held-out accuracy before training (the base, {len(charset)} symbols):"
+             f" {start_acc:.3f}")
+    net.train()
+    while True:
+        frac = (clock() - train_start) / train_budget
+        if frac >= 1.0 and step > 0:
+            break
+        frac = min(frac, 1.0)
+        lr = peak_lr * (frac / warm if frac < warm else
+                        0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        picks = [rng.randrange(len(fit)) for _ in range(batch)]
+        feats, frames = feature_batch([rng.choice(cached[k]) for k in picks], rng)
+        logp = net.back(feats).log_softmax(2)
+        flat = [c for k in picks for c in targets[k]]
+        loss = ctc(logp, torch.tensor(flat, dtype=torch.long),
+                   torch.tensor(frames, dtype=torch.long),
+                   torch.tensor([len(targets[k]) for k in picks], dtype=torch.long))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        step += 1
+        value = float(loss.item())
+        ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value
+        now = clock()
+        if now - last_print >= MODULE_PROGRESS_EVERY_S:
+            last_print = now
+            progress(f"step {step}: loss {ema:.3f}, lr {lr:.1e},"
+                     f" {now - started:.0f}s of {budget:.0f}s")
+    train_s = clock() - started
+    end_acc = held_accuracy(net, held, charset, spec)
+    progress(f"held-out accuracy after training: {end_acc:.3f}")
+    if keep_best and end_acc < start_acc:
+        # too few steps (a short budget, a busy machine) can leave the network worse
+        # than where it started: the base's weights are the better module then
+        progress("training did not beat the base on the held-out images: keeping the"
+                 " base's weights")
+        net.load_state_dict(start_weights)
+    progress(f"trained {step} steps ({step * batch} images) in {train_s:.0f}s; exporting")
+
+    net.eval()
+    manifest: dict[str, Any] = {
+        "name": name, "charset": charset, "input_height": 64,
+        "case_sensitive": spec.case_sensitive, "numeric": spec.numeric,
+        "samples": len(samples), "train_samples": len(fit), "held_out": len(held),
+        "base": base_label, "steps": step, "train_seconds": round(train_s, 1),
+        "created_at": time.time(),
+    }
+    with tempfile.TemporaryDirectory(prefix="capd-module-") as tmp:
+        fp32_path, int8_path = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        fp32, int8 = _export(net, fp32_path, int8_path)
+    acc_f, _ = score(ModuleEngine(Module(manifest, fp32)), held, spec)
+    acc_q, pairs = score(ModuleEngine(Module(manifest, int8)), held, spec)
+    use_int8 = acc_q >= acc_f - max(MAX_INT8_DROP, 1.0 / len(held))
+    model = int8 if use_int8 else fp32
+    if not use_int8:
+        _, pairs = score(ModuleEngine(Module(manifest, fp32)), held, spec)
+    progress(f"held-out accuracy float32 {acc_f:.3f}, int8 {acc_q:.3f}: shipping"
+             f" {'int8' if use_int8 else 'float32'} ({len(model) / 1e6:.1f} MB)")
+    xs, ys = fit_isotonic(pairs)
+    manifest.update({
+        "weights": "int8 (dynamic)" if use_int8 else "float32",
+        "accuracy": round(acc_q if use_int8 else acc_f, 4),
+        "calibration": {"raw": [round(x, 6) for x in xs],
+                        "calibrated": [round(y, 6) for y in ys],
+                        "fitted_on": f"{len(held)} held-out images"},
+    })
+    if general is not None:
+        general_name, engine = general
+        progress(f"reading the held-out images with the general engine ({general_name})")
+        manifest["general_engine"] = general_name
+        manifest["general_accuracy"] = round(score(engine, held, spec)[0], 4)
+    manifest["peak_memory_mb"] = round(peak_memory_mb())
+    data = pack(manifest, model)
+    return Outcome(data, unpack(data).manifest)
+
+
+def _export(net: DdddNet, fp32_path: str, int8_path: str) -> tuple[bytes, bytes]:
+    """The float32 ONNX file and its dynamically quantised int8 version."""
+    import logging
+    import warnings
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with warnings.catch_warnings():
+        # the exporter's notes are not the operator's business: the LSTM batch-size note
+        # (the engine runs one image at a time), the tracer's notes on the LSTM's shape
+        # checks, and the TorchScript exporter's deprecation (the same exporter as
+        # training/export_finetuned.py, whose files the engines are known to run)
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(1, 1, 64, 160),), fp32_path,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch", 3: "width"},
+                                        "logits": {0: "frames", 1: "batch"}},
+                          opset_version=17, dynamo=False)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process, on every run
+    try:
+        quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QUInt8)
+    finally:
+        root.setLevel(level)
+    return Path(fp32_path).read_bytes(), Path(int8_path).read_bytes()
+
+
+def base_from_module(module: Module, version: int) -> tuple[bytes, list[str], str]:
+    return module.model, module.charset, f"module {module.name} v{version}"
+
