@@ -17,6 +17,7 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 CACHE_LIMIT = 50_000  # entries a read cache holds before it starts afresh
+FINAL_TASKS_KEPT = 10_000  # finished tasks kept for polls (as the service's final results)
 
 
 class MemoryCounters:
@@ -84,15 +85,21 @@ class Bounded(dict[_K, _V], Generic[_K, _V]):
     """A read cache that starts afresh when full, so that a storm of distinct lookups
     (unknown keys, say) cannot grow memory."""
 
+    limit = CACHE_LIMIT
+
     def put(self, key: _K, value: _V) -> None:
-        if len(self) >= CACHE_LIMIT:
+        if len(self) >= self.limit:
             self.clear()
         self[key] = value
 
 
 class FinalTasks(Bounded[int, Task]):
     """Finished tasks as the poll path reads them (without payload): a final task never
-    changes what a poll reads, so any node may keep it."""
+    changes what a poll reads, so any node may keep it. Polls come within the result TTL
+    of the end, so the newest FINAL_TASKS_KEPT cover them at any sensible rate; more
+    would only hold memory (a soak showed 50,000 tasks taking ~75 MB)."""
+
+    limit = FINAL_TASKS_KEPT
 
     def keep(self, task: Task) -> None:
         if task.state not in OPEN_STATES:
