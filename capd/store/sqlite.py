@@ -1,13 +1,33 @@
 """The embedded backend: one SQLite file in WAL mode.
 
-Statements run synchronously on the caller's thread (the event loop): each is a few
-microseconds against a local file, far less than a hop to a thread pool would cost, and
-running them on one thread serialises the server's transactions for free. Other
-processes (the CLI) share the file through SQLite's own locking with a busy timeout.
+Two connections, so that a locked file never stalls the event loop (issue 12):
 
-Every statement goes through ``_one``, ``_all`` or ``_run``, which turn an outage (locked,
-full, read-only or unreadable file) into StoreUnavailable where it happens: no wrapper
-per method, so the poll path's cache hits cost nothing extra.
+- the **writer** owns every statement that writes, and every statement of a transaction.
+  It runs on one thread of its own (``_WRITER_THREADS``), so that while another process
+  (the CLI, ``capd backup``, a checkpoint) holds the write lock, the wait in SQLite's busy
+  timeout happens there and not on the loop. An ``asyncio.Lock`` held across a whole
+  transaction (``_Tx``), and across each single write, keeps the units whole: no other
+  request's statement can land inside a transaction while it awaits the thread.
+- the **reader** runs single ``SELECT`` statements synchronously on the loop. In WAL mode
+  a reader never waits for a writer (it reads the last committed state), so these cost a
+  few microseconds and never queue behind a writer that waits for the lock: poll-path cache
+  misses, caller and ban lookups, ``PRAGMA data_version``. A reader sees every commit made
+  before its statement starts, so a read after an awaited write sees that write. Its busy
+  timeout is short (``READER_BUSY_TIMEOUT_MS``): WAL makes a reader wait only in rare cases
+  (a recovery after a crash), and the loop must not wait long for one.
+
+The two connections are never shared: a connection holds its mutex through a busy wait, so
+the loop touching the writer's connection would wait with it. Reads inside a transaction
+go through the writer (they must see the transaction's own writes). The console's long
+reads (``_read_long``) run on a third connection in a worker thread.
+
+``sqlite:///:memory:`` is private to its one connection: no other process can lock it and
+a second connection would see another database, so there the one connection serves both
+roles and statements run inline on the loop.
+
+Every statement goes through ``_one``, ``_all`` (reader) or ``_run`` (writer), which turn
+an outage (locked, full, read-only or unreadable file) into StoreUnavailable where it
+happens: no wrapper per method, so the poll path's cache hits cost nothing extra.
 """
 
 from __future__ import annotations
@@ -15,8 +35,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 
@@ -34,10 +55,18 @@ from capd.store.transitions import (
     ban_from_row,
 )
 
+_T = TypeVar("_T")
+
 # SQLite's primary result codes that mean "cannot answer now", not "wrong statement"
 _OUTAGE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
                            sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
                            sqlite3.SQLITE_PROTOCOL})
+
+# the reader's busy timeout: a WAL reader waits only in rare moments (another connection
+# recovering the log after a crash); past this the read is StoreUnavailable, and the loop
+# has stalled at most this long
+READER_BUSY_TIMEOUT_MS = 100
+_WRITER_THREADS = 1  # one thread: the write connection's statements run in order
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -55,11 +84,26 @@ def _reraise(exc: sqlite3.OperationalError) -> NoReturn:
     raise exc
 
 
-class _Db:
-    """The connection as the shared transitions see it (``capd.store.transitions.Db``).
+def _reads_only(sql: str) -> bool:
+    """A statement the reader may run: a plain SELECT (in SQLite, one never writes)."""
+    return sql.lstrip()[:6].upper() == "SELECT"
 
-    The coroutines never suspend: a transaction runs start to end without yielding to the
-    event loop, so no other request's statements can land inside it."""
+
+def _row(cur: sqlite3.Cursor) -> Any:
+    return cur.fetchone()
+
+
+def _rows(cur: sqlite3.Cursor) -> list[Any]:
+    return cur.fetchall()
+
+
+def _cursor(cur: sqlite3.Cursor) -> sqlite3.Cursor:
+    return cur
+
+
+class _Tx:
+    """One transaction on the writer: the store's write lock is held from ``BEGIN
+    IMMEDIATE`` to ``COMMIT`` or ``ROLLBACK``, and every statement runs on the writer."""
 
     __slots__ = ("_store",)
 
@@ -67,38 +111,68 @@ class _Db:
         self._store = store
 
     async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
-        row: Sequence[Any] | None = self._store._one(sql, args)
+        row: Sequence[Any] | None = await self._store._in_writer(_row, sql, args)
         return row
 
     async def fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
-        return self._store._all(sql, args)
+        rows: list[Any] = await self._store._in_writer(_rows, sql, args)
+        return rows
 
     async def execute(self, sql: str, *args: Any) -> None:
-        self._store._run(sql, args)
+        await self._store._in_writer(_cursor, sql, args)
 
-    async def fetch_long(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
-        return await self._store._read_long(sql, args)
-
-    def transaction(self) -> _Db:
-        return self
-
-    async def __aenter__(self) -> _Db:
-        self._store._run("BEGIN IMMEDIATE")
+    async def __aenter__(self) -> _Tx:
+        store = self._store
+        await store._write_lock.acquire()
+        try:
+            await store._on_writer(store._begin)
+        except BaseException:
+            store._write_lock.release()
+            raise
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, *_: Any) -> None:
         store = self._store
-        if kind is not None:
-            store._run("ROLLBACK")
-            return
         try:
-            store._run("COMMIT")
-        except BaseException:
-            if store._db.in_transaction:  # a failed COMMIT (disk full) may leave it open
-                store._run("ROLLBACK")
-            raise
+            await store._on_writer(store._end, kind is None)
+        finally:
+            store._write_lock.release()
+
+
+class _Db:
+    """The connection as the shared transitions see it (``capd.store.transitions.Db``): a
+    single SELECT on the reader, on the loop; any other statement, and every transaction,
+    on the writer."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        if _reads_only(sql):
+            row: Sequence[Any] | None = self._store._one(sql, args)
+            return row
+        row = await self._store._write(_row, sql, args)
+        return row
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        if _reads_only(sql):
+            return self._store._all(sql, args)
+        rows: list[Any] = await self._store._write(_rows, sql, args)
+        return rows
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._store._write(_cursor, sql, args)
+
+    async def fetch_long(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        return await self._store._read_long(sql, args)
+
+    def transaction(self) -> _Tx:
+        return _Tx(self._store)
 
     async def keys_changed(self, tx: Tx) -> None:
+        # and again once it commits: PRAGMA data_version on the reader tells of the commit
         self._store._invalidate()
 
     async def task_queued(self, tx: Tx, task_type: str) -> None:
@@ -118,6 +192,7 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
         self._busy_timeout_s = busy_timeout_ms / 1000
         self._reader: sqlite3.Connection | None = None  # the console's long reads
         self._reader_lock = threading.Lock()
+        # the writer
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=busy_timeout_ms / 1000)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -130,10 +205,22 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
         # may lose the last transactions, never corrupt the file.
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute("PRAGMA foreign_keys = ON")
+        self._write_lock = asyncio.Lock()  # held by the write unit in flight
+        self._writer: ThreadPoolExecutor | None = None  # None: statements run inline
+        self._rdb = self._db  # the reader
+        if path != ":memory:":
+            self._writer = ThreadPoolExecutor(_WRITER_THREADS,
+                                              thread_name_prefix="capd-sqlite-writer")
+            self._rdb = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                        timeout=READER_BUSY_TIMEOUT_MS / 1000)
+            self._rdb.execute(f"PRAGMA busy_timeout = {READER_BUSY_TIMEOUT_MS}")
+            self._rdb.execute("PRAGMA query_only = ON")  # a write sent here is a bug
+        self._closed = False
         OneProcess.__init__(self)
-        # Read caches for the poll path: keys, bans and finished tasks. Our own writes clear
-        # them; PRAGMA data_version tells us (in ~2 us) when another connection, such as
-        # the CLI revoking a key or lifting a ban, has committed.
+        # Read caches for the poll path: keys, bans and finished tasks. PRAGMA data_version
+        # on the reader tells us (in ~2 us) when any other connection has committed: the
+        # CLI revoking a key or lifting a ban, and our own writer too, whose writes that
+        # change what is cached also clear the caches before they start.
         self._data_version = -1
         self._callers: Bounded[str, Caller | None] = Bounded()
         self._ban_cache: Bounded[tuple[str, str, int | None], Ban | None] = Bounded()
@@ -143,7 +230,7 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
 
     def _fresh(self) -> None:
         try:
-            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            version = self._rdb.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.OperationalError as exc:
             _reraise(exc)
         if version != self._data_version:
@@ -155,25 +242,89 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
         self._ban_cache.clear()
         self._worker_tokens.clear()
 
+    # -- the reader: single SELECTs, on the loop --------------------------------------------
     def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         try:
-            return self._db.execute(sql, args).fetchone()
+            return self._rdb.execute(sql, args).fetchone()
         except sqlite3.OperationalError as exc:
             _reraise(exc)
 
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
-            return self._db.execute(sql, args).fetchall()
+            return self._rdb.execute(sql, args).fetchall()
         except sqlite3.OperationalError as exc:
             _reraise(exc)
 
-    def _run(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
-        """A statement that returns no rows; its cursor tells rowcount and lastrowid."""
+    # -- the writer: statements and whole units on its thread --------------------------------
+    async def _on_writer(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` on the writer's thread (inline for ``:memory:``); the caller holds
+        the write lock. An outage is StoreUnavailable."""
         try:
-            return self._db.execute(sql, args)
+            if self._writer is None:
+                return fn(*args)
+            return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
         except sqlite3.OperationalError as exc:
             _reraise(exc)
 
+    async def _in_writer(self, take: Callable[[sqlite3.Cursor], _T], sql: str,
+                         args: Sequence[Any]) -> _T:
+        """One statement of the transaction in flight (the caller holds the write lock)."""
+        return await self._on_writer(self._execute, take, sql, args)
+
+    async def _write(self, take: Callable[[sqlite3.Cursor], _T], sql: str,
+                     args: Sequence[Any] = ()) -> _T:
+        """One autocommitted statement on the writer, between transactions."""
+        async with self._write_lock:
+            return await self._on_writer(self._execute_alone, take, sql, args)
+
+    async def _run(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """A statement that returns no rows; its cursor tells rowcount and lastrowid."""
+        return await self._write(_cursor, sql, args)
+
+    async def _unit(self, fn: Callable[[], _T]) -> _T:
+        """``fn`` (which uses ``self._db`` as it likes) whole on the writer: migrations,
+        space reclaiming."""
+        async with self._write_lock:
+            return await self._on_writer(self._alone, fn)
+
+    # on the writer's thread:
+    def _execute(self, take: Callable[[sqlite3.Cursor], _T], sql: str,
+                 args: Sequence[Any]) -> _T:
+        return take(self._db.execute(sql, args))
+
+    def _abandoned(self) -> None:
+        """Roll back a transaction whose owner was cancelled before its COMMIT or ROLLBACK
+        ran (the next unit must not run inside it)."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def _execute_alone(self, take: Callable[[sqlite3.Cursor], _T], sql: str,
+                       args: Sequence[Any]) -> _T:
+        self._abandoned()
+        return take(self._db.execute(sql, args))
+
+    def _alone(self, fn: Callable[[], _T]) -> _T:
+        self._abandoned()
+        return fn()
+
+    def _begin(self) -> None:
+        self._abandoned()
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def _end(self, commit: bool) -> None:
+        db = self._db
+        if not commit:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            return
+        try:
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # a failed COMMIT (disk full) may leave it open
+                db.execute("ROLLBACK")
+            raise
+
+    # -- the console's long reads ------------------------------------------------------------
     def _read_sync(self, sql: str, args: Sequence[Any]) -> list[Any]:
         with self._reader_lock:
             try:
@@ -185,31 +336,29 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
                 _reraise(exc)
 
     async def _read_long(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        """A long read-only query (the console's 30-day views) on a second connection in a
-        worker thread (WAL lets it read beside the writer), so that the event loop, which
-        runs every other statement, keeps serving the API meanwhile."""
+        """A long read-only query (the console's 30-day views) on a third connection in a
+        worker thread, so that the event loop, which runs the reader's statements, keeps
+        serving the API meanwhile."""
         if self.path == ":memory:":  # a second connection would see another database
             return self._all(sql, args)
         return await asyncio.to_thread(self._read_sync, sql, args)
 
     # -- schema -----------------------------------------------------------------------------
     async def migrate(self) -> int:
-        try:
-            return self._migrate()
-        except sqlite3.OperationalError as exc:
-            _reraise(exc)
+        return await self._unit(self._migrate)
 
     def _migrate(self) -> int:
         db = self._db
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = self._one("SELECT MAX(version) FROM schema_version")
+        row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
         current = row[0] or 0
         for version, sql in migration_scripts("sqlite"):
             if version <= current:
                 continue
             db.execute("BEGIN IMMEDIATE")
             try:
-                if (self._one("SELECT MAX(version) FROM schema_version")[0] or 0) >= version:
+                latest = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+                if (latest or 0) >= version:
                     db.execute("ROLLBACK")
                     continue
                 for statement in sql.split(";\n"):
@@ -224,7 +373,15 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
         return current
 
     async def close(self) -> None:
-        self._db.close()
+        """Stop the writer's thread (after the unit in flight) and close the connections."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._write_lock:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._rdb.close()
+            self._db.close()
         with self._reader_lock:
             if self._reader is not None:
                 self._reader.close()
@@ -233,11 +390,11 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
     # -- accounts and keys -----------------------------------------------------------------
     async def add_key(self, account_id: int, key: str, now: float) -> None:
         self._invalidate()
-        self._run(self._sql.insert_key, (key, account_id, now))
+        await self._run(self._sql.insert_key, (key, account_id, now))
 
     async def revoke_key(self, key: str, now: float) -> bool:
         self._invalidate()
-        cur = self._run(
+        cur = await self._run(
             "UPDATE api_keys SET revoked_at = ? WHERE key = ? AND revoked_at IS NULL", (now, key))
         return cur.rowcount == 1
 
@@ -256,13 +413,13 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
 
     async def whitelist_add(self, account_id: int, network: str) -> bool:
         self._invalidate()
-        cur = self._run("INSERT OR IGNORE INTO whitelist (account_id, network)"
+        cur = await self._run("INSERT OR IGNORE INTO whitelist (account_id, network)"
                                " VALUES (?, ?)", (account_id, network))
         return cur.rowcount == 1
 
     async def whitelist_remove(self, account_id: int, network: str) -> bool:
         self._invalidate()
-        cur = self._run("DELETE FROM whitelist WHERE account_id = ? AND network = ?",
+        cur = await self._run("DELETE FROM whitelist WHERE account_id = ? AND network = ?",
                                (account_id, network))
         return cur.rowcount == 1
 
@@ -272,7 +429,7 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
     async def add_ban(self, scope: str, ip: str, account_id: int | None, reason: str,
                       now: float, ends_at: float) -> int:
         self._invalidate()
-        cur = self._run(
+        cur = await self._run(
             "INSERT INTO bans (scope, ip, account_id, reason, started_at, ends_at)"
             " VALUES (?, ?, ?, ?, ?, ?)", (scope, ip, account_id, reason, now, ends_at))
         return int(cur.lastrowid or 0)
@@ -295,7 +452,7 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
 
     async def extend_ban(self, ban_id: int, ends_at: float) -> None:
         self._invalidate()
-        self._run("UPDATE bans SET ends_at = MAX(ends_at, ?) WHERE id = ?",
+        await self._run("UPDATE bans SET ends_at = MAX(ends_at, ?) WHERE id = ?",
                          (ends_at, ban_id))
 
     async def bans(self, now: float, active_only: bool = True,
@@ -312,17 +469,17 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
 
     async def lift_ban(self, ban_id: int, now: float, by: str) -> bool:
         self._invalidate()
-        cur = self._run("UPDATE bans SET lifted_at = ?, lifted_by = ? WHERE id = ?"
+        cur = await self._run("UPDATE bans SET lifted_at = ?, lifted_by = ? WHERE id = ?"
                                " AND lifted_at IS NULL", (now, by, ban_id))
         return cur.rowcount == 1
 
     async def blocklist_add(self, domain: str, now: float) -> bool:
-        cur = self._run("INSERT OR IGNORE INTO blocklist (domain, added_at) VALUES (?, ?)",
+        cur = await self._run("INSERT OR IGNORE INTO blocklist (domain, added_at) VALUES (?, ?)",
                                (domain, now))
         return cur.rowcount == 1
 
     async def blocklist_remove(self, domain: str) -> bool:
-        return self._run("DELETE FROM blocklist WHERE domain = ?", (domain,)).rowcount == 1
+        return (await self._run("DELETE FROM blocklist WHERE domain = ?", (domain,))).rowcount == 1
 
     async def blocklist(self) -> list[str]:
         return [r[0] for r in self._all("SELECT domain FROM blocklist ORDER BY domain")]
@@ -336,7 +493,7 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
         return row[0] if row else None
 
     async def ban_proxy(self, address: str, port: int, until: float) -> None:
-        self._run("INSERT INTO proxy_bans (address, port, until) VALUES (?, ?, ?)"
+        await self._run("INSERT INTO proxy_bans (address, port, until) VALUES (?, ?, ?)"
                          " ON CONFLICT (address, port) DO UPDATE SET"
                          " until = MAX(until, excluded.until)", (address.lower(), port, until))
 
@@ -349,14 +506,14 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
     async def create_worker_token(self, token_hash: str, name: str,
                                   types: tuple[str, ...] | None, now: float) -> int:
         self._invalidate()
-        cur = self._run(
+        cur = await self._run(
             "INSERT INTO worker_tokens (token_hash, name, types, created_at) VALUES (?, ?, ?, ?)",
             (token_hash, name, orjson.dumps(list(types)).decode() if types else None, now))
         return int(cur.lastrowid or 0)
 
     async def revoke_worker_token(self, token_hash: str, now: float) -> bool:
         self._invalidate()
-        cur = self._run("UPDATE worker_tokens SET revoked_at = ? WHERE token_hash = ?"
+        cur = await self._run("UPDATE worker_tokens SET revoked_at = ? WHERE token_hash = ?"
                                " AND revoked_at IS NULL", (now, token_hash))
         return cur.rowcount == 1
 
@@ -375,27 +532,28 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
 
     # -- retention ---------------------------------------------------------------------------
     async def reclaim_space(self) -> int:
-        try:
-            return self._reclaim()
-        except sqlite3.OperationalError as exc:
-            _reraise(exc)
+        return await self._unit(self._reclaim)
 
-    def _reclaim(self) -> int:
+    def _reclaim(self) -> int:  # on the writer's thread, holding the write lock
+        db = self._db
+
+        def pragma(name: str) -> Any:
+            return db.execute(f"PRAGMA {name}").fetchone()[0]
+
         def size() -> int:
-            pages = self._one("PRAGMA page_count")[0]
-            return int(pages) * int(self._one("PRAGMA page_size")[0])
+            return int(pragma("page_count")) * int(pragma("page_size"))
 
         before = size()
-        if self._one("PRAGMA auto_vacuum")[0] != 2:  # 2: INCREMENTAL
+        if pragma("auto_vacuum") != 2:  # 2: INCREMENTAL
             # a database made before migration 4: one full rewrite turns the mode on
-            self._run("PRAGMA auto_vacuum = INCREMENTAL")
-            self._run("VACUUM")
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            db.execute("VACUUM")
         else:
             # run to completion: a single step (as execute() does) frees only one page
-            self._db.executescript("PRAGMA incremental_vacuum;")
+            db.executescript("PRAGMA incremental_vacuum;")
         # WAL: the main file shrinks when the log is written back (skipped while readers
         # hold it; the next checkpoint does it then)
-        self._one("PRAGMA wal_checkpoint(TRUNCATE)")
+        pragma("wal_checkpoint(TRUNCATE)")
         return max(before - size(), 0)
 
     # -- operator views ----------------------------------------------------------------------
@@ -420,5 +578,5 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
         return row[0] if row else None
 
     async def meta_set(self, name: str, value: str) -> None:
-        self._run("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name)"
+        await self._run("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name)"
                          " DO UPDATE SET value = excluded.value", (name, value))
