@@ -259,10 +259,18 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
     async def _on_writer(self, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(*args)`` on the writer's thread (inline for ``:memory:``); the caller holds
         the write lock. An outage is StoreUnavailable."""
+        writer = self._writer
         try:
-            if self._writer is None:
+            if writer is None:
                 return fn(*args)
-            return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+            try:
+                return await asyncio.get_running_loop().run_in_executor(writer, fn, *args)
+            except asyncio.CancelledError:
+                # the statement may still run (say a BEGIN, once the lock is free): roll
+                # back whatever it leaves open right after it, before the next unit's
+                # statements, so that the file is not left locked
+                writer.submit(self._abandoned)
+                raise
         except sqlite3.OperationalError as exc:
             _reraise(exc)
 
