@@ -7,7 +7,10 @@ Two connections, so that a locked file never stalls the event loop (issue 12):
   (the CLI, ``capd backup``, a checkpoint) holds the write lock, the wait in SQLite's busy
   timeout happens there and not on the loop. An ``asyncio.Lock`` held across a whole
   transaction (``_Tx``), and across each single write, keeps the units whole: no other
-  request's statement can land inside a transaction while it awaits the thread.
+  request's statement can land inside a transaction while it awaits the thread. A unit's
+  busy timeout counts from when it asked for the writer: units queued behind one that
+  waits for the lock do not each wait a whole timeout after it, so a createTask answers
+  503 ERROR_SERVICE_UNAVAILABLE within the busy timeout while the lock outlasts it.
 - the **reader** runs single ``SELECT`` statements synchronously on the loop. In WAL mode
   a reader never waits for a writer (it reads the last committed state), so these cost a
   few microseconds and never queue behind a writer that waits for the lock: poll-path cache
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
@@ -67,6 +71,10 @@ _OUTAGE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.S
 # has stalled at most this long
 READER_BUSY_TIMEOUT_MS = 100
 _WRITER_THREADS = 1  # one thread: the write connection's statements run in order
+# a write unit that waited behind others for the writer waits for the file's lock only for
+# what is left of its busy timeout, rounded down to this step (few distinct PRAGMA texts,
+# so the connection's statement cache is not churned)
+_BUSY_STEP_MS = 100
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -123,9 +131,10 @@ class _Tx:
 
     async def __aenter__(self) -> _Tx:
         store = self._store
+        deadline = time.monotonic() + store._busy_timeout_s
         await store._write_lock.acquire()
         try:
-            await store._on_writer(store._begin)
+            await store._on_writer(store._begin, deadline)
         except BaseException:
             store._write_lock.release()
             raise
@@ -190,12 +199,13 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
     def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
         self.path = path
         self._busy_timeout_s = busy_timeout_ms / 1000
+        self._busy_timeout_ms = self._busy_ms = int(busy_timeout_ms)  # the whole, the current
         self._reader: sqlite3.Connection | None = None  # the console's long reads
         self._reader_lock = threading.Lock()
         # the writer
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=busy_timeout_ms / 1000)
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         # a new file takes it now, before its first table; an older one at its next VACUUM
         # (``reclaim_space``): freed pages can then go back in steps (issue 12)
         self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -282,8 +292,9 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
     async def _write(self, take: Callable[[sqlite3.Cursor], _T], sql: str,
                      args: Sequence[Any] = ()) -> _T:
         """One autocommitted statement on the writer, between transactions."""
+        deadline = time.monotonic() + self._busy_timeout_s
         async with self._write_lock:
-            return await self._on_writer(self._execute_alone, take, sql, args)
+            return await self._on_writer(self._execute_alone, deadline, take, sql, args)
 
     async def _run(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         """A statement that returns no rows; its cursor tells rowcount and lastrowid."""
@@ -306,17 +317,32 @@ class SQLiteStore(SqlTransitions, SqlRetention, SqlOutbox, OneProcess):
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
-    def _execute_alone(self, take: Callable[[sqlite3.Cursor], _T], sql: str,
+    def _wait_until(self, deadline: float) -> None:
+        """Before a unit's first statement: its busy timeout counts from when it asked for
+        the writer, so that waiting behind other units (each waiting for the same lock)
+        does not add up; with nothing left it tries the lock once."""
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        ms = max(left_ms - left_ms % _BUSY_STEP_MS, 0)
+        if ms >= self._busy_timeout_ms - _BUSY_STEP_MS:
+            ms = self._busy_timeout_ms
+        if ms != self._busy_ms:
+            self._db.execute(f"PRAGMA busy_timeout = {ms}")
+            self._busy_ms = ms
+
+    def _execute_alone(self, deadline: float, take: Callable[[sqlite3.Cursor], _T], sql: str,
                        args: Sequence[Any]) -> _T:
         self._abandoned()
+        self._wait_until(deadline)
         return take(self._db.execute(sql, args))
 
     def _alone(self, fn: Callable[[], _T]) -> _T:
         self._abandoned()
+        self._wait_until(time.monotonic() + self._busy_timeout_s)  # the whole timeout
         return fn()
 
-    def _begin(self) -> None:
+    def _begin(self, deadline: float) -> None:
         self._abandoned()
+        self._wait_until(deadline)
         self._db.execute("BEGIN IMMEDIATE")
 
     def _end(self, commit: bool) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +85,29 @@ def test_a_write_waits_on_its_thread_then_is_store_unavailable(
             await store.create_task(new_task(account_id), counter_ids())
         other.execute("ROLLBACK")
         assert await store.create_task(new_task(account_id), counter_ids()) == 1000
+        await store.close()
+    asyncio.run(body())
+
+
+def test_writes_queued_behind_a_waiting_one_share_its_busy_timeout(
+        path: str, other: sqlite3.Connection) -> None:
+    busy_s, writes = 1.0, 5
+
+    async def body() -> None:
+        store = SQLiteStore(path, busy_timeout_ms=int(busy_s * 1000))
+        await store.migrate()
+        account_id = await funded(store, key=KEY)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        outcomes = await asyncio.gather(
+            *(store.create_task(new_task(account_id), counter_ids(1000 * n))
+              for n in range(1, writes + 1)), return_exceptions=True)
+        took = time.monotonic() - started
+        other.execute("ROLLBACK")
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+        # each waited for what was left of its own timeout, not a whole one after the
+        # others' (that would be writes * busy_s)
+        assert took < (writes - 2) * busy_s
         await store.close()
     asyncio.run(body())
 
