@@ -46,7 +46,7 @@ def test_polls_of_solved_tasks_answer_while_another_process_holds_the_write_lock
     try:
         creating.start()
         deadline = time.monotonic() + 10
-        while not store._write_lock.locked():  # a write waits for the file's lock
+        while store._thread_idle():  # a write waits on its thread for the file's lock
             assert time.monotonic() < deadline, "createTask never reached the store"
             time.sleep(0.005)
         answers = []

@@ -36,9 +36,8 @@ def other(path: str) -> Iterator[sqlite3.Connection]:
 
 
 async def writer_waiting(store: SQLiteStore) -> None:
-    """Returns once a write unit holds the store's write lock (its statement is with the
-    writer thread, which waits there for the file's lock)."""
-    while not store._write_lock.locked():
+    """Returns once a write unit waits on the writer's thread for the file's lock."""
+    while not (store._write_lock.locked() and not store._thread_idle()):
         await asyncio.sleep(0)
 
 
@@ -153,14 +152,17 @@ def test_a_commit_by_another_connection_reaches_the_caches(path: str,
     asyncio.run(body())
 
 
-def test_a_key_revoked_while_it_is_looked_up_is_not_kept_in_the_cache(path: str) -> None:
+def test_a_key_revoked_while_it_is_looked_up_is_not_kept_in_the_cache(
+        path: str, other: sqlite3.Connection) -> None:
     async def body() -> None:
-        store = SQLiteStore(path)
+        store = SQLiteStore(path, busy_timeout_ms=LONG_WAIT_MS)
         await store.migrate()
         await funded(store, key=KEY)
+        other.execute("BEGIN IMMEDIATE")
         revoke = asyncio.create_task(store.revoke_key(KEY, NOW))
         await writer_waiting(store)
-        await store.caller_for_key(KEY)  # may read (and cache) the key before the commit
+        assert await store.caller_for_key(KEY) is not None  # read (and cached) meanwhile
+        other.execute("ROLLBACK")
         assert await revoke
         assert await store.caller_for_key(KEY) is None
         await store.close()
