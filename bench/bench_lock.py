@@ -14,9 +14,11 @@ What it does, all on 127.0.0.1, in a temporary directory:
    second connection to the file (as the CLI, ``capd backup`` or a checkpoint would) takes
    the write lock with ``BEGIN IMMEDIATE`` and holds it ``--lock-s`` seconds; meanwhile
    ``--creates`` clients each send one createTask.
-3. prints the polls answered while the lock was held (count, p50, p99, max, errors) and
-   each createTask's outcome: its HTTP status and errorCode, how long it took, and whether
-   it was answered before or after the lock was released.
+3. prints the polls answered while the lock was held (count, p50, p99, max, errors), the
+   same figures for as long a window just before the lock (what the machine gives
+   without it: on a shared machine the difference is the one to read), and each
+   createTask's outcome: its HTTP status and errorCode, how long it took, and whether it
+   was answered before or after the lock was released.
 
 Targets (issue 12): polls p99 <= 100 ms with no errors; createTask succeeds once the lock
 is released, or answers 503 ERROR_SERVICE_UNAVAILABLE within the busy timeout.
@@ -72,6 +74,8 @@ class Run:
     target: str
     poll_ms: list[float] = field(default_factory=list)  # polls sent while it was held
     poll_errors: list[str] = field(default_factory=list)
+    # the same clients in as long a window just before the lock: what this machine gives
+    reference_ms: list[float] = field(default_factory=list)
     creates: list[dict[str, Any]] = field(default_factory=list)
     lock_held_s: float = 0.0
 
@@ -87,6 +91,9 @@ class Run:
             "poll_p50_ms": round(percentile(self.poll_ms, 50), 2),
             "poll_p99_ms": round(percentile(self.poll_ms, 99), 2),
             "poll_max_ms": round(max(self.poll_ms, default=float("nan")), 2),
+            "reference_polls": len(self.reference_ms),
+            "reference_p50_ms": round(percentile(self.reference_ms, 50), 2),
+            "reference_p99_ms": round(percentile(self.reference_ms, 99), 2),
             "creates": self.creates,
             "meets_target": (percentile(self.poll_ms, 99) <= TARGET_POLL_P99_MS
                              and not self.poll_errors
@@ -117,6 +124,7 @@ async def during_lock(url: str, db_path: Path, key: str, task_ids: list[int],
     taken, released = threading.Event(), threading.Event()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reference_from = time.monotonic() + LEAD_S  # the first polls warm the connections
 
     async def poller(client: httpx.AsyncClient, n: int) -> None:
         body = [{"clientKey": key, "taskId": task_id} for task_id in task_ids]
@@ -137,6 +145,8 @@ async def during_lock(url: str, db_path: Path, key: str, task_ids: list[int],
                 run.poll_ms.append(took_ms)
                 if outcome != "ready":
                     run.poll_errors.append(outcome)
+            elif not taken.is_set() and sent >= reference_from:
+                run.reference_ms.append(took_ms)
             i += 1
 
     async def create(client: httpx.AsyncClient, body: bytes) -> None:
@@ -159,7 +169,7 @@ async def during_lock(url: str, db_path: Path, key: str, task_ids: list[int],
                                  trust_env=False) as client:
         pollers = [asyncio.create_task(poller(client, n)) for n in range(args.pollers)]
         creates = [asyncio.create_task(create(client, body)) for body in bodies]
-        await asyncio.sleep(LEAD_S)
+        await asyncio.sleep(LEAD_S + args.lock_s)
         run.lock_held_s = await loop.run_in_executor(None, hold_lock, db_path, args.lock_s,
                                                      taken, released)
         await asyncio.gather(*creates)
@@ -245,6 +255,8 @@ def print_summary(report: dict[str, Any]) -> None:
         log(f"{r['target']}: lock held {r['lock_held_s']:.2f} s; {r['polls']} polls of solved"
             f" tasks meanwhile: p50 {r['poll_p50_ms']:.1f} ms, p99 {r['poll_p99_ms']:.1f} ms,"
             f" max {r['poll_max_ms']:.1f} ms, errors {r['poll_errors']}")
+        log(f"    reference, the same clients just before the lock: {r['reference_polls']}"
+            f" polls, p50 {r['reference_p50_ms']:.1f} ms, p99 {r['reference_p99_ms']:.1f} ms")
         for sample in r["poll_error_samples"]:
             log(f"    poll error: {sample}")
         for c in r["creates"]:
