@@ -147,6 +147,7 @@ def test_a_commit_by_another_connection_reaches_the_caches(path: str,
         await funded(store, key=KEY)
         assert await store.caller_for_key(KEY) is not None  # now cached
         other.execute("UPDATE api_keys SET revoked_at = 1 WHERE revoked_at IS NULL")
+        await asyncio.sleep(0)  # seen from the next turn of the loop (one check a turn)
         assert await store.caller_for_key(KEY) is None
         await store.close()
     asyncio.run(body())
