@@ -332,7 +332,9 @@ class Store(Protocol):
         """Reserve the task's price and queue it, atomically; returns its id.
 
         Raises InsufficientFunds (nothing written) when balance minus reservations is
-        below the price. ``new_id`` is called until it yields an unused id.
+        below the price. ``new_id`` is called until it yields an unused id: one that no
+        task has and that no ledger entry names (a charged task deleted by retention keeps
+        its id, so that the ledger never points at two tasks).
         """
 
     async def get_task(self, task_id: int, with_payload: bool = True) -> Task | None:

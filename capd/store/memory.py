@@ -296,9 +296,10 @@ class MemoryStore(OneProcess):
         account = self._accounts.get(task.account_id)
         if account is None or account.balance_units - account.reserved_units < task.price_units:
             raise InsufficientFunds()
+        in_ledger = {e.task_id for e in self._ledger}  # ids of deleted charged tasks too
         for _ in range(NEW_ID_TRIES):
             task_id = new_id()
-            if task_id not in self._tasks:
+            if task_id not in self._tasks and task_id not in in_ledger:
                 break
         else:
             raise RuntimeError("could not draw an unused task id")

@@ -329,6 +329,9 @@ class Statements:
                        + d.row_lock)
         self.reserve = q("UPDATE accounts SET reserved_units = reserved_units + $1"
                          " WHERE id = $2 AND balance_units - reserved_units >= $1 RETURNING id")
+        # an id the ledger names (a charged task since deleted by retention) is never
+        # drawn again: the ledger's task ids stay unambiguous (ledger_once_per_task)
+        self.task_id_in_ledger = q("SELECT 1 FROM ledger WHERE task_id = $1 LIMIT 1")
         self.insert_task = q(
             "INSERT INTO tasks (id, account_id, type, payload, options, state, price_units,"
             " reserved_units, created_at, deadline_at, client_ip, callback_url, proxy_secrets)"
@@ -563,8 +566,11 @@ class SqlTransitions:
             if await tx.fetchrow(sql.reserve, task.price_units, task.account_id) is None:
                 raise InsufficientFunds()
             for _ in range(NEW_ID_TRIES):
+                task_id = new_id()
+                if await tx.fetchrow(sql.task_id_in_ledger, task_id) is not None:
+                    continue
                 row = await tx.fetchrow(
-                    sql.insert_task, new_id(), task.account_id, task.type, payload, options,
+                    sql.insert_task, task_id, task.account_id, task.type, payload, options,
                     task.price_units, task.created_at, task.deadline_at, task.client_ip,
                     task.callback_url, int(has_proxy_secrets(task.payload)))
                 if row is not None:

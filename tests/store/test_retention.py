@@ -117,3 +117,33 @@ def test_reclaim_space_after_deletes_answers_bytes(run: Any) -> None:
         assert await store.reclaim_space() >= 0
         assert await store.reclaim_space() >= 0  # again: nothing left, still fine
     run(body)
+
+
+@covers("create_task", "delete_tasks")
+def test_the_id_of_a_deleted_charged_task_is_never_drawn_again(run: Any) -> None:
+    """Ids are random; once retention deletes a task, its id could be drawn again, and a
+    new task would share the ledger's charge row (and its once-per-task index) with the
+    old one. The ledger keeps the id taken: the next id is drawn instead."""
+    async def body(store: Store) -> None:
+        account_id = await funded(store)
+        [charged] = await finished_tasks(store, account_id, 1, solved=True)
+        assert await store.delete_tasks(NOW + 10, 100) == 1
+        drawn = iter([charged, charged + 1])
+        task_id = await store.create_task(new_task(account_id), lambda: next(drawn))
+        assert task_id == charged + 1
+        assert await store.finish_task(task_id, NOW + 20, solution={"text": "x"}) is not None
+        account = await store.account(account_id)
+        assert account is not None
+        assert await store.ledger_sum(account_id) == account.balance_units == 800
+    run(body)
+
+
+@covers("create_task", "delete_tasks")
+def test_the_id_of_a_deleted_uncharged_task_may_be_drawn_again(run: Any) -> None:
+    """A task that failed uncharged leaves nothing in the ledger: its id is free."""
+    async def body(store: Store) -> None:
+        account_id = await funded(store)
+        [failed] = await finished_tasks(store, account_id, 1, solved=False)
+        assert await store.delete_tasks(NOW + 10, 100) == 1
+        assert await store.create_task(new_task(account_id), lambda: failed) == failed
+    run(body)
