@@ -53,11 +53,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from capd.modules.net import FRONT_BLOCKS, DdddNet, pretrained  # noqa: E402
+from capd.modules.train import augment, feature_batch  # noqa: E402
 from capd.solving.ocr.finetuned_engine import grey64  # noqa: E402
 from training import datasets  # noqa: E402
 from training.model import CHARSET  # noqa: E402
@@ -158,36 +158,6 @@ def make_batch(items: list[tuple[np.ndarray, str]], rng: random.Random
     return torch.from_numpy(batch).float() / 255.0, frames
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Light augmentation of a (N, 1, 64, W) batch in [0, 1]."""
-    n = x.shape[0]
-
-    def u(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(n, generator=gen)
-
-    on = (torch.rand(n, generator=gen) < 0.6).float()
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = 1 + on * u(-0.03, 0.06)
-    theta[:, 0, 1] = on * u(-0.08, 0.08)   # shear
-    theta[:, 0, 2] = on * u(-0.02, 0.02)
-    theta[:, 1, 0] = on * u(-0.02, 0.02)   # slight rotation
-    theta[:, 1, 1] = 1 + on * u(-0.05, 0.08)
-    theta[:, 1, 2] = on * u(-0.05, 0.05)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    # contrast / brightness around the image mean
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    x = (x - mean) * u(0.75, 1.2).view(n, 1, 1, 1) + mean + u(-0.08, 0.08).view(n, 1, 1, 1)
-    blur = (torch.rand(n, 1, 1, 1, generator=gen) < 0.15).float()
-    k = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
-    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k.view(1, 1, 3, 3))
-    x = blur * blurred + (1 - blur) * x
-    noisy = (torch.rand(n, 1, 1, 1, generator=gen) < 0.25).float()
-    sigma = u(0.0, 0.06).view(n, 1, 1, 1)
-    x = x + noisy * sigma * torch.randn(x.shape, generator=gen)
-    return x.clamp(0.0, 1.0)
-
-
 def cache_front(model: DdddNet, items: list[tuple[np.ndarray, str]], rng: random.Random,
                 gen: torch.Generator, aug_share: float) -> list[tuple[torch.Tensor, str]]:
     """Run the frozen front once per image (a share of them lightly augmented first):
@@ -200,32 +170,6 @@ def cache_front(model: DdddNet, items: list[tuple[np.ndarray, str]], rng: random
                 x = augment(x, gen)
             out.append((model.front(x)[0].half(), label))
     return out
-
-
-def feature_batch(items: list[tuple[torch.Tensor, str]], rng: random.Random
-                  ) -> tuple[torch.Tensor, list[int]]:
-    """Cached front outputs -> (N, 48, 16, Wmax/4) float batch, each image's width
-    jittered (x0.9-1.1, bilinear along the width) and right-padded with its last
-    column, plus each image's frame count."""
-    feats = []
-    for feat, _ in items:
-        w = feat.shape[-1]
-        new_w = max(4, int(round(w * rng.uniform(0.9, 1.1))))
-        f = feat.float()[None]
-        if new_w != w:
-            f = F.interpolate(f, size=(f.shape[2], new_w), mode="bilinear",
-                              align_corners=False)
-        feats.append(f[0])
-    wmax = max(f.shape[-1] for f in feats)
-    wmax += wmax % 2
-    batch = torch.empty(len(feats), feats[0].shape[0], feats[0].shape[1], wmax)
-    frames = []
-    for i, f in enumerate(feats):
-        w = f.shape[-1]
-        batch[i, :, :, :w] = f
-        batch[i, :, :, w:] = f[:, :, -1:]
-        frames.append((w + 1) // 2)
-    return batch, frames
 
 
 def greedy(frames: torch.Tensor) -> str:
@@ -391,7 +335,7 @@ def main() -> None:
         folded = name in datasets.CASE_INSENSITIVE
         if cached:
             fitems = [cached[name][k] for k in picks]
-            f, frames = feature_batch(fitems, rng)
+            f, frames = feature_batch([feat for feat, _ in fitems], rng)
             logp = model.back(f).log_softmax(2)
             labels = [label for _, label in fitems]
         else:
