@@ -89,8 +89,26 @@ def capd_head(net: DdddNet) -> DdddNet:
     return net
 
 
-def build_model() -> DdddNet:
+def build_model(init: str = "ddddocr") -> DdddNet:
+    """ddddocr's weights with capd's head, or (``init="shipped"``) the shipped
+    ``finetuned`` engine's int8 weights, dequantised, to train further."""
+    if init == "shipped":
+        from capd.modules.train import base_network, general_base
+
+        model, charset, label = general_base()
+        return base_network(model, charset, list(CHARSET), label).train()
     return capd_head(pretrained()).train()
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """"scheme=3,other=1.5" -> per-scheme sampling weights (default 1 each)."""
+    weights = {scheme: 1.0 for scheme in datasets.SCHEMES}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in weights:
+            raise SystemExit(f"--scheme-weights: unknown scheme {name!r}")
+        weights[name] = float(value)
+    return weights
 
 
 def load_images(rows: list[tuple[str, str]]) -> list[tuple[np.ndarray, str]]:
@@ -222,6 +240,12 @@ def main() -> None:
                          "every layer on freshly augmented pixels")
     ap.add_argument("--cache-aug", type=float, default=0.5,
                     help="with --freeze front: share of images augmented before caching")
+    ap.add_argument("--init", choices=("ddddocr", "shipped"), default="ddddocr",
+                    help="start from ddddocr's weights (capd's head) or from the shipped "
+                         "finetuned engine (models/finetuned.onnx, dequantised)")
+    ap.add_argument("--scheme-weights", default="",
+                    help="how often each scheme's batches come, e.g. "
+                         "'web_securimage_grey=3,generic_colour_upper=3' (others 1)")
     ap.add_argument("--out", default=CHECKPOINT)
     ap.add_argument("--resume", action="store_true", help="continue from --out")
     ap.add_argument("--until", default="",
@@ -246,7 +270,8 @@ def main() -> None:
     print(f"data: {sum(len(v) for v in fit.values())} real images in {len(fit)} schemes, "
           f"{len(synth)} synthetic, loaded in {time.monotonic() - t_load:.0f}s", flush=True)
 
-    model = build_model()
+    model = build_model(args.init)
+    weights = parse_weights(args.scheme_weights)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     rng = random.Random(SEED)
     gen = torch.Generator().manual_seed(SEED)
@@ -262,7 +287,7 @@ def main() -> None:
         print(f"resumed from {args.out} at step {step}, {prior_s / 60:.1f} min done",
               flush=True)
     else:
-        print(f"start (ddddocr weights, capd head): held-out sample "
+        print(f"start ({args.init} weights, capd head): held-out sample "
               f"{fmt_acc(evaluate(model, val))}", flush=True)
 
     cached: dict[str, list[tuple[torch.Tensor, str]]] = {}
@@ -329,7 +354,7 @@ def main() -> None:
         if synth and rng.random() < args.synth_share:
             name, pool = "synth", synth
         else:
-            name = rng.choice(schemes)
+            name = rng.choices(schemes, [weights[k] for k in schemes])[0]
             pool = fit[name]
         picks = [rng.randrange(len(pool)) for _ in range(args.batch)]
         folded = name in datasets.CASE_INSENSITIVE

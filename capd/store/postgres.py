@@ -9,6 +9,7 @@ idle pollers on every node wake at once instead of polling the table.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -138,6 +139,7 @@ class PostgresStore(SqlTransitions, SqlRetention, SqlOutbox):
         self._min = min_connections
         self._max = max_connections
         self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
         # a finished task never changes what a poll reads: safe to keep on any node
         self._final_tasks = FinalTasks()
@@ -152,9 +154,12 @@ class PostgresStore(SqlTransitions, SqlRetention, SqlOutbox):
 
     async def _p(self) -> asyncpg.Pool:
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=self._min, max_size=self._max, reset=_keep_session,
-                max_inactive_connection_lifetime=0)
+            # concurrent first calls share one pool: the lock is taken only until it opens
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self.url, min_size=self._min, max_size=self._max,
+                        reset=_keep_session, max_inactive_connection_lifetime=0)
         return self._pool
 
     def _invalidate(self, *_: Any) -> None:

@@ -86,3 +86,30 @@ def test_concurrent_bans_at_an_ended_ban_start_one_new_one(pg_url: str) -> None:
             for store in stores:
                 await store.close()
     asyncio.run(main())
+
+
+def test_concurrent_first_calls_on_a_node_open_one_pool(pg_url: str) -> None:
+    async def main() -> None:
+        first = PostgresStore(pg_url)
+        await first.migrate()
+        await first.close()
+        store = PostgresStore(pg_url, max_connections=POOL)
+        opened: list[Any] = []
+        real_create = asyncpg.create_pool
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0)  # let the other first calls reach the check meanwhile
+            pool = await real_create(*args, **kwargs)
+            opened.append(pool)
+            return pool
+
+        asyncpg.create_pool = counting
+        try:
+            await asyncio.gather(*(store.bans(NOW) for _ in range(8)))
+        finally:
+            asyncpg.create_pool = real_create
+            await store.close()
+        assert len(opened) == 1
+        assert all(p._closed for p in opened)
+
+    asyncio.run(main())
