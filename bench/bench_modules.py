@@ -1,7 +1,8 @@
 """Custom modules against the general engine, per captcha scheme (issue 15, item 5).
 
     nice -n 10 python -m bench.bench_modules --datasets DIR [--minutes 15] [--train 500]
-        [--held 300] [--engine auto] [--schemes a,b] [--threads 2] [--json out.json]
+        [--held 300] [--engine auto] [--schemes a,b] [--threads 2] [--freeze front|none]
+        [--json out.json]
 
 DIR holds one folder per scheme, each with ``labels.csv`` (``file,text``) and its
 images (``$CAPD_DATASETS`` when --datasets is not given). For each scheme, in a child
@@ -40,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int,
-               engine_name: str, threads: int, lr: float) -> dict[str, Any]:
+               engine_name: str, threads: int, lr: float, freeze: str = "front"
+               ) -> dict[str, Any]:
     """Train and score one scheme in this process (see the module docstring)."""
     from capd.modules import train as training
     from capd.modules.engine import ModuleEngine
@@ -65,7 +67,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
     started = time.monotonic()
     outcome = training.train(scheme[:64], fit, minutes,
                              lambda line: print(f"  [{scheme}] {line}", flush=True),
-                             threads=threads, keep_best=False, lr=lr)
+                             threads=threads, keep_best=False, lr=lr, freeze=freeze)
     wall_s = time.monotonic() - started
     module = ModuleEngine(unpack(outcome.data))
     spec = training.scoring_spec([s.text for s in fit])
@@ -74,7 +76,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
     acc_base, _ = training.score(load_recogniser("finetuned"), held, spec)  # the start
     return {"scheme": scheme, "train": len(fit), "held": len(held), "minutes": minutes,
             "module": round(acc_module, 4), "general": round(acc_general, 4),
-            "base": round(acc_base, 4), "engine": engine_name, "lr": lr,
+            "base": round(acc_base, 4), "engine": engine_name, "lr": lr, "freeze": freeze,
             "train_wall_s": round(wall_s),
             "steps": outcome.manifest["steps"], "weights": outcome.manifest["weights"],
             "model_mb": round(len(outcome.data) / 1e6, 1),
@@ -98,13 +100,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="")
     ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    ap.add_argument("--freeze", choices=("front", "none"), default="front",
+                    help="which layers keep the base's weights (capd module train --freeze)")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
     if not args.datasets or not os.path.isdir(args.datasets):
         sys.exit("bench_modules: give --datasets DIR (or set CAPD_DATASETS)")
     if args.one:
         row = one_scheme(args.datasets, args.one, args.minutes, args.train, args.held,
-                         args.engine, args.threads, args.lr)
+                         args.engine, args.threads, args.lr, args.freeze)
         print("RESULT " + json.dumps(row), flush=True)
         return
     schemes = [s for s in args.schemes.split(",") if s] or sorted(
@@ -115,7 +119,8 @@ def main() -> None:
         cmd = [sys.executable, "-m", "bench.bench_modules", "--datasets", args.datasets,
                "--one", scheme, "--minutes", str(args.minutes), "--train", str(args.train),
                "--held", str(args.held), "--engine", args.engine,
-               "--threads", str(args.threads), "--lr", str(args.lr)]
+               "--threads", str(args.threads), "--lr", str(args.lr),
+               "--freeze", args.freeze]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -128,12 +133,14 @@ def main() -> None:
                 print(line, end="", flush=True)
         if proc.wait() != 0:
             print(f"{scheme}: failed with exit status {proc.returncode}", flush=True)
-    print(f"\n| scheme | train images | minutes | steps | module | general ({args.engine}) |"
-          " base (finetuned) | target | met | training wall s | peak memory MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| scheme | train images | minutes | freeze | steps | module |"
+          f" general ({args.engine}) | base (finetuned) | target | met | training wall s |"
+          " peak memory MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         goal, met = target(r)
-        print(f"| {r['scheme']} | {r['train']} | {r['minutes']:g} | {r['steps']} |"
+        print(f"| {r['scheme']} | {r['train']} | {r['minutes']:g} | {r['freeze']} |"
+              f" {r['steps']} |"
               f" {r['module']:.3f} | {r['general']:.3f} | {r.get('base', 0):.3f} |"
               f" {goal:.2f} | {'yes' if met else 'no'} |"
               f" {r['train_wall_s']} | {r['peak_mb']} |")

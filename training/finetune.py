@@ -57,7 +57,7 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from capd.modules.net import FRONT_BLOCKS, DdddNet, pretrained  # noqa: E402
-from capd.modules.train import augment, feature_batch  # noqa: E402
+from capd.modules.train import augment, feature_batch, pixel_batch  # noqa: E402
 from capd.solving.ocr.finetuned_engine import grey64  # noqa: E402
 from training import datasets  # noqa: E402
 from training.model import CHARSET  # noqa: E402
@@ -90,14 +90,22 @@ def capd_head(net: DdddNet) -> DdddNet:
 
 
 def build_model(init: str = "ddddocr") -> DdddNet:
-    """ddddocr's weights with capd's head, or (``init="shipped"``) the shipped
-    ``finetuned`` engine's int8 weights, dequantised, to train further."""
+    """The network training starts from: ``ddddocr`` (its weights, capd's head),
+    ``shipped`` (the shipped ``finetuned`` engine's int8 weights, dequantised), or the
+    path of an earlier run's checkpoint (its weights only: a new optimiser and schedule,
+    e.g. a second stage with every layer training)."""
     if init == "shipped":
         from capd.modules.train import base_network, general_base
 
         model, charset, label = general_base()
         return base_network(model, charset, list(CHARSET), label).train()
-    return capd_head(pretrained()).train()
+    net = capd_head(pretrained())
+    if init != "ddddocr":
+        ck = torch.load(init, map_location="cpu", weights_only=False)
+        if ck.get("charset") != CHARSET:
+            raise SystemExit(f"--init {init}: its charset differs from capd's")
+        net.load_state_dict(ck["model"])
+    return net.train()
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -151,29 +159,6 @@ def fold_log_probs(logp: torch.Tensor) -> torch.Tensor:
             col = torch.logaddexp(col, logp[:, :, upper_of[j]])
         cols.append(col)
     return torch.stack(cols, dim=2)
-
-
-def make_batch(items: list[tuple[np.ndarray, str]], rng: random.Random
-               ) -> tuple[torch.Tensor, list[int]]:
-    """uint8 grey images of height 64 -> (N, 1, 64, Wmax) float in [0, 1] with each
-    image's width jittered (x0.88-1.12) and right-padded with its last column, plus each
-    image's frame count."""
-    scaled = []
-    for grey, _ in items:
-        h, w = grey.shape
-        new_w = max(32, int(round(w * rng.uniform(0.88, 1.12))))
-        img = Image.fromarray(grey).resize((new_w, h), Image.Resampling.BILINEAR)
-        scaled.append(np.asarray(img, dtype=np.uint8))
-    wmax = max(s.shape[1] for s in scaled)
-    wmax = (wmax + 7) // 8 * 8
-    batch = np.empty((len(scaled), 1, 64, wmax), dtype=np.uint8)
-    frames = []
-    for i, s in enumerate(scaled):
-        w = s.shape[1]
-        batch[i, 0, :, :w] = s
-        batch[i, 0, :, w:] = s[:, -1:]
-        frames.append((w + 7) // 8)
-    return torch.from_numpy(batch).float() / 255.0, frames
 
 
 def cache_front(model: DdddNet, items: list[tuple[np.ndarray, str]], rng: random.Random,
@@ -240,9 +225,10 @@ def main() -> None:
                          "every layer on freshly augmented pixels")
     ap.add_argument("--cache-aug", type=float, default=0.5,
                     help="with --freeze front: share of images augmented before caching")
-    ap.add_argument("--init", choices=("ddddocr", "shipped"), default="ddddocr",
-                    help="start from ddddocr's weights (capd's head) or from the shipped "
-                         "finetuned engine (models/finetuned.onnx, dequantised)")
+    ap.add_argument("--init", default="ddddocr",
+                    help="start from 'ddddocr' (its weights, capd's head), 'shipped' (the "
+                         "shipped finetuned engine, dequantised) or an earlier run's "
+                         "checkpoint file (weights only)")
     ap.add_argument("--scheme-weights", default="",
                     help="how often each scheme's batches come, e.g. "
                          "'web_securimage_grey=3,generic_colour_upper=3' (others 1)")
@@ -365,7 +351,7 @@ def main() -> None:
             labels = [label for _, label in fitems]
         else:
             items = [pool[k] for k in picks]
-            x, frames = make_batch(items, rng)
+            x, frames = pixel_batch([grey for grey, _ in items], rng)
             logp = model(augment(x, gen)).log_softmax(2)
             labels = [label for _, label in items]
         if folded:

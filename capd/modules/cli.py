@@ -51,6 +51,9 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     t.add_argument("--base", metavar="MODULE",
                    help="start from this stored module (default: the general finetuned model)")
     t.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    t.add_argument("--freeze", choices=("front", "none"), default="front",
+                   help="front (default): the first layers keep the base's weights, each"
+                        " step is cheap; none: every layer trains, each step costs ~2.5x")
     t.add_argument("--engine", help="general engine to compare with (default: ocr_engine)")
     t.add_argument("--min-samples", type=int, default=MODULE_MIN_SAMPLES,
                    help=argparse.SUPPRESS)
@@ -115,7 +118,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
         progress(f"no comparison with the general engine: {exc}")
     try:
         outcome = training.train(args.name, samples, args.minutes, progress, base=base,
-                                 general=general, threads=args.threads)
+                                 general=general, threads=args.threads,
+                                 freeze=args.freeze)
     except training.DataError as exc:
         raise ModuleCliError(str(exc)) from None
     entry = library.save(outcome.data)

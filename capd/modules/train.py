@@ -12,11 +12,13 @@ trained on, and both the new module and the general engine are scored on them.
 Network: ddddocr's architecture (``capd.modules.net``), started from the best general
 model of that architecture, the shipped ``finetuned`` engine (or, with ``base``, a stored
 module), its output layer cut down to the characters the labels use (each row copied
-from the base's row for that character, so step 0 reads like the base). The stem and
-the first two convolution stages stay frozen; their outputs are computed once per
-image and per augmented variant (as many variants as fit in a quarter of the budget),
-and the last stage, the BiLSTM and the output layer train on them with CTC, AdamW and
-a warm-up + cosine schedule over the wall-clock budget.
+from the base's row for that character, so step 0 reads like the base). By default
+(``freeze="front"``) the stem and the first two convolution stages stay frozen; their
+outputs are computed once per image and per augmented variant (as many variants as fit
+in a quarter of the budget), and the last stage, the BiLSTM and the output layer train
+on them. With ``freeze="none"`` every layer trains on freshly augmented pixels each
+step (~2.5x the cost of a step). Either way: CTC, AdamW and a warm-up + cosine
+schedule over the wall-clock budget.
 
 Export: ONNX (opset 17, dynamic batch and width), then ONNX Runtime's dynamic int8
 quantisation, kept when it loses at most ``MAX_INT8_DROP`` or one image of the float
@@ -269,6 +271,31 @@ def feature_batch(feats_in: list[torch.Tensor], rng: random.Random
     return batch, frames
 
 
+def pixel_batch(greys: list[np.ndarray], rng: random.Random
+                ) -> tuple[torch.Tensor, list[int]]:
+    """uint8 grey images of height 64 -> a (N, 1, 64, Wmax) float batch in [0, 1], each
+    one's width jittered (x0.88-1.12) and right-padded with its last column, plus each
+    one's frame count (the network emits a frame per 8 columns)."""
+    from PIL import Image
+
+    scaled = []
+    for grey in greys:
+        h, w = grey.shape
+        new_w = max(32, int(round(w * rng.uniform(0.88, 1.12))))
+        img = Image.fromarray(grey).resize((new_w, h), Image.Resampling.BILINEAR)
+        scaled.append(np.asarray(img, dtype=np.uint8))
+    wmax = max(s.shape[1] for s in scaled)
+    wmax = (wmax + 7) // 8 * 8
+    batch = np.empty((len(scaled), 1, 64, wmax), dtype=np.uint8)
+    frames = []
+    for i, img_arr in enumerate(scaled):
+        w = img_arr.shape[1]
+        batch[i, 0, :, :w] = img_arr
+        batch[i, 0, :, w:] = img_arr[:, -1:]
+        frames.append((w + 7) // 8)
+    return torch.from_numpy(batch).float() / 255.0, frames
+
+
 def fit_isotonic(pairs: list[tuple[float, bool]], z: float = 1.28
                  ) -> tuple[list[float], list[float]]:
     """Pool-adjacent-violators on (raw confidence, right), then each block's accuracy is
@@ -344,12 +371,16 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
           base: tuple[bytes, list[str], str] | None = None,
           general: tuple[str, Recogniser] | None = None, threads: int = 0,
           seed: int = SPLIT_SEED, clock: Callable[[], float] = time.monotonic,
-          keep_best: bool = True, lr: float = 5e-4) -> Outcome:
+          keep_best: bool = True, lr: float = 5e-4, freeze: str = "front") -> Outcome:
     """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
     clock (see the module docstring). ``general`` is (engine name, engine) scored on the
     same held-out images for comparison; ``progress`` receives one line at a time.
     ``lr``: the peak learning rate. ``keep_best``: keep the base's weights when training
-    ends below them on the held-out images."""
+    ends below them on the held-out images. ``freeze``: ``front`` (the stem and first
+    stages stay at the base's weights, their outputs cached) or ``none`` (every layer
+    trains on freshly augmented pixels each step: ~2.5x the cost of a step)."""
+    if freeze not in ("front", "none"):
+        raise ValueError(f"freeze must be 'front' or 'none', not {freeze!r}")
     started = clock()
     budget = minutes * 60.0
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
@@ -364,28 +395,29 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     progress(f"{len(samples)} labelled images: {len(fit)} to train on, {len(held)} held out;"
              f" {len(charset)} symbols; base {base_label}; budget {minutes:g} min")
 
-    for p in [*net.stem.parameters(), *net.body[:FRONT_BLOCKS].parameters()]:
-        p.requires_grad_(False)
     cached: list[list[torch.Tensor]] = [[] for _ in fit]
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, s in enumerate(fit):  # same-size images run through the front together
-        by_shape.setdefault(s.grey.shape, []).append(i)
-    net.eval()
-    with torch.no_grad():
-        for variant in range(MAX_VARIANTS):
-            if variant and clock() - started > budget * CACHE_SHARE:
-                break
-            for group in by_shape.values():
-                for at in range(0, len(group), 32):
-                    chunk = group[at:at + 32]
-                    x = torch.from_numpy(np.stack([fit[i].grey for i in chunk]))
-                    x = x.float().div(255.0)[:, None]
-                    if variant:
-                        x = augment(x, gen)
-                    for i, feat in zip(chunk, net.front(x).half(), strict=True):
-                        cached[i].append(feat)
-            progress(f"prepared variant {variant + 1} of every training image"
-                     f" ({clock() - started:.0f}s)")
+    if freeze == "front":
+        for p in [*net.stem.parameters(), *net.body[:FRONT_BLOCKS].parameters()]:
+            p.requires_grad_(False)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, s in enumerate(fit):  # same-size images run through the front together
+            by_shape.setdefault(s.grey.shape, []).append(i)
+        net.eval()
+        with torch.no_grad():
+            for variant in range(MAX_VARIANTS):
+                if variant and clock() - started > budget * CACHE_SHARE:
+                    break
+                for group in by_shape.values():
+                    for at in range(0, len(group), 32):
+                        chunk = group[at:at + 32]
+                        x = torch.from_numpy(np.stack([fit[i].grey for i in chunk]))
+                        x = x.float().div(255.0)[:, None]
+                        if variant:
+                            x = augment(x, gen)
+                        for i, feat in zip(chunk, net.front(x).half(), strict=True):
+                            cached[i].append(feat)
+                progress(f"prepared variant {variant + 1} of every training image"
+                         f" ({clock() - started:.0f}s)")
     targets = [[charset.index(c) + 1 for c in s.text] for s in fit]
 
     params = [p for p in net.parameters() if p.requires_grad]
@@ -411,8 +443,12 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         for g in opt.param_groups:
             g["lr"] = lr
         picks = [rng.randrange(len(fit)) for _ in range(batch)]
-        feats, frames = feature_batch([rng.choice(cached[k]) for k in picks], rng)
-        logp = net.back(feats).log_softmax(2)
+        if freeze == "front":
+            feats, frames = feature_batch([rng.choice(cached[k]) for k in picks], rng)
+            logp = net.back(feats).log_softmax(2)
+        else:
+            x, frames = pixel_batch([fit[k].grey for k in picks], rng)
+            logp = net(augment(x, gen)).log_softmax(2)
         flat = [c for k in picks for c in targets[k]]
         loss = ctc(logp, torch.tensor(flat, dtype=torch.long),
                    torch.tensor(frames, dtype=torch.long),
@@ -445,7 +481,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         "name": name, "charset": charset, "input_height": 64,
         "case_sensitive": spec.case_sensitive, "numeric": spec.numeric,
         "samples": len(samples), "train_samples": len(fit), "held_out": len(held),
-        "base": base_label, "steps": step, "train_seconds": round(train_s, 1),
+        "base": base_label, "freeze": freeze, "steps": step, "train_seconds": round(train_s, 1),
         "created_at": time.time(),
     }
     with tempfile.TemporaryDirectory(prefix="capd-module-") as tmp:

@@ -1,0 +1,50 @@
+"""Which layers module training changes: with ``freeze="front"`` (the default) the stem
+and first stages keep the base's weights; with ``freeze="none"`` every layer trains."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from capd.modules import train
+from capd.modules.library import unpack
+from capd.modules.net import DdddNet, load_onnx_weights
+from tests.modules.conftest import TINY_MINUTES
+
+pytestmark = pytest.mark.slow
+
+
+def stem_of(model: bytes, charset: list[str]) -> torch.Tensor:
+    net = DdddNet(n_classes=len(charset) + 1)
+    load_onnx_weights(net, io.BytesIO(model))
+    return net.stem.weight.detach().clone()
+
+
+def base_stem() -> torch.Tensor:
+    model, charset, _ = train.general_base()
+    return stem_of(model, charset)
+
+
+def test_default_training_keeps_the_base_stem(module_file: bytes) -> None:
+    module = unpack(module_file)
+    assert module.manifest["freeze"] == "front"
+    assert torch.equal(stem_of(module.model, module.charset), base_stem())
+
+
+def test_freeze_none_trains_the_stem_too(dataset: Callable[..., Path]) -> None:
+    outcome = train.train("every", train.read_dataset(dataset()), TINY_MINUTES,
+                          lambda _: None, threads=1, keep_best=False, freeze="none")
+    module = unpack(outcome.data)
+    assert module.manifest["freeze"] == "none"
+    assert module.manifest["steps"] > 0
+    assert not torch.equal(stem_of(module.model, module.charset), base_stem())
+
+
+def test_unknown_freeze_is_refused(dataset: Callable[..., Path]) -> None:
+    with pytest.raises(ValueError, match="freeze"):
+        train.train("x", train.read_dataset(dataset()), TINY_MINUTES, lambda _: None,
+                    freeze="half")
