@@ -1,7 +1,7 @@
 """Custom modules against the general engine, per captcha scheme (issue 15, item 5).
 
     nice -n 10 python -m bench.bench_modules --datasets DIR [--minutes 15] [--train 500]
-        [--held 300] [--engine auto] [--schemes a,b] [--threads 2] [--freeze front|none]
+        [--held 300] [--engine auto] [--schemes a,b] [--threads 2] [--freeze none|front]
         [--json out.json]
 
 DIR holds one folder per scheme, each with ``labels.csv`` (``file,text``) and its
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int,
-               engine_name: str, threads: int, lr: float, freeze: str = "front"
+               engine_name: str, threads: int, lr: float, freeze: str = "none"
                ) -> dict[str, Any]:
     """Train and score one scheme in this process (see the module docstring)."""
     from capd.modules import train as training
@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="")
     ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
-    ap.add_argument("--freeze", choices=("front", "none"), default="front",
+    ap.add_argument("--freeze", choices=("none", "front"), default="none",
                     help="which layers keep the base's weights (capd module train --freeze)")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()

@@ -223,6 +223,8 @@ def main() -> None:
                     help="front: keep the stem and the first two stages frozen and run "
                          "them once per image (cached, ~2.5x cheaper steps); none: train "
                          "every layer on freshly augmented pixels")
+    ap.add_argument("--front-lr-scale", type=float, default=1.0,
+                    help="with --freeze none: the front's learning rate as a share of --lr")
     ap.add_argument("--cache-aug", type=float, default=0.5,
                     help="with --freeze front: share of images augmented before caching")
     ap.add_argument("--init", default="ddddocr",
@@ -258,7 +260,15 @@ def main() -> None:
 
     model = build_model(args.init)
     weights = parse_weights(args.scheme_weights)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # the front (stem and first stages) may learn more slowly than the rest: it holds
+    # ddddocr's general low-level features, which a fast rate would disturb
+    front_ids = {id(p) for p in [*model.stem.parameters(),
+                                 *model.body[:FRONT_BLOCKS].parameters()]}
+    opt = torch.optim.AdamW(
+        [{"params": [p for p in model.parameters() if id(p) in front_ids],
+          "scale": args.front_lr_scale},
+         {"params": [p for p in model.parameters() if id(p) not in front_ids], "scale": 1.0}],
+        lr=args.lr, weight_decay=args.weight_decay)
     rng = random.Random(SEED)
     gen = torch.Generator().manual_seed(SEED)
     step, seen, prior_s = 0, 0, 0.0
@@ -336,7 +346,7 @@ def main() -> None:
         lr = args.lr * (frac / warm if frac < warm else
                         0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm))))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["scale"]
         if synth and rng.random() < args.synth_share:
             name, pool = "synth", synth
         else:

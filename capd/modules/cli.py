@@ -51,9 +51,9 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     t.add_argument("--base", metavar="MODULE",
                    help="start from this stored module (default: the general finetuned model)")
     t.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
-    t.add_argument("--freeze", choices=("front", "none"), default="front",
-                   help="front (default): the first layers keep the base's weights, each"
-                        " step is cheap; none: every layer trains, each step costs ~2.5x")
+    t.add_argument("--freeze", choices=("none", "front"), default="none",
+                   help="none (default): every layer trains; front: the first layers keep"
+                        " the base's weights (each step ~2.5x cheaper, modules less exact)")
     t.add_argument("--engine", help="general engine to compare with (default: ocr_engine)")
     t.add_argument("--min-samples", type=int, default=MODULE_MIN_SAMPLES,
                    help=argparse.SUPPRESS)

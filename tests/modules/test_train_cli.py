@@ -31,7 +31,8 @@ def test_train_prints_progress_then_held_out_accuracy_beside_general_engine_last
     done = run_train(tmp_path, dataset())
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert any("prepared variant 1" in line for line in lines)
+    assert any("24 labelled images: 19 to train on, 5 held out;" in line for line in lines)
+    assert any("held-out accuracy before training" in line for line in lines)
     assert any(line.startswith("module shop version 1 stored in") for line in lines)
     last = lines[-1]
     assert last.startswith("held-out accuracy on 5 images: module shop ")
