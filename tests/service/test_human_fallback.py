@@ -6,13 +6,14 @@ before. Built-in readers (the in-process solver, a ``capd worker``) never claim 
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from capd.domain.tasks import ImageSpec
 from capd.solving.ocr.base import Reading
-from tests.helpers import LiveServer, b64, captcha_png
+from tests.helpers import FakeClock, LiveServer, b64, captcha_png
 
 IMAGE = "ImageToTextTask"
 PRICE_UNITS = 30_000  # ImageToTextTask: 0.3 USD per 1,000 (units of 1e-8 USD)
@@ -160,3 +161,21 @@ def test_builtin_reader_must_be_a_boolean(make_server: Callable[..., LiveServer]
                                              "types": [IMAGE], "builtinReader": "yes"})
     assert answer["errorCode"] == "ERROR_BAD_PARAMETERS"
     assert "builtinReader" in answer["errorDescription"]
+
+
+def test_a_task_handed_to_people_keeps_its_deadline_and_then_fails_uncharged(
+        make_server: Callable[..., LiveServer], clock: FakeClock) -> None:
+    unsure = Unsure()
+    server = make_server(recogniser=unsure, human_fallback=True, image_deadline_s=60)
+    key, token = server.new_account("1"), server.new_worker_token()
+    assert lease(server, token) == []
+    task_id = create(server, key, captcha_png("ab12"))
+    assert unsure.entered.acquire(timeout=10)
+    [handed] = lease(server, token, wait_s=10)  # handed over; the person holds it
+    assert handed["deadlineAt"] == math.floor(clock() + 60)  # createTask's, kept
+    clock.advance(61)  # past the deadline set at createTask
+    answer = server.wait_result(key, task_id)
+    assert answer["errorCode"] == "ERROR_CAPTCHA_UNSOLVABLE"
+    assert complete(server, token, handed["leaseId"], solution={"text": "late"})[
+        "errorCode"] == "ERROR_LEASE_NOT_FOUND"
+    assert balance_units(server, key) == (OPENING_UNITS, 0, OPENING_UNITS)
