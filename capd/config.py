@@ -77,6 +77,10 @@ class Settings:
     # keep worker-answered ImageToText tasks of a stored module as its labelled samples
     # (`capd module samples NAME --export DIR`); they follow payload_retention_s
     module_samples: bool = True
+    # the human fallback: an ImageToText task the built-in reading fails (unreadable, or
+    # below its recognizingThreshold) goes to the worker queue instead, while an external
+    # worker serves ImageToText; it keeps its deadline (docs/modules.md)
+    human_fallback: bool = False
     # worker protocol
     worker_seen_window_s: float = C.WORKER_SEEN_WINDOW_S
     worker_lease_s: float = C.WORKER_LEASE_S

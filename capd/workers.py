@@ -7,6 +7,13 @@ took it, can extend or complete it, and a task leased again after expiry has a n
 (the old one answers ERROR_LEASE_NOT_FOUND). A token revoked during a long-poll claims
 nothing more: the token is checked again before each claim after a wait.
 
+A ``capd worker`` process says so in its lease calls (``builtinReader``, a field external
+workers never send): it claims as a built-in reader (``Claimer.READER``: never a task
+handed to humans), its lease secrets start with ``READER_MARK`` (so its leases are told
+apart to the end: its answers are model output, kept as no module's samples), and an
+ERROR_CAPTCHA_UNSOLVABLE it completes with may hand the task to humans instead
+(``capd.solving.fallback``).
+
 The desk takes typed requests (``capd/api/workers.py`` parses the JSON) and answers
 records or raises CapdError. Store, dispatcher, clocks, secrets and settings are injected.
 """
@@ -30,10 +37,12 @@ from capd.domain.tasks import nesting_depth
 from capd.errors import BadParameter, CapdError
 from capd.service.messages import Parsed
 from capd.solving.dispatch import Dispatcher
-from capd.store.base import Store, Task, TaskState, WorkerToken
+from capd.solving.fallback import HumanFallback
+from capd.store.base import Claimer, Store, Task, TaskState, WorkerToken
 from capd.store.secrets import secret_digest
 
 _TOKEN_HEX_CHARS = 48  # longer than a 32-hex client key: the two can never be confused
+READER_MARK = "ocr-"  # starts the lease secret of a built-in reader (never hex)
 LEASE_RECHECK_S = 1.0  # a long-poll looks at the queue at least this often
 
 Finisher = Callable[..., Awaitable[Task | None]]
@@ -57,15 +66,22 @@ def new_lease_secret() -> str:
     return secrets.token_hex(12)
 
 
+def is_reader_owner(owner: str | None) -> bool:
+    """Whether a lease owner (``<tokenId>:<secret>``) is a built-in reader's lease."""
+    return owner is not None and owner.partition(":")[2].startswith(READER_MARK)
+
+
 # -- requests and answers --------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class LeaseRequest:
-    """lease: ``types`` (None when absent), ``limit`` tasks, waiting up to ``wait_s``."""
+    """lease: ``types`` (None when absent), ``limit`` tasks, waiting up to ``wait_s``;
+    ``reader``: the caller is a built-in reader (``capd worker``), not an external one."""
 
     token: str | None
     types: Parsed[list[str] | None]
     limit: Parsed[int]
     wait_s: Parsed[float]
+    reader: Parsed[bool] = Parsed(False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +131,8 @@ class WorkerDesk:
     def __init__(self, store: Store, dispatcher: Dispatcher, clock: Callable[[], float],
                  settings: Settings, finish: Finisher,
                  new_secret: Callable[[], str] = new_lease_secret,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 fallback: HumanFallback | None = None) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.clock = clock
@@ -123,6 +140,7 @@ class WorkerDesk:
         self.finish = finish  # Service.finish_task: capture/release, metrics, callbacks
         self.new_secret = new_secret
         self.monotonic = monotonic
+        self.fallback = fallback  # the human fallback, where the operator turned it on
 
     async def _token(self, raw: str | None, types: list[str] | None = None) -> WorkerToken:
         token = None
@@ -165,8 +183,11 @@ class WorkerDesk:
             raise BadParameter("types", "missing")
         limit = req.limit.get()
         wait_s = req.wait_s.get()
+        claimer = Claimer.READER if req.reader.get() else Claimer.EXTERNAL
         ends = self.monotonic() + wait_s
         secret = self.new_secret()
+        if claimer == Claimer.READER:
+            secret = READER_MARK + secret
         owner = self._owner(token, secret)
         first = True
         while True:
@@ -175,10 +196,11 @@ class WorkerDesk:
             if not first:  # revoked (or narrowed) while this call waited: claim nothing
                 await self._token(req.token, types)
             first = False
-            await self.store.note_workers(types, self.clock())
+            await self.store.note_workers(types, self.clock(), claimer)
             waiter = self.dispatcher.waiter(types)
             claimed = await self.store.claim_tasks(types, limit, owner,
-                                                   self.settings.worker_lease_s, self.clock())
+                                                   self.settings.worker_lease_s, self.clock(),
+                                                   claimer)
             remaining = ends - self.monotonic()
             if claimed or remaining <= 0:
                 self.dispatcher.forget(waiter)
@@ -236,7 +258,9 @@ class WorkerDesk:
 
     async def complete(self, req: CompleteRequest) -> None:
         """Complete a live lease once, with a solution of the type's shape or one of the
-        worker failure codes; a proxy reported banned is refused for a while."""
+        worker failure codes; a proxy reported banned is refused for a while. A built-in
+        reader's ERROR_CAPTCHA_UNSOLVABLE may hand the task to humans instead (the
+        lease ends all the same)."""
         token = await self._token(req.token)
         solution, error_code = req.solution, req.error_code
         if (solution is None) == (error_code is None):
@@ -251,6 +275,9 @@ class WorkerDesk:
                 raise CapdError("ERROR_BAD_SOLUTION",
                                 f"solution nested deeper than {MAX_TASK_DEPTH} levels")
             solution = check_solution(TASK_TYPES[task.type], solution)
+        if (self.fallback is not None and is_reader_owner(owner)
+                and await self.fallback.hand_over(task.id, task.type, owner, error_code)):
+            return
         done = await self.finish(task.id, solution=solution, error_code=error_code, owner=owner)
         if done is None:
             raise CapdError("ERROR_LEASE_NOT_FOUND")

@@ -41,9 +41,14 @@ class Processes:
         self._logs: list[IO[bytes]] = []
 
     def start(self, name: str, args: list[str], **settings: str) -> subprocess.Popen[bytes]:
+        return self.start_python(name, ["-m", "capd", *args], **settings)
+
+    def start_python(self, name: str, args: list[str], **settings: str
+                     ) -> subprocess.Popen[bytes]:
+        """Any Python program of this checkout (a script and its arguments, or ``-m``)."""
         log = (self.log_dir / f"{name}.log").open("wb")
         self._logs.append(log)
-        proc = subprocess.Popen([sys.executable, "-m", "capd", *args], env=capd_env(**settings),
+        proc = subprocess.Popen([sys.executable, *args], env=capd_env(**settings),
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs.append(proc)
         return proc

@@ -37,12 +37,13 @@ from capd.service import Service, result_of
 from capd.service.retention import prune_batch
 from capd.solving.builtin import BuiltinSolver
 from capd.solving.dispatch import Dispatcher
+from capd.solving.fallback import HumanFallback
 from capd.solving.ocr import load_recogniser
 from capd.solving.ocr.base import Recogniser
 from capd.solving.pool import OcrPool
 from capd.store import open_store
 from capd.store.base import Store, Task
-from capd.workers import WorkerDesk
+from capd.workers import WorkerDesk, is_reader_owner
 
 log = logging.getLogger("capd")
 
@@ -119,6 +120,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
     service = Service(settings, store, dispatcher, clock, metrics_registry, proxy_guard,
                       callback_guard, proxy_checker=checker,
                       target_guard=TargetGuard(settings.allow_private_targets))
+    fallback = HumanFallback(store, dispatcher, clock, settings.human_fallback)
     callbacks = OutboxSender(store, callback_guard, clock,
                              timeout_s=settings.callback_timeout_s,
                              retries=settings.callback_retries,
@@ -154,7 +156,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
                 settings.modules_poll_s)
             pool = OcrPool(engine, settings.ocr_threads)
             solver = BuiltinSolver(store, dispatcher, pool, clock, settings.ocr_lease_s,
-                                   service.rules, service.finish_task, metrics_registry)
+                                   service.rules, service.finish_task, metrics_registry,
+                                   fallback)
             background.append(asyncio.create_task(solver.run()))
         app.state.ready = True
         try:
@@ -192,19 +195,22 @@ def create_app(settings: Settings, *, store: Store | None = None,
     app.state.service = service
     app.state.callbacks = callbacks
     # custom modules: an ImageToText task of a stored module answered through the worker
-    # protocol is kept as a labelled sample; a report that it was wrong drops it
+    # protocol is kept as a labelled sample (not when a `capd worker` answered: that is
+    # model output, not a label); a report that it was wrong drops it
     samples = SampleBox(Library(settings.modules_dir
                                 or default_modules_dir(settings.database_url)),
                         service.rules, settings.payload_retention_s, clock)
 
     async def finish_by_worker(task_id: int, **outcome: Any) -> Task | None:
         done = await service.finish_task(task_id, **outcome)
-        if done is not None and done.type == "ImageToTextTask" and settings.module_samples:
+        if (done is not None and done.type == "ImageToTextTask" and settings.module_samples
+                and not is_reader_owner(outcome.get("owner"))):
             await asyncio.to_thread(samples.keep, done)
         return done
 
     service.report_listeners.append(samples.forget)
-    app.state.desk = WorkerDesk(store, dispatcher, clock, settings, finish_by_worker)
+    app.state.desk = WorkerDesk(store, dispatcher, clock, settings, finish_by_worker,
+                                fallback=fallback)
     app.state.ready = False
     app.state.openapi = openapi_document()
     return app

@@ -50,6 +50,14 @@ def _or_default(parsed: Parsed[float | None], default: float) -> Parsed[float]:
     return Parsed(default if parsed.value is None else parsed.value)
 
 
+def flag(body: Body, name: str) -> Parsed[bool]:
+    """A JSON boolean; False when absent."""
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        return Parsed(False, BadParameter(name, "not a boolean"))
+    return Parsed(value)
+
+
 def type_list(body: Body) -> Parsed[list[str] | None]:
     """``types``: a non-empty list of strings; None when absent."""
     if "types" not in body:
@@ -80,7 +88,8 @@ async def lease(desk: WorkerDesk, body: Body, request: Request) -> Response:
     limit = _or_default(number(body, "max", 1, MAX_LEASE_BATCH), 1)
     req = LeaseRequest(_text(body, "workerToken"), type_list(body),
                        Parsed(int(limit.value), limit.error),
-                       _or_default(number(body, "waitSeconds", 0, MAX_LEASE_WAIT_S), 0))
+                       _or_default(number(body, "waitSeconds", 0, MAX_LEASE_WAIT_S), 0),
+                       flag(body, "builtinReader"))
     # a worker that hangs up mid-poll must not have tasks claimed for it afterwards; each
     # lease is rendered by the desk right after the claim (a task that cannot be is
     # failed there), so this answer cannot fail once tasks are claimed
@@ -91,12 +100,9 @@ async def lease(desk: WorkerDesk, body: Body, request: Request) -> Response:
 
 
 async def extend(desk: WorkerDesk, body: Body, request: Request) -> Response:
-    release = body.get("release", False)
     until = await desk.extend(ExtendRequest(
         _text(body, "workerToken"), _text(body, "leaseId"),
-        number(body, "seconds", 1, MAX_LEASE_EXTEND_S),
-        Parsed(release) if isinstance(release, bool)
-        else Parsed(False, BadParameter("release", "not a boolean"))))
+        number(body, "seconds", 1, MAX_LEASE_EXTEND_S), flag(body, "release")))
     return json_response({"errorId": 0, "leaseExpiresAt": math.floor(until)})
 
 

@@ -2,7 +2,8 @@
 
 It claims only as many tasks as the pool has free threads, so waiting work stays in the
 store (durable) rather than in memory; a lease that outlives a crashed process expires
-and the task is claimed again, until its deadline.
+and the task is claimed again, until its deadline. It claims as a built-in reader: a task
+handed to humans (``capd.solving.fallback``) is never its again.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections.abc import Awaitable, Callable
 from capd.domain.tasks import ValidationRules
 from capd.metrics import Metrics
 from capd.solving.dispatch import Dispatcher
+from capd.solving.fallback import HumanFallback
 from capd.solving.imagetask import image_bytes, image_spec, outcome
 from capd.solving.ocr.base import UnreadableImage
 from capd.solving.pool import OcrPool
-from capd.store.base import Store, Task
+from capd.store.base import Claimer, Store, Task
 
 log = logging.getLogger("capd.solver")
 
@@ -31,7 +33,8 @@ IDLE_RECHECK_S = 1.0  # also picks up leases that expired on a crashed node
 class BuiltinSolver:
     def __init__(self, store: Store, dispatcher: Dispatcher, pool: OcrPool,
                  clock: Callable[[], float], lease_s: float, rules: ValidationRules,
-                 finish: Finisher, metrics: Metrics) -> None:
+                 finish: Finisher, metrics: Metrics,
+                 fallback: HumanFallback | None = None) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.pool = pool
@@ -40,6 +43,7 @@ class BuiltinSolver:
         self.rules = rules
         self.finish = finish
         self.metrics = metrics
+        self.fallback = fallback  # the human fallback, where the operator turned it on
         self.owner = f"builtin-{uuid.uuid4().hex[:12]}"
         self._free = asyncio.Semaphore(pool.size)
         self._running: set[asyncio.Task[None]] = set()
@@ -52,7 +56,8 @@ class BuiltinSolver:
                 waiter = self.dispatcher.waiter([IMAGE_TYPE])
                 try:
                     claimed = await self.store.claim_tasks([IMAGE_TYPE], 1, self.owner,
-                                                           self.lease_s, self.clock())
+                                                           self.lease_s, self.clock(),
+                                                           Claimer.READER)
                 except Exception:  # a store outage must not end the solver for good
                     log.exception("claiming image tasks failed; retrying")
                     claimed = []
@@ -79,6 +84,9 @@ class BuiltinSolver:
                 reading = None
             self.metrics.observe("capd_ocr_seconds", time.perf_counter() - started)
             solution, error = outcome(reading, spec)
+            if self.fallback is not None and await self.fallback.hand_over(
+                    task.id, task.type, self.owner, error):
+                return
             await self.finish(task.id, solution=solution, error_code=error, owner=self.owner)
         except Exception:  # one bad task must not stop the solver
             log.exception("built-in solver failed on a task")

@@ -46,6 +46,12 @@ class Dispatcher:
         since = self.clock() - self.seen_window_s
         return await self.store.worker_seen_since(task_type, since)
 
+    async def humans_serve(self, task_type: str) -> bool:
+        """Whether an external worker (not a built-in reader) asked for the type within
+        the recent window: the human fallback's condition (``capd.solving.fallback``)."""
+        since = self.clock() - self.seen_window_s
+        return await self.store.worker_seen_since(task_type, since, external=True)
+
     async def check_capacity(self, task_type: str) -> None:
         """Raise ERROR_NO_SLOT_AVAILABLE unless the type is served and its queue has room."""
         if not await self.serves(task_type):

@@ -130,8 +130,10 @@ class RemoteOcrWorker:
 
     async def _loop(self, client: httpx.AsyncClient) -> None:
         while True:
+            # builtinReader: this is capd's own reading, not a person (capd.workers)
             answer = await self._post(client, "lease", {
-                "types": [IMAGE_TYPE], "max": 1, "waitSeconds": self.wait_s})
+                "types": [IMAGE_TYPE], "max": 1, "waitSeconds": self.wait_s,
+                "builtinReader": True})
             leases = answer.get("leases")
             for lease in leases if isinstance(leases, list) else []:
                 await self._solve(client, lease)

@@ -68,6 +68,16 @@ class TaskState(StrEnum):
 OPEN_STATES = (TaskState.QUEUED, TaskState.LEASED)
 
 
+class Claimer(StrEnum):
+    """Who asks for work. ``READER``: capd's built-in reading (the in-process OCR, or a
+    ``capd worker`` process); ``EXTERNAL``: anyone else speaking the worker protocol (a
+    person at a solving desk, another program). A task handed to humans
+    (``hand_to_humans``) is claimed by external workers only."""
+
+    READER = "reader"
+    EXTERNAL = "external"
+
+
 @dataclass(frozen=True)
 class Account:
     id: int
@@ -341,9 +351,17 @@ class Store(Protocol):
         """A task by id; without its payload (``{}`` instead) when not needed."""
 
     async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
-                          now: float) -> list[Task]:
+                          now: float, claimer: Claimer = Claimer.EXTERNAL) -> list[Task]:
         """Lease up to ``limit`` open tasks of ``types`` (queued, or leased with the lease
-        expired) whose deadline is still ahead, oldest first. Each is handed to one caller."""
+        expired) whose deadline is still ahead, oldest first. Each is handed to one caller.
+        A ``READER`` never gets a task handed to humans (``hand_to_humans``)."""
+
+    async def hand_to_humans(self, task_id: int, owner: str, now: float) -> bool:
+        """The human fallback: a task whose built-in reading failed goes back to the queue
+        (leased -> queued, lease cleared, deadline kept), marked so that from now on only
+        ``EXTERNAL`` claimers get it. Only ``owner``, holding a live lease on an open task
+        whose deadline is ahead, may hand it over; False (nothing changed) otherwise.
+        No money moves: the reservation stays until the task is finished."""
 
     async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
                           error_code: str | None = None, owner: str | None = None,
@@ -430,11 +448,15 @@ class Store(Protocol):
     async def worker_token(self, token_hash: str) -> WorkerToken | None:
         """The live token with this digest, if any."""
 
-    async def note_workers(self, types: list[str], now: float) -> None:
-        """Record that a worker asked for work of these types at ``now``."""
+    async def note_workers(self, types: list[str], now: float,
+                           claimer: Claimer = Claimer.EXTERNAL) -> None:
+        """Record that a worker (of the ``claimer`` kind) asked for work of these types at
+        ``now``."""
 
-    async def worker_seen_since(self, task_type: str, since: float) -> bool:
-        """Whether a worker asked for this type at or after ``since``."""
+    async def worker_seen_since(self, task_type: str, since: float, *,
+                                external: bool = False) -> bool:
+        """Whether a worker asked for this type at or after ``since``: any worker, or
+        (``external``) an ``EXTERNAL`` one."""
 
     # retention (issue 12)
     async def drop_payloads(self, before: float, limit: int, now: float) -> int:

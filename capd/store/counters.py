@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from capd.store.base import OPEN_STATES, Task
+from capd.store.base import OPEN_STATES, Claimer, Task
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -57,6 +57,7 @@ class OneProcess:
     def __init__(self) -> None:
         self._counters = MemoryCounters()
         self._worker_seen: dict[str, float] = {}  # type -> last time a worker asked for it
+        self._external_seen: dict[str, float] = {}  # the same, of external workers only
 
     async def incr_counter(self, name: str, window_s: float, now: float) -> int:
         return self._counters.incr(name, window_s, now)
@@ -67,12 +68,19 @@ class OneProcess:
     async def sweep_counters(self, now: float) -> int:
         return self._counters.sweep(now)
 
-    async def note_workers(self, types: list[str], now: float) -> None:
-        for task_type in types:
-            self._worker_seen[task_type] = max(now, self._worker_seen.get(task_type, now))
+    async def note_workers(self, types: list[str], now: float,
+                           claimer: Claimer = Claimer.EXTERNAL) -> None:
+        kept = [self._worker_seen]
+        if claimer == Claimer.EXTERNAL:
+            kept.append(self._external_seen)
+        for seen in kept:
+            for task_type in types:
+                seen[task_type] = max(now, seen.get(task_type, now))
 
-    async def worker_seen_since(self, task_type: str, since: float) -> bool:
-        return self._worker_seen.get(task_type, float("-inf")) >= since
+    async def worker_seen_since(self, task_type: str, since: float, *,
+                                external: bool = False) -> bool:
+        seen = self._external_seen if external else self._worker_seen
+        return seen.get(task_type, float("-inf")) >= since
 
     async def _workers_seen(self) -> dict[str, float]:
         return dict(self._worker_seen)

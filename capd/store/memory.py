@@ -27,6 +27,7 @@ from capd.store.base import (
     Callback,
     CallbackState,
     Caller,
+    Claimer,
     ConsoleSession,
     KeyRecord,
     LedgerEntry,
@@ -58,6 +59,7 @@ from capd.store.transitions import (
     may_claim,
     may_extend,
     may_finish,
+    may_hand_to_humans,
     may_report,
 )
 
@@ -90,6 +92,7 @@ class _Task:
     reported_at: float | None = None
     payload_dropped_at: float | None = None
     proxy_secrets: bool = False  # proxy credentials in the payload, dropped when it ends
+    for_humans: bool = False  # handed to humans: the built-in reading claims it no more
 
     def view(self, with_payload: bool = True) -> Task:
         return Task(
@@ -317,17 +320,29 @@ class MemoryStore(OneProcess):
         return task.view(with_payload) if task else None
 
     async def claim_tasks(self, types: list[str], limit: int, owner: str, lease_s: float,
-                          now: float) -> list[Task]:
+                          now: float, claimer: Claimer = Claimer.EXTERNAL) -> list[Task]:
         if not types or limit <= 0:
             return []
         wanted = set(types)
+        reader = claimer == Claimer.READER
         ready = sorted((t for t in self._tasks.values() if t.type in wanted
+                        and not (reader and t.for_humans)
                         and may_claim(t.state, t.lease_until, t.deadline_at, now)),
                        key=lambda t: (t.created_at, t.id))[:limit]
         for task in ready:
             task.state, task.lease_until, task.lease_owner = TaskState.LEASED, now + lease_s, owner
             task.attempts += 1
         return [t.view() for t in ready]
+
+    async def hand_to_humans(self, task_id: int, owner: str, now: float) -> bool:
+        task = self._tasks.get(task_id)
+        if task is None or not may_hand_to_humans(task.state, task.lease_owner,
+                                                   task.lease_until, task.deadline_at, owner,
+                                                   now):
+            return False
+        task.state, task.lease_until, task.lease_owner = TaskState.QUEUED, None, None
+        task.for_humans = True
+        return True
 
     async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
                           error_code: str | None = None, owner: str | None = None,

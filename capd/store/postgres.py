@@ -22,6 +22,7 @@ import orjson
 from capd.store.base import (
     Ban,
     Caller,
+    Claimer,
     WorkerToken,
     raises_store_unavailable,
 )
@@ -392,15 +393,23 @@ class PostgresStore(SqlTransitions, SqlRetention, SqlOutbox):
         return WorkerToken(row[0], row[1], tuple(orjson.loads(row[2])) if row[2] else None,
                            row[3])
 
-    async def note_workers(self, types: list[str], now: float) -> None:
+    async def note_workers(self, types: list[str], now: float,
+                           claimer: Claimer = Claimer.EXTERNAL) -> None:
+        # external_seen_at: GREATEST ignores NULLs, so a reader's NULL keeps the old time
+        external = now if claimer == Claimer.EXTERNAL else None
         await (await self._p()).execute(
-            "INSERT INTO worker_seen (type, seen_at) SELECT unnest($1::text[]), $2"
+            "INSERT INTO worker_seen (type, seen_at, external_seen_at)"
+            " SELECT unnest($1::text[]), $2, $3::double precision"
             " ON CONFLICT (type) DO UPDATE SET"
-            " seen_at = GREATEST(worker_seen.seen_at, excluded.seen_at)", types, now)
+            " seen_at = GREATEST(worker_seen.seen_at, excluded.seen_at),"
+            " external_seen_at = GREATEST(worker_seen.external_seen_at,"
+            " excluded.external_seen_at)", types, now, external)
 
-    async def worker_seen_since(self, task_type: str, since: float) -> bool:
+    async def worker_seen_since(self, task_type: str, since: float, *,
+                                external: bool = False) -> bool:
+        column = "external_seen_at" if external else "seen_at"
         value = await (await self._p()).fetchval(
-            "SELECT 1 FROM worker_seen WHERE type = $1 AND seen_at >= $2", task_type, since)
+            f"SELECT 1 FROM worker_seen WHERE type = $1 AND {column} >= $2", task_type, since)
         return value is not None
 
     async def _workers_seen(self) -> dict[str, float]:

@@ -11,7 +11,11 @@ Task transitions (from -> to: guard; money):
   written); R += price, the task reserves its price.
 - ``claim_tasks``   queued, or leased with the lease over -> leased: a type asked for,
   deadline ahead, oldest first, each task to one claimer; attempts + 1, lease to
-  now + lease_s. No money.
+  now + lease_s; a ``Claimer.READER`` (the built-in reading) skips tasks handed to
+  humans. No money.
+- ``hand_to_humans`` leased -> queued, for humans from now on (the human fallback): the
+  owner holds a live lease, deadline ahead; the lease is cleared, the deadline kept,
+  the task announced as queued. No money (the reservation stays).
 - ``extend_lease``  leased -> leased: the owner holds a live lease; the lease end moves,
   never past the deadline. No money.
 - ``finish_task``   queued or leased -> solved (with a solution): with ``owner``, only the
@@ -63,6 +67,7 @@ from capd.store.base import (
     AdminToken,
     Ban,
     Caller,
+    Claimer,
     ConsoleSession,
     KeyRecord,
     LedgerEntry,
@@ -139,6 +144,12 @@ def may_extend(state: str, lease_owner: str | None, lease_until: float | None, o
                now: float) -> bool:
     return (state == TaskState.LEASED and lease_owner == owner and lease_until is not None
             and lease_until > now)
+
+
+def may_hand_to_humans(state: str, lease_owner: str | None, lease_until: float | None,
+                       deadline_at: float, owner: str, now: float) -> bool:
+    """Whether ``owner`` may hand the task to humans: its live lease, deadline ahead."""
+    return deadline_at > now and may_extend(state, lease_owner, lease_until, owner, now)
 
 
 def may_report(state: str, task_account: int, reported_at: float | None,
@@ -338,13 +349,22 @@ class Statements:
             f" VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, {d.moved(8, 7)}, $9, $10, $11)"
             " ON CONFLICT (id) DO NOTHING RETURNING id")
         type_match = d.text_list_match.format(col="type", n=3)
-        self.claim = q(
-            f"UPDATE tasks SET state = 'leased', lease_until = {d.moved(1, 4)}, lease_owner = $2,"
-            f" attempts = attempts + 1 WHERE id IN ("
-            f"  SELECT id FROM tasks WHERE {type_match}"
-            f"   AND state IN ('queued', 'leased')"
-            f"   AND (state = 'queued' OR lease_until <= {d.now(4)}) AND deadline_at > {d.now(4)}"
-            f"  ORDER BY created_at, id LIMIT $5{d.skip_locked}) RETURNING {TASK_COLS}")
+
+        def claim(only: str) -> str:
+            return q(
+                f"UPDATE tasks SET state = 'leased', lease_until = {d.moved(1, 4)},"
+                f" lease_owner = $2, attempts = attempts + 1 WHERE id IN ("
+                f"  SELECT id FROM tasks WHERE {type_match}"
+                f"   AND state IN ('queued', 'leased'){only}"
+                f"   AND (state = 'queued' OR lease_until <= {d.now(4)})"
+                f"   AND deadline_at > {d.now(4)}"
+                f"  ORDER BY created_at, id LIMIT $5{d.skip_locked}) RETURNING {TASK_COLS}")
+        self.claim = claim("")
+        self.claim_for_reader = claim(" AND for_humans = 0")  # the built-in reading
+        self.hand_to_humans = q(
+            "UPDATE tasks SET state = 'queued', lease_until = NULL, lease_owner = NULL,"
+            " for_humans = 1 WHERE id = $1 AND state = 'leased' AND lease_owner = $2"
+            f" AND lease_until > {d.now(3)} AND deadline_at > {d.now(3)} RETURNING type")
         self.task_to_finish = q("SELECT state, account_id, reserved_units, price_units,"
                                 f" lease_owner, CASE WHEN lease_until > {d.now(2)} THEN 1"
                                 " ELSE 0 END, proxy_secrets, callback_url"
@@ -579,14 +599,26 @@ class SqlTransitions:
             raise RuntimeError("could not draw an unused task id")
 
     async def claim_tasks(self, types: list[str], limit: int, owner: str,
-                          lease_s: float, now: float) -> list[Task]:
+                          lease_s: float, now: float,
+                          claimer: Claimer = Claimer.EXTERNAL) -> list[Task]:
         if not types or limit <= 0:
             return []
         sql = self._sql
         # one statement: atomic on its own (SKIP LOCKED hands each row to one claimer)
-        rows = await self._tdb.fetch(sql.claim, now + lease_s, owner,
-                                     sql.dialect.text_list(types), now, limit)
+        rows = await self._tdb.fetch(
+            sql.claim_for_reader if claimer == Claimer.READER else sql.claim,
+            now + lease_s, owner, sql.dialect.text_list(types), now, limit)
         return sorted((task_from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
+
+    async def hand_to_humans(self, task_id: int, owner: str, now: float) -> bool:
+        sql = self._sql
+        async with self._tdb.transaction() as tx:
+            row = await tx.fetchrow(sql.hand_to_humans, task_id, owner,
+                                    *sql.dialect.now_args(now))
+            if row is None:
+                return False
+            await self._tdb.task_queued(tx, row[0])
+        return True
 
     async def finish_task(self, task_id: int, now: float, *, solution: dict[str, Any] | None = None,
                           error_code: str | None = None, owner: str | None = None,

@@ -1,24 +1,28 @@
 """Learning from answers, end to end with real processes: ImageToText tasks naming a
-stored module, answered by a `capd worker` process over the worker protocol, are kept
-as that module's samples; one reported incorrect is not; `capd module samples NAME
---export DIR` writes the rest in the training format."""
+stored module, answered by an external worker process over the worker protocol
+(tests/human_worker.py), are kept as that module's samples; one reported incorrect is
+not; `capd module samples NAME --export DIR` writes the rest in the training format.
+Answers of a `capd worker` (the built-in reading, model output) are kept as no samples."""
 
 from __future__ import annotations
 
 import csv
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from capd.cli import main
-from tests.helpers import b64, captcha_png, free_port
-from tests.processes import Processes, capd_cli, post
+from capd.modules.library import Library
+from tests.helpers import LiveServer, b64, captcha_png, free_port
+from tests.human_worker import body_digest
+from tests.processes import REPO, Processes, capd_cli, post
 
 pytestmark = pytest.mark.slow
 
-TEXTS = ("fbte", "xxhfd", "h2nwm")  # read exactly by the general engine (ddddocr)
+TEXTS = ("fbte", "xxhfd", "h2nwm")
 SETTINGS = {"CAPD_OCR_ENGINE": "ddddocr", "CAPD_OCR_THREADS": "1", "CAPD_MAX_POLLS_PER_S": "50",
             "CAPD_IMAGE_DEADLINE_S": "60"}
 
@@ -45,9 +49,12 @@ def test_worker_answers_become_samples_and_reported_ones_do_not(
     server = processes.start("serve", ["--db", db, "serve", "--port", str(port)],
                              CAPD_BUILTIN_OCR="false", CAPD_MODULES_DIR=str(lib), **SETTINGS)
     processes.wait_healthy(url, server)
-    # the worker reads with the general engine (its own, empty modules directory)
-    processes.start("worker", ["worker", "--url", url, "--token", token, "--threads", "1"],
-                    CAPD_MODULES_DIR=str(tmp_path / "worker-lib"), **SETTINGS)
+    # a person who answers each image with its text
+    answer_file = tmp_path / "answers.json"
+    answer_file.write_text(json.dumps({body_digest(b64(captcha_png(t))): t
+                                   for t in (*TEXTS, "plain")}))
+    processes.start_python("worker", [str(REPO / "tests" / "human_worker.py"), url, token,
+                                      "--answers", str(answer_file)])
 
     task_ids: dict[int, str] = {}
     deadline = time.monotonic() + 60
@@ -97,3 +104,29 @@ def test_samples_of_an_unknown_module_is_one_line(tmp_path: Path,
     assert main(["module", "samples", "nothing", "--export", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"capd: error: no module named 'nothing' in {tmp_path / 'lib'}"]
+
+
+def test_answers_of_a_capd_worker_are_not_kept_as_samples(
+        make_server: Callable[..., LiveServer], tmp_path: Path, module_file: bytes) -> None:
+    lib = tmp_path / "lib"
+    Library(lib).save(module_file)
+    server = make_server(builtin_ocr=False, modules_dir=str(lib))
+    key = server.new_account("1")
+    reader, person = server.new_worker_token(), server.new_worker_token()
+    kinds = ((reader, True, "1111"), (person, False, "2222"))
+    task_ids = []
+    for token, builtin, text in kinds:
+        server.call("worker/v1/lease", {"workerToken": token, "types": ["ImageToTextTask"]})
+        created = server.call("createTask", {"clientKey": key, "task": {
+            "type": "ImageToTextTask", "body": b64(captcha_png(text)),
+            "capMonsterModule": "tiny"}})
+        [lease] = server.call("worker/v1/lease", {
+            "workerToken": token, "types": ["ImageToTextTask"],
+            "builtinReader": builtin})["leases"]
+        assert lease["taskId"] == created["taskId"]
+        assert server.call("worker/v1/complete", {
+            "workerToken": token, "leaseId": lease["leaseId"],
+            "solution": {"text": text}}) == {"errorId": 0}
+        task_ids.append(lease["taskId"])
+    kept = sorted(p.name for p in (lib / "tiny" / "samples").iterdir())
+    assert kept == [f"{task_ids[1]}.img", f"{task_ids[1]}.txt"]  # the person's only

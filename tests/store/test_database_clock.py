@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from capd.store import open_store
-from capd.store.base import Store, TaskState
+from capd.store.base import Claimer, Store, TaskState
 from tests.store.contract import counter_ids, funded, new_task
 
 HOUR = 3600.0
@@ -94,4 +94,17 @@ def test_task_past_its_database_deadline_is_overdue_for_every_node(pg_url: str) 
         assert [t.id for t in await slow.overdue_tasks(behind())] == [task_id]
         assert [t.id for t in await fast.overdue_tasks(ahead())] == [task_id]
         assert await fast.claim_tasks(IMAGE, 1, "fast", 30, ahead()) == []
+    with_nodes(pg_url, body)
+
+
+def test_a_node_behind_hands_to_humans_only_a_live_lease(pg_url: str) -> None:
+    """The human fallback's hand-over judges the lease on the database's clock too."""
+    async def body(fast: Store, slow: Store) -> None:
+        task_id = await queued(fast, ahead())
+        await fast.claim_tasks(IMAGE, 1, "fast", 0, ahead(), Claimer.READER)  # ends at once
+        assert not await slow.hand_to_humans(task_id, "fast", behind())
+        [task] = await slow.claim_tasks(IMAGE, 1, "slow", 60, behind(), Claimer.READER)
+        assert task.id == task_id
+        assert await fast.hand_to_humans(task_id, "slow", ahead())  # live, whatever fast says
+        assert await slow.claim_tasks(IMAGE, 1, "slow", 60, behind(), Claimer.READER) == []
     with_nodes(pg_url, body)
