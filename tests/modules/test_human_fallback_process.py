@@ -93,7 +93,9 @@ def test_a_task_below_its_threshold_is_answered_by_a_person_and_kept_as_a_sample
         time.sleep(0.1)
     assert answer["status"] == "ready", answer
     assert answer["solution"] == {"text": TEXT}
-    assert f"task {task_id}: answered {TEXT!r}" in processes.log("person")  # the person's
+    # the person's answer: it prints once its complete call returns, which may be after
+    # the poll above saw the task finished
+    wait_for_line(processes, "person", f"task {task_id}: answered {TEXT!r}")
 
     balance = post(url, "getBalance", {"clientKey": key})["balance"]
     assert balance == pytest.approx(5 - PRICE_UNITS / 100_000_000)
