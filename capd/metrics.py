@@ -13,6 +13,7 @@ _HELP = {
     "capd_tasks_finished_total": "Tasks finished by type and outcome",
     "capd_ocr_seconds": "Built-in recogniser time per image",
     "capd_queue_depth": "Queued tasks per type (sampled at scrape)",
+    "capd_human_fallback_total": "Tasks the built-in reading failed, handed to human workers",
 }
 
 

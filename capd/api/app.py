@@ -120,7 +120,8 @@ def create_app(settings: Settings, *, store: Store | None = None,
     service = Service(settings, store, dispatcher, clock, metrics_registry, proxy_guard,
                       callback_guard, proxy_checker=checker,
                       target_guard=TargetGuard(settings.allow_private_targets))
-    fallback = HumanFallback(store, dispatcher, clock, settings.human_fallback)
+    fallback = HumanFallback(store, dispatcher, clock, settings.human_fallback,
+                             service.metrics)
     callbacks = OutboxSender(store, callback_guard, clock,
                              timeout_s=settings.callback_timeout_s,
                              retries=settings.callback_retries,

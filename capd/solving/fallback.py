@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from capd.metrics import Metrics
 from capd.solving.dispatch import Dispatcher
 from capd.solving.imagetask import UNSOLVABLE
 from capd.store.base import Store
@@ -34,11 +35,12 @@ class HumanFallback:
     dispatcher and clock are injected, ``enabled`` is the ``human_fallback`` setting."""
 
     def __init__(self, store: Store, dispatcher: Dispatcher, clock: Callable[[], float],
-                 enabled: bool) -> None:
+                 enabled: bool, metrics: Metrics | None = None) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.clock = clock
         self.enabled = enabled
+        self.metrics = metrics
 
     async def hand_over(self, task_id: int, task_type: str, owner: str,
                         error_code: str | None) -> bool:
@@ -52,5 +54,7 @@ class HumanFallback:
         if not await self.store.hand_to_humans(task_id, owner, self.clock()):
             return False  # the lease or the deadline ran out meanwhile: finish as before
         log.info("task %d: the built-in reading failed; handed to human workers", task_id)
+        if self.metrics is not None:
+            self.metrics.inc("capd_human_fallback_total", type=task_type)
         self.dispatcher.notify(task_type)
         return True

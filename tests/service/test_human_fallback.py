@@ -101,6 +101,8 @@ def test_setting_on_hands_the_task_to_the_external_worker_and_charges_once(
     assert unsure.entered.acquire(timeout=10)  # the built-in solver holds it: it reads
     [handed] = lease(server, token, wait_s=10)
     assert handed["taskId"] == task_id and handed["imageOptions"]["threshold"] == 90
+    assert 'capd_human_fallback_total{type="ImageToTextTask"} 1' in server.client.get(
+        "/metrics").text
     # the person lets go of it: back in the queue, for people only
     server.call("worker/v1/extend", {"workerToken": token, "leaseId": handed["leaseId"],
                                      "release": True})
