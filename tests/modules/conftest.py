@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import csv
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import captcha_png
+from tests.helpers import captcha_png, free_port
+from tests.processes import Processes, capd_cli
+
+# a live `capd serve` for the process tests: ddddocr, one OCR thread, polls not refused
+SERVE_SETTINGS = {"CAPD_OCR_ENGINE": "ddddocr", "CAPD_OCR_THREADS": "1",
+                  "CAPD_MAX_POLLS_PER_S": "50", "CAPD_IMAGE_DEADLINE_S": "60"}
 
 TINY_MINUTES = 0.05  # 3 s of training: enough to exercise every step, not to learn
 
@@ -51,3 +57,43 @@ def module_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     outcome = train.train("tiny", train.read_dataset(folder), TINY_MINUTES, lambda _: None,
                           threads=1)
     return outcome.data
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+@dataclass(frozen=True)
+class ModuleServer:
+    """A running ``capd serve`` with the ``tiny`` module stored, an account and a worker
+    token for ImageToText."""
+
+    db: str
+    lib: Path
+    url: str
+    key: str
+    token: str
+
+
+@pytest.fixture
+def module_server(processes: Processes, tmp_path: Path, module_file: bytes
+                  ) -> Callable[..., ModuleServer]:
+    def start(**env: str) -> ModuleServer:
+        db = f"sqlite:///{tmp_path}/capd.db"
+        lib = tmp_path / "lib"
+        (tmp_path / "tiny.capdmodule").write_bytes(module_file)
+        capd_cli(db, "module", "import", str(tmp_path / "tiny.capdmodule"),
+                 CAPD_MODULES_DIR=str(lib))
+        key = capd_cli(db, "account", "create", "--balance", "5").strip().splitlines()[-1]
+        token = capd_cli(db, "worker-token", "create", "--types",
+                         "ImageToTextTask").strip().splitlines()[-1]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = processes.start("serve", ["--db", db, "serve", "--port", str(port)],
+                                 CAPD_MODULES_DIR=str(lib), **{**SERVE_SETTINGS, **env})
+        processes.wait_healthy(url, server)
+        return ModuleServer(db, lib, url, key, token)
+    return start

@@ -10,29 +10,21 @@ from __future__ import annotations
 import csv
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import b64, captcha_png, free_port
+from tests.helpers import b64, captcha_png
+from tests.modules.conftest import ModuleServer
 from tests.processes import REPO, Processes, capd_cli, post
 
 pytestmark = pytest.mark.slow
 
 TEXT = "4821"
 PRICE_UNITS = 30_000  # ImageToTextTask: 0.3 USD per 1,000
-SETTINGS = {"CAPD_OCR_ENGINE": "ddddocr", "CAPD_OCR_THREADS": "1", "CAPD_MAX_POLLS_PER_S": "50",
-            "CAPD_IMAGE_DEADLINE_S": "60"}
 WAIT_S = 60
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    yield procs
-    procs.stop_all()
 
 
 def query(db_path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -51,21 +43,11 @@ def wait_for_line(processes: Processes, name: str, text: str) -> None:
 
 
 def test_a_task_below_its_threshold_is_answered_by_a_person_and_kept_as_a_sample(
-        processes: Processes, tmp_path: Path, module_file: bytes) -> None:
+        processes: Processes, tmp_path: Path,
+        module_server: Callable[..., ModuleServer]) -> None:
+    served = module_server(CAPD_HUMAN_FALLBACK="true")
+    db, lib, url, key, token = served.db, served.lib, served.url, served.key, served.token
     db_path = tmp_path / "capd.db"
-    db = f"sqlite:///{db_path}"
-    lib = tmp_path / "lib"
-    (tmp_path / "tiny.capdmodule").write_bytes(module_file)
-    capd_cli(db, "module", "import", str(tmp_path / "tiny.capdmodule"),
-             CAPD_MODULES_DIR=str(lib))
-    key = capd_cli(db, "account", "create", "--balance", "5").strip().splitlines()[-1]
-    token = capd_cli(db, "worker-token", "create", "--types",
-                     "ImageToTextTask").strip().splitlines()[-1]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = processes.start("serve", ["--db", db, "serve", "--port", str(port)],
-                             CAPD_HUMAN_FALLBACK="true", CAPD_MODULES_DIR=str(lib), **SETTINGS)
-    processes.wait_healthy(url, server)
     go = tmp_path / "go"
     processes.start_python("person", [str(REPO / "tests" / "human_worker.py"), url, token,
                                       "--text", TEXT, "--go", str(go)])

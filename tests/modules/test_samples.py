@@ -9,46 +9,29 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from capd.cli import main
 from capd.modules.library import Library
-from tests.helpers import LiveServer, b64, captcha_png, free_port
+from tests.helpers import LiveServer, b64, captcha_png
 from tests.human_worker import body_digest
+from tests.modules.conftest import ModuleServer
 from tests.processes import REPO, Processes, capd_cli, post
 
 pytestmark = pytest.mark.slow
 
 TEXTS = ("fbte", "xxhfd", "h2nwm")
-SETTINGS = {"CAPD_OCR_ENGINE": "ddddocr", "CAPD_OCR_THREADS": "1", "CAPD_MAX_POLLS_PER_S": "50",
-            "CAPD_IMAGE_DEADLINE_S": "60"}
 
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    yield procs
-    procs.stop_all()
 
 
 def test_worker_answers_become_samples_and_reported_ones_do_not(
-        processes: Processes, tmp_path: Path, module_file: bytes) -> None:
-    db = f"sqlite:///{tmp_path}/capd.db"
-    lib = tmp_path / "lib"
-    (tmp_path / "tiny.capdmodule").write_bytes(module_file)
-    capd_cli(db, "module", "import", str(tmp_path / "tiny.capdmodule"),
-             CAPD_MODULES_DIR=str(lib))
-    key = capd_cli(db, "account", "create", "--balance", "5").strip().splitlines()[-1]
-    token = capd_cli(db, "worker-token", "create", "--types",
-                     "ImageToTextTask").strip().splitlines()[-1]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = processes.start("serve", ["--db", db, "serve", "--port", str(port)],
-                             CAPD_BUILTIN_OCR="false", CAPD_MODULES_DIR=str(lib), **SETTINGS)
-    processes.wait_healthy(url, server)
+        processes: Processes, tmp_path: Path,
+        module_server: Callable[..., ModuleServer]) -> None:
+    served = module_server(CAPD_BUILTIN_OCR="false")
+    db, lib, url, key, token = served.db, served.lib, served.url, served.key, served.token
     # a person who answers each image with its text
     answer_file = tmp_path / "answers.json"
     answer_file.write_text(json.dumps({body_digest(b64(captcha_png(t))): t
