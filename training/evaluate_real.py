@@ -215,9 +215,11 @@ AGREEMENT_GRID = (1.0, 0.5, 0.3, 0.1)
 
 def fit_policy(names: list[str], items: list[Item], answers: dict[str, list[Reading]],
                ms: dict[str, list[float]], tolerance: float = 0.005) -> combined.Policy:
-    """Members (a subset in any order that starts with the cheapest engine) and stop_at:
-    the most accurate on the calibration set, and among those within ``tolerance`` of it
-    the fastest (p50); then the isotonic map of its combined score."""
+    """Members (a subset in any order that starts with the cheapest engine or with the
+    single most accurate one) and stop_at: the most accurate on the calibration set, and
+    among those within ``tolerance`` of it the fastest (p50); then the isotonic map of its
+    combined score. (Cheapest first alone lost: capd's CRNN is sure of wrong answers on
+    some real schemes, and stopping there cost the fine-tuned engine's lead.)"""
     from itertools import permutations
 
     from capd.solving.ocr.onnx_engine import Calibration
@@ -226,10 +228,13 @@ def fit_policy(names: list[str], items: list[Item], answers: dict[str, list[Read
     cost = {n: statistics.median(ms[n]) for n in names}
     order = sorted(names, key=lambda n: cost[n])
     aware = tuple(n for n in combined.DEFAULT_CASE_AWARE if n in names)
+    alone = {n: sum(right(it, r) for it, r in zip(items, answers[n], strict=True))
+             for n in names}
+    firsts = {order[0], max(names, key=lambda n: (alone[n], -cost[n]))}
     trials = []
     for k in range(1, len(order) + 1):
         for subset in permutations(order, k):
-            if subset[0] != order[0]:
+            if subset[0] not in firsts:
                 continue
             for stop in STOP_GRID:
                 for agreement in AGREEMENT_GRID:

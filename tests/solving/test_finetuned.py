@@ -23,8 +23,9 @@ from tests.helpers import captcha_png
 from training import datasets
 
 PER_SCHEME = 4
-# measured on these 28 images with the shipped model: 23/28 = 0.82 (2026-11-27)
-FLOOR_CASE_INSENSITIVE = 0.75
+# measured on these 28 images with the shipped model: 22/28 = 0.79 (2026-11-27, second
+# stage; the first model read 23); the floor is 2 images lower
+FLOOR_CASE_INSENSITIVE = 0.71
 
 needs_data = pytest.mark.skipif(
     not os.path.isdir(os.path.join(datasets.datasets_root(), datasets.SCHEMES[0])),
