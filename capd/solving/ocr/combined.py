@@ -1,11 +1,11 @@
-"""The combined engine ("auto"): several engines, cheapest first, stopping as soon as the
-answer is sure enough.
+"""The combined engine ("auto"): several engines in turn (the cheapest or the most accurate
+first, whichever the fitted policy chose), stopping as soon as the answer is sure enough.
 
 The members and the stopping point are data (models/auto.json, fitted by
 training/evaluate_real.py --calibrate on held-out captchas), so a new engine slots in by
 adding its name there. Per task:
 
-1. Members run in the listed order (cheapest first). After each one, the answers so far
+1. Members run in the listed order. After each one, the answers so far
    are grouped: readings that agree (case-insensitively when the task is case-sensitive,
    so that case variants vote together) pool their calibrated confidences.
 2. The best group wins (ties: the earlier member): the one most likely to hold a right
