@@ -38,6 +38,7 @@ from capd.service.retention import prune_batch
 from capd.solving.builtin import BuiltinSolver
 from capd.solving.dispatch import Dispatcher
 from capd.solving.fallback import HumanFallback
+from capd.solving.imagetask import IMAGE_TYPE
 from capd.solving.ocr import load_recogniser
 from capd.solving.ocr.base import Recogniser
 from capd.solving.pool import OcrPool
@@ -204,7 +205,7 @@ def create_app(settings: Settings, *, store: Store | None = None,
 
     async def finish_by_worker(task_id: int, **outcome: Any) -> Task | None:
         done = await service.finish_task(task_id, **outcome)
-        if (done is not None and done.type == "ImageToTextTask" and settings.module_samples
+        if (done is not None and done.type == IMAGE_TYPE and settings.module_samples
                 and not is_reader_owner(outcome.get("owner"))):
             await asyncio.to_thread(samples.keep, done)
         return done

@@ -34,11 +34,10 @@ from capd.modules.library import (
     atomic_write,
     check_name,
 )
-from capd.solving.imagetask import image_bytes
+from capd.solving.imagetask import IMAGE_TYPE, image_bytes
 from capd.store.base import Task, TaskState
 
 log = logging.getLogger("capd.modules")
-IMAGE_TYPE = "ImageToTextTask"
 
 
 class SampleBox:

@@ -18,14 +18,13 @@ from capd.domain.tasks import ValidationRules
 from capd.metrics import Metrics
 from capd.solving.dispatch import Dispatcher
 from capd.solving.fallback import HumanFallback
-from capd.solving.imagetask import image_bytes, image_spec, outcome
+from capd.solving.imagetask import IMAGE_TYPE, image_bytes, image_spec, outcome
 from capd.solving.ocr.base import UnreadableImage
 from capd.solving.pool import OcrPool
 from capd.store.base import Claimer, Store, Task
 
 log = logging.getLogger("capd.solver")
 
-IMAGE_TYPE = "ImageToTextTask"
 Finisher = Callable[..., Awaitable[Task | None]]
 IDLE_RECHECK_S = 1.0  # also picks up leases that expired on a crashed node
 

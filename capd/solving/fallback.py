@@ -22,12 +22,10 @@ from collections.abc import Callable
 
 from capd.metrics import Metrics
 from capd.solving.dispatch import Dispatcher
-from capd.solving.imagetask import UNSOLVABLE
+from capd.solving.imagetask import IMAGE_TYPE, UNSOLVABLE
 from capd.store.base import Store
 
 log = logging.getLogger("capd.fallback")
-
-IMAGE_TYPE = "ImageToTextTask"
 
 
 class HumanFallback:

@@ -10,6 +10,7 @@ from capd.domain.tasks import ImageSpec, ValidationRules, decode_image
 from capd.errors import CapdError
 from capd.solving.ocr.base import Reading
 
+IMAGE_TYPE = "ImageToTextTask"  # the task type the built-in reading serves
 UNSOLVABLE = "ERROR_CAPTCHA_UNSOLVABLE"
 
 

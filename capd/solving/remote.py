@@ -13,13 +13,12 @@ import httpx
 
 from capd.domain.tasks import ImageSpec, ValidationRules, decode_image
 from capd.errors import CapdError
-from capd.solving.imagetask import UNSOLVABLE, outcome
+from capd.solving.imagetask import IMAGE_TYPE, UNSOLVABLE, outcome
 from capd.solving.ocr.base import UnreadableImage
 from capd.solving.pool import OcrPool
 
 log = logging.getLogger("capd.worker")
 
-IMAGE_TYPE = "ImageToTextTask"
 LEASE_WAIT_S = 20
 RETRY_S = (0.5, 1, 2, 5)  # backoff while the server cannot be reached
 

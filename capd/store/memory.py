@@ -299,10 +299,11 @@ class MemoryStore(OneProcess):
         account = self._accounts.get(task.account_id)
         if account is None or account.balance_units - account.reserved_units < task.price_units:
             raise InsufficientFunds()
-        in_ledger = {e.task_id for e in self._ledger}  # ids of deleted charged tasks too
         for _ in range(NEW_ID_TRIES):
             task_id = new_id()
-            if task_id not in self._tasks and task_id not in in_ledger:
+            # not an id the ledger names either (a deleted charged task's)
+            if task_id not in self._tasks and not any(
+                    (task_id, kind) in self._charged for kind in ("charge", "refund")):
                 break
         else:
             raise RuntimeError("could not draw an unused task id")
