@@ -478,12 +478,13 @@ def bench_polls(wrk: str, capd_url: str, floor_url: str, pids: dict[str, int], k
 
 
 # -- phase 2: ImageToText ----------------------------------------------------------------------
-def bench_bare(captchas: list[Captcha], passes: int) -> dict[str, Any]:
+def bench_bare(captchas: list[Captcha], passes: int, engine_name: str) -> dict[str, Any]:
     from capd.domain.tasks import ImageSpec
-    from capd.solving.ocr.ddddocr_engine import DdddOcrEngine
+    from capd.solving.ocr import load_recogniser
 
-    log(f"\n== bare recogniser in-process, single thread: {len(captchas)} images x {passes}")
-    engine = DdddOcrEngine()
+    log(f"\n== bare recogniser ({engine_name}) in-process, single thread: {len(captchas)}"
+        f" images x {passes}")
+    engine = load_recogniser(engine_name)
     spec = ImageSpec()
     for captcha in captchas[:5]:  # warm-up
         engine.read(captcha.png, spec)
@@ -704,7 +705,8 @@ def print_summary(report: dict[str, Any]) -> None:
     lines += [
         "",
         f"ImageToText, {cfg['images']} distinct captchas (seed {cfg['seed']}):",
-        f"  bare recogniser (in-process, 1 thread): p50 {bare['p50_ms']:.2f} ms,"
+        f"  bare recogniser ({cfg.get('ocr_engine', 'ddddocr')}, in-process, 1 thread):"
+        f" p50 {bare['p50_ms']:.2f} ms,"
         f" p99 {bare['p99_ms']:.2f} ms, mean {bare['mean_ms']:.2f} ms,"
         f" correct {bare['correct']}/{bare['samples']}",
         f"  light load (1 client, poll every {light['poll_interval_ms']:.0f} ms):"
@@ -766,6 +768,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tput-poll-ms", type=float, default=20.0,
                    help="throughput poll interval in ms (default 20; 5 ms polls from every"
                         " client would compete with OCR for the server's CPU)")
+    p.add_argument("--ocr-engine", default="auto",
+                   help="the OCR engine capd serves and the bare run reads with (default: auto,"
+                        " capd's default)")
     p.add_argument("--seed", type=int, default=1, help="captcha text seed (default 1)")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
     p.add_argument("--polls-only", action="store_true",
@@ -785,7 +790,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
         f" load average {machine['loadavg_start']}")
     wrk = ensure_wrk()
     capd_env = {"CAPD_MAX_POLLS_PER_S": str(NO_LIMIT), "CAPD_MAX_POLLS_PER_TASK": str(NO_LIMIT),
-                "CAPD_RESULT_TTL_S": str(RESULT_TTL_S)}
+                "CAPD_RESULT_TTL_S": str(RESULT_TTL_S), "CAPD_OCR_ENGINE": args.ocr_engine}
     log(f"capd runs with {capd_env} so that the benchmark's polling is not refused by the"
         " per-task poll limits (and the polled result does not expire); other settings are"
         " capd's defaults")
@@ -848,7 +853,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
     floor.terminate()  # not needed from here on; frees its memory and CPU
     bare = light = tput = None
     if not args.polls_only:
-        bare = bench_bare(captchas, args.passes)
+        bare = bench_bare(captchas, args.passes, args.ocr_engine)
         light = bench_light(capd_url, db_path, key, captchas, args.passes, args.poll_ms / 1e3)
         tput = bench_throughput(capd_url, capd.pid, db_path, key, captchas, args.clients,
                                 args.tput_duration, args.tput_poll_ms / 1e3)
@@ -858,7 +863,8 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return {
         "machine": machine,
-        "config": {"rounds": args.rounds, "duration_s": args.duration, "images": args.images,
+        "config": {"ocr_engine": args.ocr_engine, "rounds": args.rounds,
+                   "duration_s": args.duration, "images": args.images,
                    "passes": args.passes, "clients": args.clients,
                    "tput_duration_s": args.tput_duration, "seed": args.seed,
                    "wrk_version": wrk_version(wrk), "capd_env": capd_env,

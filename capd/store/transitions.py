@@ -325,7 +325,11 @@ class Statements:
         self.task_light = q(f"SELECT {TASK_COLS_LIGHT} FROM tasks WHERE id = $1")
         self.overdue = q(f"SELECT {TASK_COLS} FROM tasks WHERE state IN ('queued', 'leased')"
                          f" AND deadline_at <= {d.now(2)} ORDER BY deadline_at LIMIT $1")
-        self.queue_depth = q("SELECT COUNT(*) FROM tasks WHERE type = $1 AND state = 'queued'")
+        # the redundant IN term lets SQLite use the partial index tasks_open (its planner does
+        # not see that state = 'queued' implies the index's condition): without it every
+        # createTask scanned the whole task table
+        self.queue_depth = q("SELECT COUNT(*) FROM tasks WHERE type = $1 AND state = 'queued'"
+                             " AND state IN ('queued', 'leased')")
         self.insert_account = q("INSERT INTO accounts (name, created_at, balance_units)"
                                 " VALUES ($1, $2, $3) RETURNING id")
         self.insert_key = q("INSERT INTO api_keys (key_hash, hint, account_id, created_at)"
@@ -442,7 +446,8 @@ class Statements:
                               " ORDER BY created_at DESC, id DESC LIMIT $2")
         self.live_leases = q(
             "SELECT type, COUNT(*), SUM(CASE WHEN lease_owner LIKE 'builtin-%' THEN 1 ELSE 0"
-            f" END) FROM tasks WHERE state = 'leased' AND lease_until > {d.now(1)}"
+            " END) FROM tasks WHERE state = 'leased' AND state IN ('queued', 'leased')"
+            f" AND lease_until > {d.now(1)}"
             " GROUP BY type")
         # bans (issue 12): one active ban per slot (scope, ip, account), held by the unique
         # partial index bans_one_active (migration 0005); a slot's ban past its end is
