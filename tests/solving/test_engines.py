@@ -224,6 +224,25 @@ def test_combined_stops_at_a_confident_first_member() -> None:
     assert reading.text == "abcd" and dear.reads == 0
 
 
+def test_first_member_alone_needs_its_own_stop() -> None:
+    a, b = Fixed("a", "abcd", 0.95), Fixed("b", "abcd", 0.5)
+    policy = Policy(("a", "b"), 0.9, (), None, 1.0, first_stop_at=0.98)
+    reading = CombinedEngine(policy, {"a": a, "b": b}).read(b"", ImageSpec())
+    assert reading.text == "abcd" and b.reads == 1  # 0.95 < 0.98: b was asked too
+    low = Policy(("a", "b"), 0.99, (), None, 1.0, first_stop_at=0.9)
+    b.reads = 0
+    CombinedEngine(low, {"a": a, "b": b}).read(b"", ImageSpec())
+    assert b.reads == 0  # 0.95 >= 0.9 ends it, though stop_at is 0.99
+
+
+def test_policy_round_trips_through_json() -> None:
+    policy = Policy(("a", "b"), 0.6, ("a",), None, 0.3, first_stop_at=0.95)
+    assert Policy.from_json(policy.to_json()) == policy
+    plain = Policy(("a",), 0.6)
+    assert "first_stop_at" not in plain.to_json()
+    assert Policy.from_json(plain.to_json()).first_stop_at is None
+
+
 def test_combined_runs_the_others_when_unsure_and_agreement_wins() -> None:
     a, b, c = Fixed("a", "abcd", 0.5), Fixed("b", "wxyz", 0.6), Fixed("c", "abcd", 0.4)
     reading = combined_of(a, b, c).read(b"", ImageSpec())

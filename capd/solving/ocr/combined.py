@@ -17,7 +17,9 @@ adding its name there. Per task:
    answers better than an agreement-weighted one, which is what a threshold needs).
    When no two members agree at all, the readings of the most supported length vote
    character by character instead (vote_characters).
-3. Once the score reaches ``stop_at`` the remaining members are skipped.
+3. Once the score reaches ``stop_at`` the remaining members are skipped (after the first
+   member alone: ``first_stop_at``, where the policy sets one; a member that is often
+   sure and wrong needs a higher bar alone than once another member has a say).
 4. The confidence returned is the score through the combined engine's own isotonic map
    (fitted like every engine's), so that recognizingThreshold keeps its meaning.
 
@@ -58,10 +60,20 @@ class Policy:
     # each further member agreeing multiplies the chance that all of them are wrong by
     # this (1.0: independent members; below: agreement counts for more)
     agreement: float = 1.0
+    # the stop after the first member alone (None: stop_at)
+    first_stop_at: float | None = None
+
+    def stop_after(self, members_read: int) -> float:
+        """The score at which the cascade stops once this many members have read."""
+        if members_read == 1 and self.first_stop_at is not None:
+            return self.first_stop_at
+        return self.stop_at
 
     def to_json(self) -> dict:
         out: dict = {"members": list(self.members), "stop_at": self.stop_at,
                      "agreement": self.agreement, "case_aware": list(self.case_aware)}
+        if self.first_stop_at is not None:
+            out["first_stop_at"] = self.first_stop_at
         if self.calibration is not None:
             out["raw"] = [round(float(x), 6) for x in self.calibration.xs]
             out["calibrated"] = [round(float(y), 6) for y in self.calibration.ys]
@@ -70,9 +82,11 @@ class Policy:
     @classmethod
     def from_json(cls, data: dict) -> Policy:
         cal = Calibration(data["raw"], data["calibrated"]) if "raw" in data else None
+        first = data.get("first_stop_at")
         return cls(tuple(data["members"]), float(data["stop_at"]),
                    tuple(data.get("case_aware", DEFAULT_CASE_AWARE)), cal,
-                   float(data.get("agreement", 1.0)))
+                   float(data.get("agreement", 1.0)),
+                   None if first is None else float(first))
 
 
 def load_policy() -> Policy:
@@ -195,14 +209,14 @@ def vote_characters(readings: Sequence[tuple[str, Reading]], spec: ImageSpec
 
 
 def cascade(policy: Policy, spec: ImageSpec, read: Callable[[str], Reading]) -> Reading:
-    """Run the members through ``read`` (name -> that member's Reading) cheapest first,
-    stopping once the combined score reaches ``policy.stop_at``; the combined Reading."""
+    """Run the members through ``read`` (name -> that member's Reading) in policy order,
+    stopping once the combined score reaches the policy's stop; the combined Reading."""
     readings: list[tuple[str, Reading]] = []
     text, score, winner = "", 0.0, ""
     for name in policy.members:
         readings.append((name, read(name)))
         text, score, winner = decide(readings, spec, policy.agreement)
-        if text and score >= policy.stop_at:
+        if text and score >= policy.stop_after(len(readings)):
             break
     if not text:
         return Reading("", 0.0)
