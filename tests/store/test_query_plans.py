@@ -1,6 +1,7 @@
-"""The statements that run on every task (createTask, claiming, the lease watch) find their
-rows through an index on SQLite, never by scanning the whole task table: a table that keeps
-months of finished tasks would otherwise make each createTask slower than the last."""
+"""The statements that run on every task (createTask, claiming, the lease watch) and the
+retention batches find their rows through an index on SQLite, never by scanning a whole
+table: a table that keeps months of finished tasks would otherwise make each createTask
+slower than the last."""
 
 from __future__ import annotations
 
@@ -33,3 +34,12 @@ def test_hot_statements_use_an_index(store: SQLiteStore, name: str) -> None:
     # scanning a partial index of open tasks is fine; scanning the table is not
     assert not re.search(r"SCAN tasks(?! USING)", text), text
     assert re.search(r"tasks USING (COVERING )?INDEX tasks_(open|deadline)", text), text
+
+
+@pytest.mark.parametrize("name", ["drop_payloads", "drop_settled_callbacks", "delete_tasks",
+                                  "delete_task_callbacks"])
+def test_retention_batches_use_an_index(store: SQLiteStore, name: str) -> None:
+    """Each retention batch takes the oldest rows through an index: a sweep of a large
+    table is many batches, and a batch that scans makes the sweep quadratic."""
+    text = plan(store, getattr(store._retention_sql, name))
+    assert not re.search(r"SCAN (tasks|callbacks_outbox)(?! USING)", text), text
