@@ -31,7 +31,7 @@ The network, as read from the graph (BatchNorm already folded into the convoluti
 from __future__ import annotations
 
 from importlib import resources
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -112,8 +112,9 @@ def _ifco_to_ifgo(w: np.ndarray, hidden: int) -> np.ndarray:
 
 
 def load_onnx_weights(net: DdddNet, path: str | IO[bytes] | None = None) -> None:
-    """Fill ``net`` with the dequantised weights of an int8 ONNX file of this network
-    (ddddocr's own by default). Raises ValueError when the file's shapes differ."""
+    """Fill ``net`` with the weights of an ONNX file of this network: int8 (dequantised;
+    ddddocr's own file by default) or float32 (what a module's export keeps when int8
+    reads worse). Raises ValueError when the file's shapes differ."""
     import onnx
     from onnx import numpy_helper
 
@@ -152,6 +153,9 @@ def load_onnx_weights(net: DdddNet, path: str | IO[bytes] | None = None) -> None
             other = produced_by[other].input[0].removesuffix("_quantized")
         return init[other].astype(np.float32)
 
+    if not any(n.op_type == "ConvInteger" for n in nodes):
+        _load_float(net, nodes, init)
+        return
     convs = [n for n in nodes if n.op_type == "ConvInteger"]
     modules = net.convs()
     if len(convs) != len(modules):
@@ -189,6 +193,48 @@ def load_onnx_weights(net: DdddNet, path: str | IO[bytes] | None = None) -> None
             raise ValueError(f"output layer {w_fc.T.shape} vs {tuple(net.head.weight.shape)}")
         net.head.weight.copy_(torch.from_numpy(w_fc.T.copy()))
         net.head.bias.copy_(torch.from_numpy(bias_after(mm.output[0])))
+
+
+def _load_float(net: DdddNet, nodes: list[Any], init: dict[str, np.ndarray]) -> None:
+    """The float32 export's layout: Conv (weight, bias), LSTM (W, R, B in ONNX's own
+    (dirs, 4 * hidden, input) layout, gates i-o-f-c) and the head as MatMul + Add."""
+
+    def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        arr = np.array(init[name], dtype=np.float32)  # a writable copy
+        if tuple(arr.shape) != shape:
+            raise ValueError(f"{name}: {arr.shape} vs {shape}")
+        return torch.from_numpy(arr)
+
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    modules = net.convs()
+    if len(convs) != len(modules):
+        raise ValueError(f"graph has {len(convs)} convolutions, the network {len(modules)}")
+    with torch.no_grad():
+        for node, conv in zip(convs, modules, strict=True):
+            assert conv.bias is not None
+            conv.weight.copy_(take(node.input[1], tuple(conv.weight.shape)))
+            conv.bias.copy_(take(node.input[2], tuple(conv.bias.shape)))
+        lstm_node = next(n for n in nodes if n.op_type == "LSTM")
+        hidden = net.lstm.hidden_size
+        w_all, r_all, b_all = (init[name].astype(np.float32) for name in lstm_node.input[1:4])
+        for d, suffix in enumerate(("", "_reverse")):
+            for attr, arr in ((f"weight_ih_l0{suffix}", w_all[d]),
+                              (f"weight_hh_l0{suffix}", r_all[d]),
+                              (f"bias_ih_l0{suffix}", b_all[d, :4 * hidden]),
+                              (f"bias_hh_l0{suffix}", b_all[d, 4 * hidden:])):
+                param = getattr(net.lstm, attr)
+                value = np.array(_ifco_to_ifgo(arr, hidden))
+                if tuple(value.shape) != tuple(param.shape):
+                    raise ValueError(f"LSTM {attr}: {value.shape} vs {tuple(param.shape)}")
+                param.copy_(torch.from_numpy(value))
+        mm = next(n for n in nodes if n.op_type == "MatMul" and n.input[1] in init)
+        w_fc = init[mm.input[1]].astype(np.float32)
+        if tuple(w_fc.T.shape) != tuple(net.head.weight.shape):
+            raise ValueError(f"output layer {w_fc.T.shape} vs {tuple(net.head.weight.shape)}")
+        net.head.weight.copy_(torch.from_numpy(np.array(w_fc.T)))
+        add = next(n for n in nodes if n.op_type == "Add" and mm.output[0] in n.input)
+        bias = next(x for x in add.input if x in init)
+        net.head.bias.copy_(take(bias, tuple(net.head.bias.shape)))
 
 
 def pretrained(path: str | None = None) -> DdddNet:

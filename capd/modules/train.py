@@ -199,11 +199,13 @@ def base_network(model: bytes, base_charset: list[str], charset: list[str],
         raise DataError(f"the labels use characters the base {label} cannot read:"
                         f" {''.join(missing)!r}")
     net = DdddNet(n_classes=len(base_charset) + 1)
+    from google.protobuf.message import DecodeError as NotOnnx
+
     try:
         load_onnx_weights(net, io.BytesIO(model))
-    except (ValueError, KeyError, StopIteration, IndexError) as exc:
-        raise DataError(f"the base {label} cannot be trained further (its weights are not"
-                        f" an int8 file of this network: {exc})") from None
+    except (ValueError, KeyError, StopIteration, IndexError, NotOnnx) as exc:
+        raise DataError(f"the base {label} cannot be trained further (its weights are not an"
+                        f" ONNX file of this network: {exc})") from None
     old = net.head
     new = nn.Linear(old.in_features, len(charset) + 1)
     rows = [0] + [base_charset.index(c) + 1 for c in charset]
