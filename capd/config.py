@@ -65,7 +65,8 @@ class Settings:
     min_safari_major: int = C.MIN_SAFARI_MAJOR
     actual_user_agent: str = C.ACTUAL_USER_AGENT
     # built-in OCR
-    ocr_engine: str = "auto"  # capd/solving/ocr: auto, ddddocr, ddddocr-beta, capd, rapidocr
+    # capd/solving/ocr: auto, finetuned, capd-web, capd, rapidocr, ddddocr, ddddocr-beta
+    ocr_engine: str = "auto"
     ocr_threads: int = 0  # 0: one per CPU core
     ocr_lease_s: float = C.OCR_LEASE_S
     builtin_ocr: bool = True  # False: ImageToText only through `capd worker` processes

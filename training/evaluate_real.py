@@ -43,7 +43,7 @@ MODELS_DIR = os.path.join(os.path.dirname(__file__), "..", "capd", "solving", "o
 CACHE_DIR = os.path.join(os.path.dirname(__file__), "out", "readings")
 REPORT_THRESHOLDS = (50, 70, 90, 95)
 DIGIT_SCHEMES = ("web_digits_binary", "web_digits_dotted_dark")
-BASE_ENGINES = ("capd", "ddddocr", "ddddocr-beta", "rapidocr", "finetuned")
+BASE_ENGINES = ("capd", "capd-web", "ddddocr", "ddddocr-beta", "rapidocr", "finetuned")
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def raw_of(rec: dict) -> float:
 
 
 # engines whose confidence maps this script fits; others (finetuned) ship their own
-FITTED_HERE = ("capd", "ddddocr", "ddddocr-beta", "rapidocr")
+FITTED_HERE = ("capd", "capd-web", "ddddocr", "ddddocr-beta", "rapidocr")
 
 
 def calibration_of(name: str) -> Callable[[float], float] | None:
@@ -408,6 +408,8 @@ def main() -> None:
     ap.add_argument("--calib-synth", type=int, default=40)
     ap.add_argument("--engines", default=",".join(BASE_ENGINES))
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--fit-engine", default="", metavar="NAME",
+                    help="only fit this engine's calibration map (fresh readings), then stop")
     ap.add_argument("--tolerance", type=float, default=0.005,
                     help="accuracy the combined policy may give up for speed")
     ap.add_argument("--fresh", action="store_true")
@@ -419,6 +421,13 @@ def main() -> None:
     ap.add_argument("--case", type=int, default=0,
                     help="also the case table: this many held-out images per cased scheme")
     args = ap.parse_args()
+    if args.fit_engine:
+        if args.fit_engine not in FITTED_HERE:
+            raise SystemExit(f"--fit-engine: one of {', '.join(FITTED_HERE)}")
+        cal_items = real_items(args.calib_real, True) + synthetic_items(args.calib_synth, True)
+        fit_engine_calibration(args.fit_engine, cal_items,
+                               read_all(args.fit_engine, cal_items, "calib", True))
+        return
     names = [n for n in args.engines.split(",") if combined.member_available(n)]
     print(f"engines: {', '.join(names)}")
 

@@ -1,6 +1,8 @@
 """Export the trained checkpoint to ONNX (dynamic batch and width) and write the charset.
 
     python -m training.export [--ckpt training/out/model.pt]
+    python -m training.export --ckpt training/out/crnn_web.pt \
+        --out capd/solving/ocr/models/capd_web.onnx --meta capd/solving/ocr/models/capd_web.json
 
 Then ``python -m training.evaluate --calibrate`` fits the confidence calibration on the
 calibration split and writes capd/solving/ocr/models/calibration.json.
@@ -22,8 +24,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ckpt", default=config.CHECKPOINT)
     ap.add_argument("--out", default=config.ONNX_OUT)
+    ap.add_argument("--meta", default=config.CHARSET_OUT,
+                    help="where the charset and the run's figures go (the capd-web model:"
+                         " capd/solving/ocr/models/capd_web.json)")
     args = ap.parse_args()
-    ck = torch.load(args.ckpt, map_location="cpu")
+    ck = torch.load(args.ckpt, map_location="cpu", weights_only=False)
     model = CRNN()
     model.load_state_dict(ck["model"])
     model.eval()
@@ -33,7 +38,7 @@ def main() -> None:
                       output_names=["logits"], opset_version=17, dynamo=False,
                       dynamic_axes={"image": {0: "batch", 3: "width"},
                                     "logits": {0: "frames", 1: "batch"}})
-    with open(config.CHARSET_OUT, "w") as f:
+    with open(args.meta, "w") as f:
         json.dump({"charset": CHARSET, "input_height": config.HEIGHT,
                    "input_width": config.WIDTH, "trained_steps": ck.get("step"),
                    "trained_images": ck.get("seen"),

@@ -134,3 +134,23 @@ def test_confident_on_clean_unsure_on_noise(capd: CapdEngine) -> None:
 def test_bytes_that_are_no_image(capd: CapdEngine, data: bytes) -> None:
     with pytest.raises(UnreadableImage):
         capd.read(data, ImageSpec())
+
+
+def test_fine_tuning_starts_from_the_shipped_weights(capd: CapdEngine) -> None:
+    """training.finetune_crnn reads the shipped ONNX file back into the PyTorch CRNN
+    (BatchNorm folded into the convolutions, LSTM gates reordered): its output must be
+    the engine's own, or fine-tuning would start from a different network."""
+    torch = pytest.importorskip("torch")
+    finetune_crnn = pytest.importorskip("training.finetune_crnn")
+    from PIL import Image
+
+    from capd.solving.ocr.capd_engine import preprocess
+
+    batch = np.stack([preprocess(Image.open(io.BytesIO(captcha_png(text))))
+                      for text in ("aB3k9", "7+3=", "48213")])
+    want = capd.logits(batch)
+    model = finetune_crnn.from_onnx(finetune_crnn.config.ONNX_OUT).eval()
+    with torch.no_grad():
+        got = model(torch.from_numpy(batch)).numpy()
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 1e-3 * max(1.0, float(np.abs(want).max()))

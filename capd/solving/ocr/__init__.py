@@ -17,6 +17,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "ddddocr": ("capd.solving.ocr.ddddocr_engine", "DdddOcrEngine"),
     "ddddocr-beta": ("capd.solving.ocr.ddddocr_engine", "DdddOcrBetaEngine"),
     "capd": ("capd.solving.ocr.capd_engine", "CapdEngine"),
+    "capd-web": ("capd.solving.ocr.capd_engine", "CapdWebEngine"),
     "rapidocr": ("capd.solving.ocr.rapidocr_engine", "RapidOcrEngine"),
     "finetuned": ("capd.solving.ocr.finetuned_engine", "FinetunedEngine"),
     "auto": ("capd.solving.ocr.combined", "CombinedEngine"),

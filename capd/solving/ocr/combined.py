@@ -45,7 +45,7 @@ from capd.solving.ocr.onnx_engine import Calibration
 POLICY_FILE = "auto.json"
 # members when models/auto.json is absent: every engine, cheapest first
 DEFAULT_MEMBERS = ("capd", "ddddocr", "ddddocr-beta", "rapidocr", "finetuned")
-DEFAULT_CASE_AWARE = ("capd", "rapidocr", "finetuned")
+DEFAULT_CASE_AWARE = ("capd", "capd-web", "rapidocr", "finetuned")
 DEFAULT_STOP_AT = 0.95
 
 
