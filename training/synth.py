@@ -304,14 +304,42 @@ def _imagecaptcha(rng: random.Random, text: str, fonts: list[str]) -> Image.Imag
         gen = ImageCaptcha(width=w, height=h, fonts=prng.sample(fonts, min(3, len(fonts))),
                            font_sizes=sizes)
         _IC_POOL[key] = gen
-    # the package draws from the global `random` module and os.urandom-free Python RNG
+    # captcha 0.7 draws every random choice from the `secrets` module (the OS's entropy,
+    # which no seed reaches); older releases drew from the global `random` module. Both
+    # are pointed at a generator seeded from rng for the call, so that a seed gives the
+    # same image every time (the evaluation sets and their cached readings rely on it).
+    import captcha.image as ic_module
+
+    seeded = random.Random(rng.getrandbits(64))
+    saved_secrets = getattr(ic_module, "secrets", None)
+    ic_module.secrets = _SeededSecrets(seeded)  # type: ignore[attr-defined]
     state = random.getstate()
-    random.seed(rng.getrandbits(64))
+    random.seed(seeded.getrandbits(64))
     try:
         im = gen.generate_image(text)  # type: ignore[attr-defined]
     finally:
         random.setstate(state)
+        if saved_secrets is None:
+            del ic_module.secrets  # type: ignore[attr-defined]
+        else:
+            ic_module.secrets = saved_secrets  # type: ignore[attr-defined]
     return im.convert("RGB")
+
+
+class _SeededSecrets:
+    """The part of the `secrets` module the captcha package calls, from a seeded RNG."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def randbelow(self, n: int) -> int:
+        return self._rng.randrange(n)
+
+    def randbits(self, k: int) -> int:
+        return self._rng.getrandbits(k)
+
+    def choice(self, seq):  # type: ignore[no-untyped-def]
+        return self._rng.choice(seq)
 
 
 def make_sample(rng: random.Random, style: str, fonts: list[str]
