@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import random
 import time
@@ -57,7 +56,7 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from capd.modules.net import FRONT_BLOCKS, DdddNet, pretrained  # noqa: E402
-from capd.modules.train import augment, feature_batch, pixel_batch  # noqa: E402
+from capd.modules.train import augment, feature_batch, pixel_batch, warmup_cosine  # noqa: E402
 from capd.solving.ocr.finetuned_engine import grey64  # noqa: E402
 from training import datasets  # noqa: E402
 from training.model import CHARSET  # noqa: E402
@@ -343,8 +342,7 @@ def main() -> None:
         frac = elapsed() / budget
         if frac >= 1.0:
             break
-        lr = args.lr * (frac / warm if frac < warm else
-                        0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm))))
+        lr = args.lr * warmup_cosine(frac, warm, 0.03)
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
         if synth and rng.random() < args.synth_share:

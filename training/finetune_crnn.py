@@ -29,7 +29,6 @@ monitoring only.
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
 import os
 import random
@@ -42,7 +41,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
-from capd.solving.ocr.capd_engine import grey_input  # noqa: E402
+from capd.modules.train import warmup_cosine  # noqa: E402
+from capd.solving.ocr.capd_engine import grey_input, standardise  # noqa: E402
 from training import config, datasets  # noqa: E402
 from training.finetune import encode as encode_label  # noqa: E402
 from training.finetune import fmt_acc, fold_log_probs, parse_weights  # noqa: E402
@@ -136,7 +136,7 @@ def evaluate(model: CRNN, sample: dict[str, list[tuple[np.ndarray, str]]],
     acc = {}
     with torch.no_grad():
         for scheme, items in sample.items():
-            x = augment_free(torch.from_numpy(np.stack([g for g, _ in items])))
+            x = torch.from_numpy(standardise(np.stack([g for g, _ in items])))
             preds = greedy(model(x))
             acc[scheme] = sum(p.lower() == lab.lower()
                               for p, (_, lab) in zip(preds, items, strict=True)) / len(items)
@@ -146,14 +146,6 @@ def evaluate(model: CRNN, sample: dict[str, list[tuple[np.ndarray, str]]],
     model.train()
     freeze_norms(model)
     return acc
-
-
-def augment_free(grey: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 32, 128) -> the network's standardised input, without augmentation."""
-    x = grey.float().unsqueeze(1) / 255.0
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    std = x.std(dim=(2, 3), keepdim=True, unbiased=False).clamp_min(0.05)
-    return (x - mean) / std
 
 
 def main() -> None:
@@ -233,8 +225,7 @@ def main() -> None:
     warm, ema = 0.03, None
     last_val = last_save = time.monotonic()
     while (frac := elapsed() / budget) < 1.0:
-        lr = args.lr * (frac / warm if frac < warm else
-                        0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm))))
+        lr = args.lr * warmup_cosine(frac, warm, 0.02)
         for g in opt.param_groups:
             g["lr"] = lr
         items = [synth[rng.randrange(len(synth))] for _ in range(n_synth)]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import math
 import os
 import random
 import time
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from capd.modules.train import warmup_cosine
 from capd.solving.ocr.capd_engine import preprocess
 from training import config
 from training.model import CHARSET, CRNN
@@ -213,8 +213,7 @@ def main() -> None:
         frac = (time.monotonic() - start) / budget
         if frac >= 1.0:
             break
-        lr = args.lr * (frac / warm if frac < warm else
-                        0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm))))
+        lr = args.lr * warmup_cosine(frac, warm, 0.02)
         for g in opt.param_groups:
             g["lr"] = lr
         out = model(xb).log_softmax(2)

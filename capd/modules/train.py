@@ -216,6 +216,14 @@ def base_network(model: bytes, base_charset: list[str], charset: list[str],
     return net
 
 
+def warmup_cosine(frac: float, warm: float, floor: float) -> float:
+    """The learning rate's share of its peak at ``frac`` of the budget: a linear warm-up
+    over the first ``warm``, then a cosine down to ``floor`` (training/ uses it too)."""
+    if frac < warm:
+        return frac / warm
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
+
+
 # -- augmentation and batches (training/finetune.py uses these too) ------------------------
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Light augmentation of a (N, 1, 64, W) batch in [0, 1]: a small affine warp
@@ -441,8 +449,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         if frac >= 1.0 and step > 0:
             break
         frac = min(frac, 1.0)
-        lr = peak_lr * (frac / warm if frac < warm else
-                        0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm))))
+        lr = peak_lr * warmup_cosine(frac, warm, 0.03)
         for g in opt.param_groups:
             g["lr"] = lr
         picks = [rng.randrange(len(fit)) for _ in range(batch)]
