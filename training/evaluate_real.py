@@ -408,6 +408,10 @@ def main() -> None:
     ap.add_argument("--calib-synth", type=int, default=40)
     ap.add_argument("--engines", default=",".join(BASE_ENGINES))
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--members", default="", metavar="NAMES",
+                    help="with --calibrate: the engines the combined policy may use"
+                         " (default: every engine evaluated; the fit's time grows"
+                         " factorially with their number)")
     ap.add_argument("--fit-engine", default="", metavar="NAME",
                     help="only fit this engine's calibration map (fresh readings), then stop")
     ap.add_argument("--tolerance", type=float, default=0.005,
@@ -442,7 +446,8 @@ def main() -> None:
                 fit_engine_calibration(n, cal_items, recs)
             cal_answers[n] = calibrated(n, recs)
             cal_ms[n] = [r["ms"] for r in recs]
-        policy = fit_policy(names, cal_items, cal_answers, cal_ms, args.tolerance)
+        members = [n for n in args.members.split(",") if n in names] if args.members else names
+        policy = fit_policy(members, cal_items, cal_answers, cal_ms, args.tolerance)
         with open(os.path.join(MODELS_DIR, combined.POLICY_FILE), "w") as f:
             json.dump({"fitted_on": f"{len(cal_items)} calibration images "
                                     "(training/evaluate_real.py --calibrate)",

@@ -141,6 +141,23 @@ def synth_pool(n: int, seed: int) -> list[tuple[np.ndarray, str]]:
     return out
 
 
+def imitation_pools(n: int, seed: int) -> dict[str, list[tuple[np.ndarray, str]]]:
+    """n captchas from each of training/imitate.py's generators (train fonts), as grey64
+    arrays, keyed by the generator's name."""
+    from training import config, imitate
+    from training.synth import usable_fonts
+
+    rng = random.Random(seed)
+    fonts = usable_fonts(config.fonts_for("train"))
+    pools: dict[str, list[tuple[np.ndarray, str]]] = {}
+    for name, make in imitate.GENERATORS.items():
+        pools[name] = []
+        for _ in range(n):
+            im, label = make(rng, fonts)
+            pools[name].append((grey64(im), label))
+    return pools
+
+
 def encode(label: str, folded: bool) -> list[int]:
     if folded:
         return [FOLD_INDEX[c.lower() if c.isupper() else c] for c in label]
@@ -214,6 +231,10 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--synth", type=int, default=3000, help="synthetic pool size (0: none)")
     ap.add_argument("--synth-share", type=float, default=0.12)
+    ap.add_argument("--imitate", type=int, default=0,
+                    help="captchas per training/imitate.py generator (0: none)")
+    ap.add_argument("--imitate-share", type=float, default=0.2,
+                    help="share of the batches drawn from the imitation pools")
     ap.add_argument("--val-per-scheme", type=int, default=60)
     ap.add_argument("--val-min", type=float, default=6.0)
     ap.add_argument("--save-min", type=float, default=4.0)
@@ -254,8 +275,12 @@ def main() -> None:
         fit[scheme] = load_images(fit_rows)
         val[scheme] = load_images(held[:args.val_per_scheme])
     synth = synth_pool(args.synth, SEED) if args.synth else []
+    imitation = imitation_pools(args.imitate, SEED + 2) if args.imitate else {}
+    if imitation and args.freeze == "front":
+        raise SystemExit("--imitate needs --freeze none (its pools are not front-cached)")
     print(f"data: {sum(len(v) for v in fit.values())} real images in {len(fit)} schemes, "
-          f"{len(synth)} synthetic, loaded in {time.monotonic() - t_load:.0f}s", flush=True)
+          f"{len(synth)} synthetic, {sum(len(v) for v in imitation.values())} imitations, "
+          f"loaded in {time.monotonic() - t_load:.0f}s", flush=True)
 
     model = build_model(args.init)
     weights = parse_weights(args.scheme_weights)
@@ -347,6 +372,9 @@ def main() -> None:
             g["lr"] = lr * g["scale"]
         if synth and rng.random() < args.synth_share:
             name, pool = "synth", synth
+        elif imitation and rng.random() < args.imitate_share:
+            name = rng.choice(sorted(imitation))
+            pool = imitation[name]
         else:
             name = rng.choices(schemes, [weights[k] for k in schemes])[0]
             pool = fit[name]
