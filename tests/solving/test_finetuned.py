@@ -127,3 +127,83 @@ def test_noise_is_not_read_confidently(engine: FinetunedEngine) -> None:
     buf = io.BytesIO()
     Image.fromarray(noise).save(buf, "PNG")
     assert engine.read(buf.getvalue(), ImageSpec()).confidence < 0.9
+
+
+# -- second look: an unsure reading is read again from a wider image ----------------------
+def test_the_shipped_second_look_is_configured(engine: FinetunedEngine) -> None:
+    assert 0.0 < engine._second_below < 1.0
+    assert engine._second_stretch > 1.0
+    off = FinetunedEngine(second_look=False)
+    assert off._second_below == 0.0
+
+
+def test_stretch_widens_the_network_input() -> None:
+    im = Image.new("RGB", (200, 80), (255, 255, 255))
+    assert grey64(im).shape == (64, 160)
+    assert grey64(im, 1.25).shape == (64, 200)
+
+
+def _spy(engine: FinetunedEngine, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    calls: list[float] = []
+    real = engine.logits
+
+    def logits(image, stretch: float = 1.0):  # type: ignore[no-untyped-def]
+        calls.append(stretch)
+        return real(image, stretch)
+
+    monkeypatch.setattr(engine, "logits", logits)
+    return calls
+
+
+def test_noise_gets_a_second_look(engine: FinetunedEngine,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy(engine, monkeypatch)
+    noise = np.random.default_rng(2).integers(0, 256, (60, 180, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "PNG")
+    engine.read(buf.getvalue(), ImageSpec())
+    assert calls == [1.0, engine._second_stretch]
+
+
+@needs_data
+def test_a_sure_reading_is_read_once(engine: FinetunedEngine,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    data, label = _held_out("web_amazon_caps", 1)[0]
+    calls = _spy(engine, monkeypatch)
+    reading = engine.read(data, ImageSpec(case_sensitive=False))
+    assert reading.text == label.lower()
+    assert calls == [1.0]
+
+
+def _frames(engine: FinetunedEngine, text: str, peak: float) -> np.ndarray:
+    """Logits whose greedy path spells ``text`` (blank between characters), each
+    character's frame at probability ~``peak``."""
+    n = len(engine._charset)
+    rows = []
+    for ch in text:
+        for k in (engine._charset.index(ch), 0):
+            row = np.full(n, -10.0, dtype=np.float32)
+            row[k] = 0.0
+            if k:
+                row[0] = float(np.log((1 - peak) / peak))  # the blank takes the rest
+            rows.append(row)
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("second_better", [True, False])
+def test_the_more_confident_look_wins(engine: FinetunedEngine, second_better: bool,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _frames(engine, "ab1", 0.55)         # raw ~0.17: below the trigger
+    second = _frames(engine, "ab12", 0.9 if second_better else 0.52)  # ~0.66 or ~0.07
+    monkeypatch.setattr(engine, "logits",
+                        lambda image, stretch=1.0: first if stretch == 1.0 else second)
+    reading = engine.read(captcha_png("AB12"), ImageSpec(case_sensitive=False))
+    assert reading.text == ("ab12" if second_better else "ab1")
+
+
+def test_the_trigger_is_where_the_map_reaches_a_half() -> None:
+    export = pytest.importorskip("training.export_finetuned")
+    xs, ys = [0.0, 0.2, 0.6, 1.0], [0.0, 0.3, 0.7, 0.99]
+    assert export.raw_reaching(xs, ys, 0.5) == pytest.approx(0.4)
+    assert export.raw_reaching(xs, ys, 0.0) == 0.0
+    assert export.raw_reaching(xs, ys, 0.995) == 1.0

@@ -9,6 +9,13 @@ math). The confidence is the CTC path confidence (the product of each read
 character's peak probability) mapped through an isotonic calibration fitted on a
 calibration slice of real captchas that was neither trained on nor part of the
 held-out evaluation split (models/finetuned.json).
+
+Second look: when the first reading's raw confidence is below the level at which half of
+such readings are right (``second_look.below`` in models/finetuned.json, fitted with the
+calibration), the image is read again stretched to 1.25 times its width (more output
+frames per character: narrow or crowded characters are otherwise merged or dropped) and
+the more confident of the two readings is kept. The calibration map is fitted on these
+final readings, so a threshold keeps its meaning.
 """
 
 from __future__ import annotations
@@ -33,16 +40,18 @@ META_FILE = "finetuned.json"
 _ALIASES = {"*": "×"}
 
 
-def grey64(img: Image.Image) -> np.ndarray:
-    """PIL image -> (64, W) uint8 grey, aspect ratio kept, transparency flattened onto
-    white. Training (training/finetune.py) reads images through this function."""
+def grey64(img: Image.Image, stretch: float = 1.0) -> np.ndarray:
+    """PIL image -> (64, W) uint8 grey, aspect ratio kept (times ``stretch`` in width),
+    transparency flattened onto white. Training (training/finetune.py) reads images
+    through this function."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         flat.alpha_composite(rgba)
         img = flat
     width, height = img.size
-    target_w = max(MIN_INPUT_WIDTH, min(MAX_INPUT_WIDTH, round(width * INPUT_HEIGHT / height)))
+    target_w = max(MIN_INPUT_WIDTH,
+                   min(MAX_INPUT_WIDTH, round(width * stretch * INPUT_HEIGHT / height)))
     gray = img.convert("L").resize((target_w, INPUT_HEIGHT), Image.Resampling.LANCZOS)
     return np.asarray(gray, dtype=np.uint8)
 
@@ -57,7 +66,8 @@ class FinetunedEngine:
 
     name = "finetuned"
 
-    def __init__(self, model: bytes | None = None, calibrate: bool = True) -> None:
+    def __init__(self, model: bytes | None = None, calibrate: bool = True,
+                 second_look: bool = True) -> None:
         pkg = resources.files("capd.solving.ocr").joinpath("models")
         if model is None:
             model = pkg.joinpath(MODEL_FILE).read_bytes()
@@ -75,11 +85,14 @@ class FinetunedEngine:
         if calibrate and cal:
             self._calibration = Calibration(cal["raw"], cal["calibrated"])
         self._decoder = MaskedDecoder(self._charset, _ALIASES)
+        look = meta.get("second_look") if second_look else None
+        self._second_below = float(look["below"]) if look else 0.0
+        self._second_stretch = float(look["stretch"]) if look else 1.0
 
-    def logits(self, image: bytes) -> np.ndarray:
+    def logits(self, image: bytes | Image.Image, stretch: float = 1.0) -> np.ndarray:
         """Raw model output for one image: (T, classes)."""
-        pixels = to_input(grey64(open_image(image)))
-        out = self._session.run(None, {self._input: pixels})[0]
+        img = open_image(image) if isinstance(image, bytes) else image
+        out = self._session.run(None, {self._input: to_input(grey64(img, stretch))})[0]
         return out.reshape(out.shape[0], -1)
 
     def decode(self, frames: np.ndarray, spec: ImageSpec) -> tuple[str, float]:
@@ -94,5 +107,10 @@ class FinetunedEngine:
         return Reading(text, confidence if text else 0.0)
 
     def read(self, image: bytes, spec: ImageSpec) -> Reading:
-        text, raw = self.decode(self.logits(image), spec)
+        img = open_image(image)
+        text, raw = self.decode(self.logits(img), spec)
+        if raw < self._second_below:
+            again, raw_again = self.decode(self.logits(img, self._second_stretch), spec)
+            if raw_again > raw:
+                text, raw = again, raw_again
         return self.finish(text, raw, spec)
