@@ -855,8 +855,15 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
     if not args.polls_only:
         bare = bench_bare(captchas, args.passes, args.ocr_engine)
         light = bench_light(capd_url, db_path, key, captchas, args.passes, args.poll_ms / 1e3)
-        tput = bench_throughput(capd_url, capd.pid, db_path, key, captchas, args.clients,
-                                args.tput_duration, args.tput_poll_ms / 1e3)
+        try:
+            tput = bench_throughput(capd_url, capd.pid, db_path, key, captchas, args.clients,
+                                    args.tput_duration, args.tput_poll_ms / 1e3)
+        except httpx.TransportError as exc:
+            # a dropped connection: say whether capd is still running, and what it logged
+            state = "running" if capd.poll() is None else f"exited ({capd.returncode})"
+            raise BenchError(f"ImageToText throughput: {type(exc).__name__} {exc} (capd"
+                             f" {state}); capd's log ends:\n{_log_tail(capd_log, 60)}"
+                             ) from None
     if capd.poll() is not None:
         raise BenchError(f"capd exited early:\n{_log_tail(capd_log)}")
 

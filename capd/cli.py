@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from capd.admin import (
     AdminError,
@@ -37,6 +37,9 @@ from capd.config import Settings, load_settings
 from capd.domain.money import parse_amount, usd_text
 from capd.errors import ConfigError
 from capd.store import is_database_error, open_store, sqlite_path
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 class CliError(Exception):
@@ -335,17 +338,25 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
             if self.started:  # listening, and the app's start-up (migrations, OCR) is done
                 print(banner, flush=True)
 
-    # proxy_headers off: uvicorn would otherwise trust X-Forwarded-For from loopback peers;
-    # capd applies its own trusted-proxy rule (spec §4) in ClientAddressMiddleware.
-    config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop",
-                            http=guarded("httptools", settings.header_read_timeout_s),
-                            access_log=False, log_level=args.log_level,
-                            lifespan="on", proxy_headers=False, server_header=False)
-    server = Server(config)
+    server = Server(server_config(app, settings, args.host, args.port, args.log_level))
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run would
+
+
+def server_config(app: Any, settings: Settings, host: str, port: int, log_level: str
+                  ) -> uvicorn.Config:
+    """uvicorn's configuration for ``capd serve``."""
+    import uvicorn
+
+    # proxy_headers off: uvicorn would otherwise trust X-Forwarded-For from loopback peers;
+    # capd applies its own trusted-proxy rule (spec §4) in ClientAddressMiddleware.
+    return uvicorn.Config(app, host=host, port=port, loop="uvloop",
+                          http=guarded("httptools", settings.header_read_timeout_s),
+                          timeout_keep_alive=max(1, round(settings.keep_alive_s)),
+                          access_log=False, log_level=log_level,
+                          lifespan="on", proxy_headers=False, server_header=False)
 
 
 async def _with_admin(settings: Settings, fn: Callable[[AdminService], Awaitable[Any]]) -> Any:

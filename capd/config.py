@@ -60,6 +60,7 @@ class Settings:
     max_body_bytes: int = C.MAX_BODY_BYTES
     body_read_timeout_s: float = C.BODY_READ_TIMEOUT_S  # each read of a request body
     header_read_timeout_s: float = C.HEADER_READ_TIMEOUT_S  # a request's headers
+    keep_alive_s: float = C.KEEP_ALIVE_S  # an idle keep-alive connection is closed after
     # userAgent
     min_browser_major: int = C.MIN_BROWSER_MAJOR
     min_safari_major: int = C.MIN_SAFARI_MAJOR

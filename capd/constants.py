@@ -75,6 +75,10 @@ PROXY_CHECK_WINDOW_S = 60
 # slow clients: a request's headers, and each read of its body, must arrive within these
 HEADER_READ_TIMEOUT_S = 10.0
 BODY_READ_TIMEOUT_S = 10.0
+# an idle keep-alive connection is closed after this; longer than the idle expiry of
+# common client pools (httpx 5 s, aiohttp 15 s), so the client closes first: when both
+# sides expire together, a request sent at that instant meets a closed connection
+KEEP_ALIVE_S = 20.0
 CALLBACK_TIMEOUT_S = 2.0  # spec §8
 CALLBACK_RETRIES = 3
 

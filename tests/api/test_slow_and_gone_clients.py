@@ -100,6 +100,20 @@ def test_headers_trickled_past_the_timeout_close_the_connection(protocol: str) -
         thread.join(timeout=TIMEOUT_S)
 
 
+def test_idle_connections_outlive_the_common_client_pools() -> None:
+    """An idle keep-alive connection must outlast a client pool's idle expiry (httpx 5 s,
+    aiohttp 15 s): when both sides expire together, a request sent at that instant meets
+    a connection the server is closing (a ReadError; uvicorn's own default is 5 s)."""
+    from capd.cli import server_config
+    from capd.config import Settings
+
+    app = Starlette(routes=[Route("/", hello)])
+    config = server_config(app, Settings(), "127.0.0.1", 0, "warning")
+    assert config.timeout_keep_alive > 15
+    assert server_config(app, Settings().replace(keep_alive_s=3.0), "127.0.0.1", 0,
+                         "warning").timeout_keep_alive == 3
+
+
 @pytest.mark.parametrize(("solution", "part"), [
     ("3084f4a302b176cd7.96368058|r=ap-southeast-1",
      "3084f4a302b176cd7.96368058%7Cr=ap-southeast-1"),
