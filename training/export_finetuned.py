@@ -31,7 +31,14 @@ import statistics
 import time
 
 from capd.domain.tasks import ImageSpec
-from capd.solving.ocr.finetuned_engine import META_FILE, MODEL_FILE, FinetunedEngine
+from capd.solving.ocr.finetuned_engine import (
+    META_FILE,
+    MODEL_FILE,
+    SECOND_LOOK_AT,
+    SECOND_LOOK_STRETCH,
+    FinetunedEngine,
+)
+from capd.solving.ocr.onnx_engine import Calibration
 from training import datasets
 from training.evaluate import fit_isotonic
 from training.finetune import CHECKPOINT, N_CLASSES
@@ -40,8 +47,6 @@ from training.model import CHARSET
 MODELS_DIR = "capd/solving/ocr/models"
 FLOAT_OUT = "training/out/finetuned_fp32.onnx"
 INT8_OUT = "training/out/finetuned_int8.onnx"
-SECOND_LOOK_AT = 0.5      # calibrated confidence of a single reading below which ...
-SECOND_LOOK_STRETCH = 1.25  # ... the engine reads the image again this much wider
 CI = ImageSpec(case_sensitive=False)
 CS = ImageSpec(case_sensitive=True)
 
@@ -82,18 +87,6 @@ def write_meta(extra: dict, calibration: dict | None, second_look: dict | None =
         json.dump(meta, fh, indent=1, ensure_ascii=False)
 
 
-def raw_reaching(xs: list[float], ys: list[float], level: float) -> float:
-    """The smallest raw confidence the piecewise-linear map (xs, ys) sends to ``level``
-    or above (1.0 when it never gets there)."""
-    for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        if y >= level:
-            if k == 0:
-                return x
-            x0, y0 = xs[k - 1], ys[k - 1]
-            return x0 + (x - x0) * (level - y0) / (y - y0)
-    return 1.0
-
-
 def calibrate(model: bytes, extra: dict, calib_rows: dict[str, list[tuple[str, str]]]
               ) -> None:
     """Fit the second look's trigger and the calibration map of ``model`` on the
@@ -105,7 +98,7 @@ def calibrate(model: bytes, extra: dict, calib_rows: dict[str, list[tuple[str, s
     _, plain, _ = readings(FinetunedEngine(model, calibrate=False, second_look=False),
                            calib_rows)
     xs, ys = fit_isotonic(plain)
-    look = {"below": round(raw_reaching(xs, ys, SECOND_LOOK_AT), 6),
+    look = {"below": round(Calibration(xs, ys).raw_reaching(SECOND_LOOK_AT), 6),
             "stretch": SECOND_LOOK_STRETCH,
             "why": f"raw confidence below which fewer than {SECOND_LOOK_AT:.0%} of single"
                    " readings of the calibration slice are right"}

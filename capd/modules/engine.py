@@ -22,7 +22,7 @@ from PIL import Image
 
 from capd.domain.tasks import ImageSpec
 from capd.modules.library import Entry, Library, Module, ModuleError
-from capd.solving.ocr.base import Reading, Recogniser
+from capd.solving.ocr.base import Reading, Recogniser, open_image
 from capd.solving.ocr.finetuned_engine import grey64, to_input
 from capd.solving.ocr.onnx_engine import Calibration, CtcEngine, onnx_session
 
@@ -33,7 +33,10 @@ _ALIASES = {"*": "×"}
 class ModuleEngine(CtcEngine):
     """A trained module: its ONNX network (ddddocr's architecture, 64 pixels high, one
     frame per 8 columns) over its own charset, masked CTC decoding, calibrated
-    confidence when the manifest has a calibration."""
+    confidence when the manifest has a calibration, and, when the manifest has a
+    ``second_look``, a second reading of the image stretched wider when the first one's
+    raw confidence is below its trigger (the more confident reading is kept), as the
+    ``finetuned`` engine does."""
 
     def __init__(self, module: Module) -> None:
         cal = module.manifest.get("calibration")
@@ -47,14 +50,17 @@ class ModuleEngine(CtcEngine):
                               ) from None
         self._input = self._session.get_inputs()[0].name
         self._classes = len(module.charset) + 1
+        look = module.manifest.get("second_look")
+        self._second_below = float(look["below"]) if look else 0.0
+        self._second_stretch = float(look["stretch"]) if look else 1.0
         letters = [c for c in module.charset if c.isalpha()]
         # a charset with letters in one case only (most schemes): a case-insensitive task
         # is decoded in that case and lower-cased, since there is no partner to fold with
         self._one_case = bool(letters) and (all(c.isupper() for c in letters)
                                             or all(c.islower() for c in letters))
 
-    def frames(self, img: Image.Image) -> np.ndarray:
-        out = self._session.run(None, {self._input: to_input(grey64(img))})[0]
+    def frames(self, img: Image.Image, stretch: float = 1.0) -> np.ndarray:
+        out = self._session.run(None, {self._input: to_input(grey64(img, stretch))})[0]
         logits: np.ndarray = out.reshape(out.shape[0], -1)
         if logits.shape[1] != self._classes:
             raise ModuleError(f"{self.name}: the model has {logits.shape[1]} outputs,"
@@ -63,9 +69,20 @@ class ModuleEngine(CtcEngine):
 
     def read(self, image: bytes, spec: ImageSpec) -> Reading:
         if self._one_case and not spec.case_sensitive:
-            reading = super().read(image, dataclasses.replace(spec, case_sensitive=True))
+            reading = self._read(image, dataclasses.replace(spec, case_sensitive=True))
             return dataclasses.replace(reading, text=reading.text.lower())
-        return super().read(image, spec)
+        return self._read(image, spec)
+
+    def _read(self, image: bytes, spec: ImageSpec) -> Reading:
+        img = open_image(image)
+        text, chars = self._decoder.decode_chars(self.frames(img), spec)
+        raw = float(np.prod(chars)) if text else 0.0
+        if raw < self._second_below:
+            again, chars_again = self._decoder.decode_chars(
+                self.frames(img, self._second_stretch), spec)
+            if again and float(np.prod(chars_again)) > raw:
+                text, chars = again, chars_again
+        return self.finish(text, chars, spec)
 
 
 class ModuleRouter:

@@ -145,6 +145,9 @@ def unpack(data: bytes, origin: str = "module file") -> Module:
     cal = manifest.get("calibration")
     if cal is not None and not _valid_calibration(cal):
         raise ModuleError(f"{origin}: manifest calibration is malformed")
+    look = manifest.get("second_look")
+    if look is not None and not _valid_second_look(look):
+        raise ModuleError(f"{origin}: manifest second_look is malformed")
     _depth(manifest, origin)
     return Module(manifest, model)
 
@@ -155,6 +158,17 @@ def _valid_calibration(cal: Any) -> bool:
     xs, ys = cal.get("raw"), cal.get("calibrated")
     return (isinstance(xs, list) and isinstance(ys, list) and len(xs) == len(ys) >= 2
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in xs + ys))
+
+
+def _valid_second_look(look: Any) -> bool:
+    """{"below": raw confidence in [0, 1], "stretch": width factor in (1, 3]}."""
+    if not isinstance(look, dict):
+        return False
+    below, stretch = look.get("below"), look.get("stretch")
+    if not isinstance(below, int | float) or not isinstance(stretch, int | float) \
+            or isinstance(below, bool) or isinstance(stretch, bool):
+        return False
+    return 0.0 <= below <= 1.0 and 1.0 < stretch <= 3.0
 
 
 def _depth(value: Any, origin: str, level: int = 0) -> None:

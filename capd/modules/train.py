@@ -63,7 +63,14 @@ from capd.modules.engine import ModuleEngine  # noqa: E402
 from capd.modules.library import Module, pack, unpack  # noqa: E402
 from capd.modules.net import FRONT_BLOCKS, DdddNet, load_onnx_weights  # noqa: E402
 from capd.solving.ocr.base import Recogniser, UnreadableImage, open_image  # noqa: E402
-from capd.solving.ocr.finetuned_engine import META_FILE, MODEL_FILE, grey64  # noqa: E402
+from capd.solving.ocr.finetuned_engine import (  # noqa: E402
+    META_FILE,
+    MODEL_FILE,
+    SECOND_LOOK_AT,
+    SECOND_LOOK_STRETCH,
+    grey64,
+)
+from capd.solving.ocr.onnx_engine import Calibration  # noqa: E402
 
 # what a label may hold: the capd / finetuned engines' alphabet (case kept)
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+-×="
@@ -505,10 +512,23 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         _, pairs = score(ModuleEngine(Module(manifest, fp32)), held, spec)
     progress(f"held-out accuracy float32 {acc_f:.3f}, int8 {acc_q:.3f}: shipping"
              f" {'int8' if use_int8 else 'float32'} ({len(model) / 1e6:.1f} MB)")
+    accuracy = acc_q if use_int8 else acc_f
     xs, ys = fit_isotonic(pairs)
+    # a second look at unsure readings (the image read again, wider), kept when it does
+    # not lose on the held-out images; the calibration is then fitted on its readings
+    look = {"below": round(Calibration(xs, ys).raw_reaching(SECOND_LOOK_AT), 6),
+            "stretch": SECOND_LOOK_STRETCH}
+    acc_look, pairs_look = score(ModuleEngine(Module({**manifest, "second_look": look},
+                                                     model)), held, spec)
+    progress(f"held-out accuracy with a second look at unsure readings: {acc_look:.3f}"
+             f" ({'kept' if acc_look >= accuracy else 'left out'})")
+    if acc_look >= accuracy:
+        manifest["second_look"] = look
+        accuracy = acc_look
+        xs, ys = fit_isotonic(pairs_look)
     manifest.update({
         "weights": "int8 (dynamic)" if use_int8 else "float32",
-        "accuracy": round(acc_q if use_int8 else acc_f, 4),
+        "accuracy": round(accuracy, 4),
         "calibration": {"raw": [round(x, 6) for x in xs],
                         "calibrated": [round(y, 6) for y in ys],
                         "fitted_on": f"{len(held)} held-out images"},

@@ -19,6 +19,7 @@ from capd.domain.tasks import ImageSpec
 from capd.solving.ocr import load_recogniser
 from capd.solving.ocr.base import UnreadableImage
 from capd.solving.ocr.finetuned_engine import FinetunedEngine, grey64
+from capd.solving.ocr.onnx_engine import Calibration
 from tests.helpers import captcha_png
 from training import datasets
 
@@ -202,8 +203,7 @@ def test_the_more_confident_look_wins(engine: FinetunedEngine, second_better: bo
 
 
 def test_the_trigger_is_where_the_map_reaches_a_half() -> None:
-    export = pytest.importorskip("training.export_finetuned")
-    xs, ys = [0.0, 0.2, 0.6, 1.0], [0.0, 0.3, 0.7, 0.99]
-    assert export.raw_reaching(xs, ys, 0.5) == pytest.approx(0.4)
-    assert export.raw_reaching(xs, ys, 0.0) == 0.0
-    assert export.raw_reaching(xs, ys, 0.995) == 1.0
+    cal = Calibration([0.0, 0.2, 0.6, 1.0], [0.0, 0.3, 0.7, 0.99])
+    assert cal.raw_reaching(0.5) == pytest.approx(0.4)
+    assert cal.raw_reaching(0.0) == 0.0
+    assert cal.raw_reaching(0.995) == 1.0

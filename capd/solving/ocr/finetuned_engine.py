@@ -35,6 +35,10 @@ from capd.solving.ocr.post import MaskedDecoder, evaluate_expression
 INPUT_HEIGHT = 64
 MIN_INPUT_WIDTH = 32  # at least 4 output frames
 MAX_INPUT_WIDTH = 1024
+# the second look: below the raw confidence at which a single reading is right with
+# probability SECOND_LOOK_AT (fitted with the calibration), read again this much wider
+SECOND_LOOK_AT = 0.5
+SECOND_LOOK_STRETCH = 1.25
 MODEL_FILE = "finetuned.onnx"
 META_FILE = "finetuned.json"
 _ALIASES = {"*": "×"}

@@ -54,6 +54,18 @@ class Calibration:
             return 0.0
         return float(np.clip(np.interp(raw, self.xs, self.ys), 0.0, 1.0))
 
+    def raw_reaching(self, level: float) -> float:
+        """The smallest raw confidence this map sends to ``level`` or above (1.0 when it
+        never gets there): where a second look at unsure readings starts."""
+        xs, ys = self.xs.tolist(), self.ys.tolist()
+        for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            if y >= level:
+                if k == 0:
+                    return float(x)
+                x0, y0 = xs[k - 1], ys[k - 1]
+                return float(x0 + (x - x0) * (level - y0) / (y - y0))
+        return 1.0
+
     @classmethod
     def load(cls, filename: str) -> Calibration | None:
         """The calibration shipped in models/ under ``filename``; None when there is none

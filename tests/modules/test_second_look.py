@@ -1,0 +1,103 @@
+"""A module's second look (as the finetuned engine's): an unsure reading is read again
+from a wider image, when the manifest says so; a malformed setting is refused on load."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from capd.domain.tasks import ImageSpec
+from capd.modules.engine import ModuleEngine
+from capd.modules.library import Module, ModuleError, pack, unpack
+from tests.helpers import captcha_png
+from tests.modules.conftest import TINY_MINUTES, make_dataset
+
+
+def _with_look(module: Module, look: Any) -> Module:
+    manifest = dict(module.manifest)
+    if look is None:
+        manifest.pop("second_look", None)
+    else:
+        manifest["second_look"] = look
+    return dataclasses.replace(module, manifest=manifest)
+
+
+def _calls(engine: ModuleEngine, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    calls: list[float] = []
+    real = engine.frames
+
+    def frames(img, stretch: float = 1.0):  # type: ignore[no-untyped-def]
+        calls.append(stretch)
+        return real(img, stretch)
+
+    monkeypatch.setattr(engine, "frames", frames)
+    return calls
+
+
+@pytest.mark.parametrize(("look", "expected"), [
+    ({"below": 1.0, "stretch": 1.25}, [1.0, 1.25]),   # every reading is unsure
+    ({"below": 0.0, "stretch": 1.25}, [1.0]),         # none is
+    (None, [1.0]),                                    # no second look in the manifest
+])
+def test_the_trigger_decides_the_second_reading(module_file: bytes, look: Any,
+                                                expected: list[float],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = ModuleEngine(_with_look(unpack(module_file), look))
+    calls = _calls(engine, monkeypatch)
+    engine.read(captcha_png("4821"), ImageSpec(numeric=1))
+    assert calls == expected
+
+
+def test_training_keeps_the_second_look_only_when_it_does_not_lose(tmp_path: Path) -> None:
+    from capd.modules import train
+
+    make_dataset(tmp_path / "data", n=30, seed=4)
+    lines: list[str] = []
+    outcome = train.train("looks", train.read_dataset(tmp_path / "data"), TINY_MINUTES,
+                          lines.append, threads=1)
+    said = [ln for ln in lines if ln.startswith("held-out accuracy with a second look")]
+    assert len(said) == 1, lines
+    with_look = float(said[0].split(": ")[1].split()[0])
+    single = float(next(ln for ln in lines if ln.startswith("held-out accuracy float32"))
+                   .split("int8 ")[1].split(":")[0])
+    manifest = outcome.manifest
+    if "kept" in said[0]:
+        assert manifest["second_look"]["stretch"] > 1.0
+        assert manifest["accuracy"] == pytest.approx(with_look, abs=1e-3)
+    else:
+        assert "second_look" not in manifest
+    assert manifest["accuracy"] >= min(single, with_look) - 1e-3
+
+
+def _repacked(manifest_changes: dict[str, Any]) -> bytes:
+    data = pack({"name": "x", "charset": ["1"], "input_height": 64}, b"model")
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        model = zf.read("model.onnx")
+    manifest.update(manifest_changes)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("manifest.json", json.dumps(manifest))
+        zf.writestr("model.onnx", model)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("look", [
+    [], "1.25", {"below": 0.5}, {"below": "0.5", "stretch": 1.25},
+    {"below": 1.5, "stretch": 1.25}, {"below": 0.5, "stretch": 1.0},
+    {"below": 0.5, "stretch": 9}, {"below": True, "stretch": 1.25},
+])
+def test_a_malformed_second_look_is_refused(look: Any) -> None:
+    with pytest.raises(ModuleError, match="second_look is malformed"):
+        unpack(_repacked({"second_look": look}))
+
+
+def test_a_well_formed_second_look_loads() -> None:
+    module = unpack(_repacked({"second_look": {"below": 0.6, "stretch": 1.25}}))
+    assert module.manifest["second_look"]["stretch"] == 1.25
