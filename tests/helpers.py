@@ -255,3 +255,17 @@ CHROME_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTM
 
 def image_task(text: str = "aB3k9", **fields: Any) -> dict[str, Any]:
     return {"type": "ImageToTextTask", "body": b64(captcha_png(text)), **fields}
+
+
+def record_stretches(monkeypatch: Any, obj: Any, method: str) -> list[float]:
+    """Wrap ``obj.method(image, stretch=1.0)`` so that each call's stretch is recorded:
+    how many times, and how wide, an engine read an image."""
+    calls: list[float] = []
+    real = getattr(obj, method)
+
+    def wrapper(image: Any, stretch: float = 1.0) -> Any:
+        calls.append(stretch)
+        return real(image, stretch)
+
+    monkeypatch.setattr(obj, method, wrapper)
+    return calls

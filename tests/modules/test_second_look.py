@@ -15,7 +15,7 @@ import pytest
 from capd.domain.tasks import ImageSpec
 from capd.modules.engine import ModuleEngine
 from capd.modules.library import Module, ModuleError, pack, unpack
-from tests.helpers import captcha_png
+from tests.helpers import captcha_png, record_stretches
 from tests.modules.conftest import TINY_MINUTES, make_dataset
 
 
@@ -28,18 +28,6 @@ def _with_look(module: Module, look: Any) -> Module:
     return dataclasses.replace(module, manifest=manifest)
 
 
-def _calls(engine: ModuleEngine, monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    calls: list[float] = []
-    real = engine.frames
-
-    def frames(img, stretch: float = 1.0):  # type: ignore[no-untyped-def]
-        calls.append(stretch)
-        return real(img, stretch)
-
-    monkeypatch.setattr(engine, "frames", frames)
-    return calls
-
-
 @pytest.mark.parametrize(("look", "expected"), [
     ({"below": 1.0, "stretch": 1.25}, [1.0, 1.25]),   # every reading is unsure
     ({"below": 0.0, "stretch": 1.25}, [1.0]),         # none is
@@ -49,7 +37,7 @@ def test_the_trigger_decides_the_second_reading(module_file: bytes, look: Any,
                                                 expected: list[float],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     engine = ModuleEngine(_with_look(unpack(module_file), look))
-    calls = _calls(engine, monkeypatch)
+    calls = record_stretches(monkeypatch, engine, "frames")
     engine.read(captcha_png("4821"), ImageSpec(numeric=1))
     assert calls == expected
 

@@ -20,7 +20,7 @@ from capd.solving.ocr import load_recogniser
 from capd.solving.ocr.base import UnreadableImage
 from capd.solving.ocr.finetuned_engine import FinetunedEngine, grey64
 from capd.solving.ocr.onnx_engine import Calibration
-from tests.helpers import captcha_png
+from tests.helpers import captcha_png, record_stretches
 from training import datasets
 
 PER_SCHEME = 4
@@ -144,21 +144,9 @@ def test_stretch_widens_the_network_input() -> None:
     assert grey64(im, 1.25).shape == (64, 200)
 
 
-def _spy(engine: FinetunedEngine, monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    calls: list[float] = []
-    real = engine.logits
-
-    def logits(image, stretch: float = 1.0):  # type: ignore[no-untyped-def]
-        calls.append(stretch)
-        return real(image, stretch)
-
-    monkeypatch.setattr(engine, "logits", logits)
-    return calls
-
-
 def test_noise_gets_a_second_look(engine: FinetunedEngine,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _spy(engine, monkeypatch)
+    calls = record_stretches(monkeypatch, engine, "logits")
     noise = np.random.default_rng(2).integers(0, 256, (60, 180, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(noise).save(buf, "PNG")
@@ -170,7 +158,7 @@ def test_noise_gets_a_second_look(engine: FinetunedEngine,
 def test_a_sure_reading_is_read_once(engine: FinetunedEngine,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     data, label = _held_out("web_amazon_caps", 1)[0]
-    calls = _spy(engine, monkeypatch)
+    calls = record_stretches(monkeypatch, engine, "logits")
     reading = engine.read(data, ImageSpec(case_sensitive=False))
     assert reading.text == label.lower()
     assert calls == [1.0]

@@ -6,21 +6,11 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import ImageFont
 
 imitate = pytest.importorskip("training.imitate")
-
-
-@pytest.fixture(scope="module")
-def fonts(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    font = ImageFont.load_default(size=24)
-    path = Path(tmp_path_factory.mktemp("fonts")) / "Aileron-Regular.otf"
-    path.write_bytes(font.path.getvalue())  # type: ignore[union-attr]
-    return [str(path)]
 
 
 def test_securimage_like_captchas(fonts: list[str]) -> None:

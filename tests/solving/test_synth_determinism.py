@@ -6,22 +6,12 @@ one that needs care."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import ImageFont
 
 synth = pytest.importorskip("training.synth")
 pytest.importorskip("captcha")
-
-
-@pytest.fixture(scope="module")
-def fonts(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    font = ImageFont.load_default(size=24)
-    path = Path(tmp_path_factory.mktemp("fonts")) / "Aileron-Regular.otf"
-    path.write_bytes(font.path.getvalue())  # type: ignore[union-attr]
-    return [str(path)]
 
 
 @pytest.mark.parametrize("style", ["imagecaptcha", "mixed", "warp", "math"])
