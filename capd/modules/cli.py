@@ -167,6 +167,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
     print(f"  charset      {''.join(m['charset'])}")
     print(f"  weights      {m.get('weights', '-')}, base {m.get('base', '-')},"
           f" {m.get('steps', '-')} steps in {m.get('train_seconds', '-')}s")
+    look = m.get("second_look")
+    print("  second look  " + (f"{look['stretch']:g}x wider below raw confidence"
+                               f" {look['below']:g}" if look else "no"))
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> None:
