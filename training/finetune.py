@@ -37,12 +37,21 @@ Every --save-min minutes a checkpoint (model, optimiser, step, elapsed time, eve
 state) goes to --out; --resume restarts from it. Every --val-min minutes the exact
 (case-insensitive) accuracy per scheme on a fixed sample of the held-out split is
 logged (monitoring only; nothing is selected on it).
+
+Elsewhere (a GPU machine without ../shared/datasets or the training fonts):
+--write-pack FILE decodes every image the run would read (fit split, monitor sample,
+synthetic and imitation pools) into one .npz of plain arrays and stops; --pack FILE
+trains from it. --device cuda moves the network, --workers N draws and augments the
+batches in N DataLoader processes (each seeded on its own, so a resumed run continues
+the schedule but not the exact sample stream), and --weights-out keeps the weights alone
+in float16 (10 MB), for --init or export_finetuned --checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import lzma
 import os
 import random
 import time
@@ -58,7 +67,7 @@ from torch import nn  # noqa: E402
 from capd.modules.net import FRONT_BLOCKS, DdddNet, pretrained  # noqa: E402
 from capd.modules.train import augment, feature_batch, pixel_batch, warmup_cosine  # noqa: E402
 from capd.solving.ocr.finetuned_engine import grey64  # noqa: E402
-from training import datasets  # noqa: E402
+from training import datasets, imitate  # noqa: E402
 from training.model import CHARSET  # noqa: E402
 
 SEED = 20261127
@@ -141,16 +150,19 @@ def synth_pool(n: int, seed: int) -> list[tuple[np.ndarray, str]]:
     return out
 
 
-def imitation_pools(n: int, seed: int) -> dict[str, list[tuple[np.ndarray, str]]]:
-    """n captchas from each of training/imitate.py's generators (train fonts), as grey64
-    arrays, keyed by the generator's name."""
-    from training import config, imitate
+def imitation_pools(n: int, seed: int, kinds: list[str]
+                    ) -> dict[str, list[tuple[np.ndarray, str]]]:
+    """n captchas from each of training/imitate.py's generators named in ``kinds`` (train
+    fonts), as grey64 arrays, keyed by the generator's name."""
+    from training import config
     from training.synth import usable_fonts
 
     rng = random.Random(seed)
     fonts = usable_fonts(config.fonts_for("train"))
     pools: dict[str, list[tuple[np.ndarray, str]]] = {}
     for name, make in imitate.GENERATORS.items():
+        if name not in kinds:
+            continue
         pools[name] = []
         for _ in range(n):
             im, label = make(rng, fonts)
@@ -201,8 +213,8 @@ def greedy(frames: torch.Tensor) -> str:
     return "".join(out)
 
 
-def evaluate(model: nn.Module, sample: dict[str, list[tuple[np.ndarray, str]]]
-             ) -> dict[str, float]:
+def evaluate(model: nn.Module, sample: dict[str, list[tuple[np.ndarray, str]]],
+             device: str = "cpu") -> dict[str, float]:
     """Exact, case-insensitive accuracy per scheme (greedy CTC, one image at a time)."""
     model.eval()
     acc = {}
@@ -210,8 +222,8 @@ def evaluate(model: nn.Module, sample: dict[str, list[tuple[np.ndarray, str]]]
         for scheme, items in sample.items():
             right = 0
             for grey, label in items:
-                x = torch.tensor(grey, dtype=torch.float32).div(255.0)[None, None]
-                right += greedy(model(x)[:, 0]).lower() == label.lower()
+                x = torch.tensor(grey, dtype=torch.float32, device=device).div(255.0)
+                right += greedy(model(x[None, None])[:, 0].cpu()).lower() == label.lower()
             acc[scheme] = right / max(1, len(items))
     model.train()
     return acc
@@ -220,6 +232,79 @@ def evaluate(model: nn.Module, sample: dict[str, list[tuple[np.ndarray, str]]]
 def fmt_acc(acc: dict[str, float]) -> str:
     mean = sum(acc.values()) / max(1, len(acc))
     return f"mean {mean:.3f} | " + " ".join(f"{k}={v:.3f}" for k, v in acc.items())
+
+
+# -- a data pack: every image training reads, decoded, in one file ----------------------
+def write_pack(path: str, groups: dict[str, list[tuple[np.ndarray, str]]]) -> None:
+    """Save decoded grey64 images and labels as one .npz (no pickled objects; each
+    group's pixels one LZMA stream), so that training can run on a machine without
+    ../shared/datasets or the fonts. ``groups`` maps "fit/<scheme>", "val/<scheme>",
+    "synth" or "imitate/<generator>" to (image, label) pairs."""
+    arrays: dict[str, np.ndarray] = {}
+    for key, items in groups.items():
+        tag = key.replace("/", "__")
+        raw = b"".join(np.ascontiguousarray(g).tobytes() for g, _ in items)
+        arrays[f"{tag}__pixels"] = np.frombuffer(lzma.compress(raw), dtype=np.uint8)
+        arrays[f"{tag}__widths"] = np.array([g.shape[1] for g, _ in items], dtype=np.int32)
+        arrays[f"{tag}__labels"] = np.array([label for _, label in items], dtype=np.str_)
+    np.savez(path, **arrays)
+
+
+def read_pack(path: str) -> dict[str, list[tuple[np.ndarray, str]]]:
+    """The inverse of write_pack."""
+    out: dict[str, list[tuple[np.ndarray, str]]] = {}
+    with np.load(path, allow_pickle=False) as pack:
+        tags = sorted({k.rsplit("__", 1)[0] for k in pack.files})
+        for tag in tags:
+            pixels = np.frombuffer(lzma.decompress(pack[f"{tag}__pixels"].tobytes()),
+                                   dtype=np.uint8)
+            widths = pack[f"{tag}__widths"]
+            labels = pack[f"{tag}__labels"]
+            items, at = [], 0
+            for w, label in zip(widths.tolist(), labels.tolist(), strict=True):
+                items.append((pixels[at:at + 64 * w].reshape(64, w), str(label)))
+                at += 64 * w
+            out[tag.replace("__", "/")] = items
+    return out
+
+
+def draw_batch(rng: random.Random, gen: torch.Generator, pools: dict[str, list],
+               weights: dict[str, float], batch: int, synth_share: float,
+               imitate_share: float) -> tuple[str, torch.Tensor, list[int], list[str]]:
+    """One augmented training batch: (pool name, (N, 1, 64, W) pixels, frame counts,
+    labels). ``pools`` holds the schemes' fit images, optionally "synth" and
+    "imitate/<generator>" pools."""
+    imitation = sorted(k for k in pools if k.startswith("imitate/"))
+    schemes = list(datasets.SCHEMES)
+    if "synth" in pools and rng.random() < synth_share:
+        name = "synth"
+    elif imitation and rng.random() < imitate_share:
+        name = rng.choice(imitation)
+    else:
+        name = rng.choices(schemes, [weights[k] for k in schemes])[0]
+    pool = pools[name]
+    items = [pool[rng.randrange(len(pool))] for _ in range(batch)]
+    x, frames = pixel_batch([grey for grey, _ in items], rng)
+    return name, augment(x, gen), frames, [label for _, label in items]
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """draw_batch forever, in DataLoader worker processes (each with its own seed), so
+    that a GPU is not kept waiting on one CPU core's augmentation."""
+
+    def __init__(self, pools: dict[str, list], weights: dict[str, float], batch: int,
+                 synth_share: float, imitate_share: float, seed: int) -> None:
+        self.args = (pools, weights, batch, synth_share, imitate_share)
+        self.seed = seed
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else 0
+        torch.set_num_threads(1)
+        rng = random.Random(self.seed * 131 + wid)
+        gen = torch.Generator().manual_seed(self.seed * 131 + wid)
+        while True:
+            yield draw_batch(rng, gen, *self.args)
 
 
 def main() -> None:
@@ -233,6 +318,8 @@ def main() -> None:
     ap.add_argument("--synth-share", type=float, default=0.12)
     ap.add_argument("--imitate", type=int, default=0,
                     help="captchas per training/imitate.py generator (0: none)")
+    ap.add_argument("--imitate-kinds", default=",".join(sorted(imitate.GENERATORS)),
+                    help="which training/imitate.py generators to draw from")
     ap.add_argument("--imitate-share", type=float, default=0.2,
                     help="share of the batches drawn from the imitation pools")
     ap.add_argument("--val-per-scheme", type=int, default=60)
@@ -256,6 +343,18 @@ def main() -> None:
                          "'web_securimage_grey=3,generic_colour_upper=3' (others 1)")
     ap.add_argument("--out", default=CHECKPOINT)
     ap.add_argument("--resume", action="store_true", help="continue from --out")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="processes drawing augmented batches (0: the training process "
+                         "itself, the only way a --resume repeats the exact sample stream)")
+    ap.add_argument("--write-pack", default="",
+                    help="write every image this run would read (fit split, monitor "
+                         "sample, synthetic and imitation pools) to this .npz and stop")
+    ap.add_argument("--pack", default="",
+                    help="read the images from a --write-pack file instead of the datasets")
+    ap.add_argument("--weights-out", default="",
+                    help="at the end, also save the weights alone (float16, no optimiser "
+                         "state) here: a valid --init and export_finetuned --checkpoint")
     ap.add_argument("--until", default="",
                     help="HH:MM UTC: end by then even if --budget-min is not spent")
     args = ap.parse_args()
@@ -267,22 +366,42 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     t_load = time.monotonic()
 
+    kinds = [k for k in args.imitate_kinds.split(",") if k]
+    if unknown := set(kinds) - set(imitate.GENERATORS):
+        raise SystemExit(f"--imitate-kinds: unknown generators {sorted(unknown)}")
     fit: dict[str, list[tuple[np.ndarray, str]]] = {}
     val: dict[str, list[tuple[np.ndarray, str]]] = {}
-    for scheme in datasets.SCHEMES:
-        fit_rows, _calib = datasets.finetune_split(scheme)
-        _, held = datasets.split(scheme)
-        fit[scheme] = load_images(fit_rows)
-        val[scheme] = load_images(held[:args.val_per_scheme])
-    synth = synth_pool(args.synth, SEED) if args.synth else []
-    imitation = imitation_pools(args.imitate, SEED + 2) if args.imitate else {}
+    if args.pack:
+        packed = read_pack(args.pack)
+        for scheme in datasets.SCHEMES:
+            fit[scheme] = packed[f"fit/{scheme}"]
+            val[scheme] = packed[f"val/{scheme}"][:args.val_per_scheme]
+        synth = packed.get("synth", [])[:args.synth]
+        imitation = {k.split("/", 1)[1]: v[:args.imitate] for k, v in packed.items()
+                     if k.startswith("imitate/") and args.imitate
+                     and k.split("/", 1)[1] in kinds}
+    else:
+        for scheme in datasets.SCHEMES:
+            fit_rows, _calib = datasets.finetune_split(scheme)
+            _, held = datasets.split(scheme)
+            fit[scheme] = load_images(fit_rows)
+            val[scheme] = load_images(held[:args.val_per_scheme])
+        synth = synth_pool(args.synth, SEED) if args.synth else []
+        imitation = imitation_pools(args.imitate, SEED + 2, kinds) if args.imitate else {}
+        if args.write_pack:
+            write_pack(args.write_pack, {
+                **{f"fit/{k}": v for k, v in fit.items()},
+                **{f"val/{k}": v for k, v in val.items()}, "synth": synth,
+                **{f"imitate/{k}": v for k, v in imitation.items()}})
+            print(f"wrote {args.write_pack} ({os.path.getsize(args.write_pack) / 1e6:.1f} MB)")
+            return
     if imitation and args.freeze == "front":
         raise SystemExit("--imitate needs --freeze none (its pools are not front-cached)")
     print(f"data: {sum(len(v) for v in fit.values())} real images in {len(fit)} schemes, "
           f"{len(synth)} synthetic, {sum(len(v) for v in imitation.values())} imitations, "
           f"loaded in {time.monotonic() - t_load:.0f}s", flush=True)
 
-    model = build_model(args.init)
+    model = build_model(args.init).to(args.device)
     weights = parse_weights(args.scheme_weights)
     # the front (stem and first stages) may learn more slowly than the rest: it holds
     # ddddocr's general low-level features, which a fast rate would disturb
@@ -297,21 +416,24 @@ def main() -> None:
     gen = torch.Generator().manual_seed(SEED)
     step, seen, prior_s = 0, 0, 0.0
     if args.resume and os.path.exists(args.out):
-        ck = torch.load(args.out, map_location="cpu", weights_only=False)
+        ck = torch.load(args.out, map_location=args.device, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step, seen, prior_s = ck["step"], ck["seen"], ck["elapsed_s"]
         rng.setstate(ck["py_rng"])
         gen.set_state(ck["torch_gen"])
-        torch.set_rng_state(ck["torch_rng"])
+        torch.set_rng_state(ck["torch_rng"].cpu())
         print(f"resumed from {args.out} at step {step}, {prior_s / 60:.1f} min done",
               flush=True)
     else:
         print(f"start ({args.init} weights, capd head): held-out sample "
-              f"{fmt_acc(evaluate(model, val))}", flush=True)
+              f"{fmt_acc(evaluate(model, val, args.device))}", flush=True)
 
     cached: dict[str, list[tuple[torch.Tensor, str]]] = {}
     if args.freeze == "front":
+        if args.device != "cpu" or args.workers:
+            raise SystemExit("--freeze front runs on the CPU in one process: give "
+                             "--freeze none with --device or --workers")
         t_cache = time.monotonic()
         for p in [*model.stem.parameters(), *model.body[:FRONT_BLOCKS].parameters()]:
             p.requires_grad_(False)
@@ -360,6 +482,14 @@ def main() -> None:
 
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
     schemes = list(datasets.SCHEMES)
+    pools: dict[str, list] = {**fit, **({"synth": synth} if synth else {}),
+                              **{f"imitate/{k}": v for k, v in imitation.items()}}
+    stream = None
+    if args.workers and not cached:
+        stream = iter(torch.utils.data.DataLoader(
+            BatchStream(pools, weights, args.batch, args.synth_share, args.imitate_share,
+                        SEED + step), batch_size=None, num_workers=args.workers,
+            pin_memory=args.device != "cpu", prefetch_factor=4))
     warm = 0.04
     ema: float | None = None
     last_val = last_save = time.monotonic()
@@ -370,30 +500,26 @@ def main() -> None:
         lr = args.lr * warmup_cosine(frac, warm, 0.03)
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
-        if synth and rng.random() < args.synth_share:
-            name, pool = "synth", synth
-        elif imitation and rng.random() < args.imitate_share:
-            name = rng.choice(sorted(imitation))
-            pool = imitation[name]
-        else:
-            name = rng.choices(schemes, [weights[k] for k in schemes])[0]
-            pool = fit[name]
-        picks = [rng.randrange(len(pool)) for _ in range(args.batch)]
-        folded = name in datasets.CASE_INSENSITIVE
         if cached:
+            if synth and rng.random() < args.synth_share:
+                name = "synth"
+            else:
+                name = rng.choices(schemes, [weights[k] for k in schemes])[0]
+            picks = [rng.randrange(len(pools[name])) for _ in range(args.batch)]
             fitems = [cached[name][k] for k in picks]
             f, frames = feature_batch([feat for feat, _ in fitems], rng)
             logp = model.back(f).log_softmax(2)
             labels = [label for _, label in fitems]
         else:
-            items = [pool[k] for k in picks]
-            x, frames = pixel_batch([grey for grey, _ in items], rng)
-            logp = model(augment(x, gen)).log_softmax(2)
-            labels = [label for _, label in items]
+            name, x, frames, labels = (next(stream) if stream is not None else draw_batch(
+                rng, gen, pools, weights, args.batch, args.synth_share, args.imitate_share))
+            logp = model(x.to(args.device, non_blocking=True)).log_softmax(2)
+        folded = name in datasets.CASE_INSENSITIVE
         if folded:
             logp = fold_log_probs(logp)
         targets = [encode(label, folded) for label in labels]
-        loss = ctc(logp, torch.tensor([c for t in targets for c in t], dtype=torch.long),
+        loss = ctc(logp, torch.tensor([c for t in targets for c in t], dtype=torch.long,
+                                      device=args.device),
                    torch.tensor(frames, dtype=torch.long),
                    torch.tensor([len(t) for t in targets], dtype=torch.long))
         opt.zero_grad(set_to_none=True)
@@ -401,7 +527,7 @@ def main() -> None:
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         step += 1
-        seen += len(picks)
+        seen += len(labels)
         ema = loss.item() if ema is None else 0.97 * ema + 0.03 * loss.item()
         now = time.monotonic()
         if step % 25 == 0:
@@ -411,12 +537,17 @@ def main() -> None:
             save()
             last_save = now
         if now - last_val > args.val_min * 60:
-            print(f"VAL step {step} t {elapsed():.0f}s {fmt_acc(evaluate(model, val))}",
+            print(f"VAL step {step} t {elapsed():.0f}s "
+                  f"{fmt_acc(evaluate(model, val, args.device))}",
                   flush=True)
             last_val = time.monotonic()
     save()
+    if args.weights_out:
+        torch.save({"model": {k: v.detach().cpu().half() for k, v in
+                              model.state_dict().items()}, "charset": CHARSET,
+                    "step": step, "seen": seen, "elapsed_s": elapsed()}, args.weights_out)
     print(f"DONE step {step} seen {seen} t {elapsed():.0f}s held-out sample "
-          f"{fmt_acc(evaluate(model, val))}", flush=True)
+          f"{fmt_acc(evaluate(model, val, args.device))}", flush=True)
 
 
 if __name__ == "__main__":
