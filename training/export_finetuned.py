@@ -67,7 +67,8 @@ def export_float(checkpoint: str, out: str) -> dict:
                       dynamic_axes={"image": {0: "batch", 3: "width"},
                                     "logits": {0: "frames", 1: "batch"}},
                       opset_version=17, dynamo=False)
-    return {"step": ck["step"], "seen": ck["seen"], "train_seconds": round(ck["elapsed_s"])}
+    return {"step": ck["step"], "seen": ck["seen"], "train_seconds": round(ck["elapsed_s"]),
+            "grey": ck.get("grey", "luminance")}
 
 
 def quantise(src: str, dst: str) -> None:

@@ -66,7 +66,7 @@ from torch import nn  # noqa: E402
 
 from capd.modules.net import FRONT_BLOCKS, DdddNet, pretrained  # noqa: E402
 from capd.modules.train import augment, feature_batch, pixel_batch, warmup_cosine  # noqa: E402
-from capd.solving.ocr.finetuned_engine import grey64  # noqa: E402
+from capd.solving.ocr.finetuned_engine import GREY_MODES, grey64  # noqa: E402
 from training import datasets, imitate  # noqa: E402
 from training.model import CHARSET  # noqa: E402
 
@@ -127,16 +127,17 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
-def load_images(rows: list[tuple[str, str]]) -> list[tuple[np.ndarray, str]]:
+def load_images(rows: list[tuple[str, str]], grey: str = "luminance"
+                ) -> list[tuple[np.ndarray, str]]:
     out = []
     for path, label in rows:
         with Image.open(path) as im:
             im.load()
-            out.append((grey64(im), label))
+            out.append((grey64(im, grey=grey), label))
     return out
 
 
-def synth_pool(n: int, seed: int) -> list[tuple[np.ndarray, str]]:
+def synth_pool(n: int, seed: int, grey: str = "luminance") -> list[tuple[np.ndarray, str]]:
     """n synthetic captchas (train fonts) at their native size, as grey64 arrays."""
     from training import config
     from training.synth import make_sample, sample_style, usable_fonts
@@ -146,11 +147,11 @@ def synth_pool(n: int, seed: int) -> list[tuple[np.ndarray, str]]:
     out = []
     for _ in range(n):
         im, label, _ = make_sample(rng, sample_style(rng), fonts)
-        out.append((grey64(im), label))
+        out.append((grey64(im, grey=grey), label))
     return out
 
 
-def imitation_pools(n: int, seed: int, kinds: list[str]
+def imitation_pools(n: int, seed: int, kinds: list[str], grey: str = "luminance"
                     ) -> dict[str, list[tuple[np.ndarray, str]]]:
     """n captchas from each of training/imitate.py's generators named in ``kinds`` (train
     fonts), as grey64 arrays, keyed by the generator's name."""
@@ -166,7 +167,7 @@ def imitation_pools(n: int, seed: int, kinds: list[str]
         pools[name] = []
         for _ in range(n):
             im, label = make(rng, fonts)
-            pools[name].append((grey64(im), label))
+            pools[name].append((grey64(im, grey=grey), label))
     return pools
 
 
@@ -235,12 +236,14 @@ def fmt_acc(acc: dict[str, float]) -> str:
 
 
 # -- a data pack: every image training reads, decoded, in one file ----------------------
-def write_pack(path: str, groups: dict[str, list[tuple[np.ndarray, str]]]) -> None:
+def write_pack(path: str, groups: dict[str, list[tuple[np.ndarray, str]]],
+               grey: str = "luminance") -> None:
     """Save decoded grey64 images and labels as one .npz (no pickled objects; each
     group's pixels one LZMA stream), so that training can run on a machine without
     ../shared/datasets or the fonts. ``groups`` maps "fit/<scheme>", "val/<scheme>",
-    "synth" or "imitate/<generator>" to (image, label) pairs."""
-    arrays: dict[str, np.ndarray] = {}
+    "synth" or "imitate/<generator>" to (image, label) pairs; ``grey`` names how they
+    were made grey (finetuned_engine.GREY_MODES)."""
+    arrays: dict[str, np.ndarray] = {"grey": np.array(grey)}
     for key, items in groups.items():
         tag = key.replace("/", "__")
         raw = b"".join(np.ascontiguousarray(g).tobytes() for g, _ in items)
@@ -250,11 +253,12 @@ def write_pack(path: str, groups: dict[str, list[tuple[np.ndarray, str]]]) -> No
     np.savez(path, **arrays)
 
 
-def read_pack(path: str) -> dict[str, list[tuple[np.ndarray, str]]]:
-    """The inverse of write_pack."""
+def read_pack(path: str) -> tuple[dict[str, list[tuple[np.ndarray, str]]], str]:
+    """The inverse of write_pack: (groups, grey mode)."""
     out: dict[str, list[tuple[np.ndarray, str]]] = {}
     with np.load(path, allow_pickle=False) as pack:
-        tags = sorted({k.rsplit("__", 1)[0] for k in pack.files})
+        grey = str(pack["grey"]) if "grey" in pack.files else "luminance"
+        tags = sorted({k.rsplit("__", 1)[0] for k in pack.files if "__" in k})
         for tag in tags:
             pixels = np.frombuffer(lzma.decompress(pack[f"{tag}__pixels"].tobytes()),
                                    dtype=np.uint8)
@@ -265,7 +269,7 @@ def read_pack(path: str) -> dict[str, list[tuple[np.ndarray, str]]]:
                 items.append((pixels[at:at + 64 * w].reshape(64, w), str(label)))
                 at += 64 * w
             out[tag.replace("__", "/")] = items
-    return out
+    return out, grey
 
 
 def draw_batch(rng: random.Random, gen: torch.Generator, pools: dict[str, list],
@@ -350,6 +354,8 @@ def main() -> None:
     ap.add_argument("--write-pack", default="",
                     help="write every image this run would read (fit split, monitor "
                          "sample, synthetic and imitation pools) to this .npz and stop")
+    ap.add_argument("--grey", choices=GREY_MODES, default="luminance",
+                    help="how colour becomes grey (the export records it for the engine)")
     ap.add_argument("--pack", default="",
                     help="read the images from a --write-pack file instead of the datasets")
     ap.add_argument("--weights-out", default="",
@@ -372,7 +378,10 @@ def main() -> None:
     fit: dict[str, list[tuple[np.ndarray, str]]] = {}
     val: dict[str, list[tuple[np.ndarray, str]]] = {}
     if args.pack:
-        packed = read_pack(args.pack)
+        packed, packed_grey = read_pack(args.pack)
+        if packed_grey != args.grey:
+            raise SystemExit(f"--pack {args.pack} holds {packed_grey} images: give --grey "
+                             f"{packed_grey}")
         for scheme in datasets.SCHEMES:
             fit[scheme] = packed[f"fit/{scheme}"]
             val[scheme] = packed[f"val/{scheme}"][:args.val_per_scheme]
@@ -384,15 +393,16 @@ def main() -> None:
         for scheme in datasets.SCHEMES:
             fit_rows, _calib = datasets.finetune_split(scheme)
             _, held = datasets.split(scheme)
-            fit[scheme] = load_images(fit_rows)
-            val[scheme] = load_images(held[:args.val_per_scheme])
-        synth = synth_pool(args.synth, SEED) if args.synth else []
-        imitation = imitation_pools(args.imitate, SEED + 2, kinds) if args.imitate else {}
+            fit[scheme] = load_images(fit_rows, args.grey)
+            val[scheme] = load_images(held[:args.val_per_scheme], args.grey)
+        synth = synth_pool(args.synth, SEED, args.grey) if args.synth else []
+        imitation = (imitation_pools(args.imitate, SEED + 2, kinds, args.grey)
+                     if args.imitate else {})
         if args.write_pack:
             write_pack(args.write_pack, {
                 **{f"fit/{k}": v for k, v in fit.items()},
                 **{f"val/{k}": v for k, v in val.items()}, "synth": synth,
-                **{f"imitate/{k}": v for k, v in imitation.items()}})
+                **{f"imitate/{k}": v for k, v in imitation.items()}}, args.grey)
             print(f"wrote {args.write_pack} ({os.path.getsize(args.write_pack) / 1e6:.1f} MB)")
             return
     if imitation and args.freeze == "front":
@@ -477,7 +487,7 @@ def main() -> None:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                     "seen": seen, "elapsed_s": elapsed(), "py_rng": rng.getstate(),
                     "torch_gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "charset": CHARSET}, tmp)
+                    "charset": CHARSET, "grey": args.grey}, tmp)
         os.replace(tmp, args.out)
 
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
@@ -545,6 +555,7 @@ def main() -> None:
     if args.weights_out:
         torch.save({"model": {k: v.detach().cpu().half() for k, v in
                               model.state_dict().items()}, "charset": CHARSET,
+                    "grey": args.grey,
                     "step": step, "seen": seen, "elapsed_s": elapsed()}, args.weights_out)
     print(f"DONE step {step} seen {seen} t {elapsed():.0f}s held-out sample "
           f"{fmt_acc(evaluate(model, val, args.device))}", flush=True)

@@ -117,6 +117,42 @@ def test_transparent_png_is_flattened_onto_white() -> None:
     assert grey.shape == (64, 192) and int(grey.min()) == 255
 
 
+def test_darkest_grey_turns_any_saturated_colour_into_ink() -> None:
+    im = Image.new("RGB", (120, 40), (255, 255, 255))
+    im.paste((255, 230, 0), (20, 5, 50, 35))   # yellow: nearly white as luminance
+    im.paste((90, 90, 90), (70, 5, 100, 35))   # grey stays the grey it is
+    lum, dark = grey64(im), grey64(im, grey="darkest")
+    assert lum[32, 55] > 200 and dark[32, 55] < 10
+    assert abs(int(lum[32, 135]) - int(dark[32, 135])) <= 1
+    assert lum[2, 2] == dark[2, 2] == 255   # white paper stays white
+    # a grey image is the same either way; an unknown mode is refused
+    assert np.array_equal(grey64(im.convert("L")), grey64(im.convert("L"), grey="darkest"))
+    with pytest.raises(ValueError, match="unknown grey mode"):
+        grey64(im, grey="reddest")
+
+
+def test_the_engine_reads_with_its_models_grey_mode(engine: FinetunedEngine,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from importlib import resources
+
+    from capd.solving.ocr import finetuned_engine
+
+    meta = json.loads(resources.files("capd.solving.ocr").joinpath("models")
+                      .joinpath(finetuned_engine.META_FILE).read_text())
+    assert engine.grey == meta.get("grey", "luminance")
+    modes: list[str] = []
+    real = finetuned_engine.grey64
+
+    def spy(img: Image.Image, stretch: float = 1.0, grey: str = "luminance") -> np.ndarray:
+        modes.append(grey)
+        return real(img, stretch, grey)
+
+    monkeypatch.setattr(finetuned_engine, "grey64", spy)
+    engine.read(captcha_png("k7pm3"), ImageSpec())
+    assert modes and set(modes) == {engine.grey}
+
+
 @pytest.mark.parametrize("data", [b"\x00" * 300, b"GIF89a" + b"\x00" * 200])
 def test_bytes_that_are_no_image(engine: FinetunedEngine, data: bytes) -> None:
     with pytest.raises(UnreadableImage):

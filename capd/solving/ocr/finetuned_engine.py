@@ -25,7 +25,7 @@ from importlib import resources
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
+from PIL import Image, ImageChops
 
 from capd.domain.tasks import ImageSpec
 from capd.solving.ocr.base import Reading, open_image
@@ -44,10 +44,15 @@ META_FILE = "finetuned.json"
 _ALIASES = {"*": "×"}
 
 
-def grey64(img: Image.Image, stretch: float = 1.0) -> np.ndarray:
+# how colour becomes grey: "luminance" (PIL's L: a yellow stroke on white is nearly
+# white), or "darkest" (each pixel's darkest channel: any saturated colour is dark ink)
+GREY_MODES = ("luminance", "darkest")
+
+
+def grey64(img: Image.Image, stretch: float = 1.0, grey: str = "luminance") -> np.ndarray:
     """PIL image -> (64, W) uint8 grey, aspect ratio kept (times ``stretch`` in width),
-    transparency flattened onto white. Training (training/finetune.py) reads images
-    through this function."""
+    transparency flattened onto white, colour turned grey by ``grey`` (GREY_MODES).
+    Training (training/finetune.py) reads images through this function."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -56,7 +61,14 @@ def grey64(img: Image.Image, stretch: float = 1.0) -> np.ndarray:
     width, height = img.size
     target_w = max(MIN_INPUT_WIDTH,
                    min(MAX_INPUT_WIDTH, round(width * stretch * INPUT_HEIGHT / height)))
-    gray = img.convert("L").resize((target_w, INPUT_HEIGHT), Image.Resampling.LANCZOS)
+    if grey == "darkest" and img.mode not in ("L", "1", "I", "F"):
+        r, g, b = img.convert("RGB").split()
+        flat_grey = ImageChops.darker(ImageChops.darker(r, g), b)
+    elif grey in GREY_MODES:
+        flat_grey = img.convert("L")
+    else:
+        raise ValueError(f"unknown grey mode {grey!r}")
+    gray = flat_grey.resize((target_w, INPUT_HEIGHT), Image.Resampling.LANCZOS)
     return np.asarray(gray, dtype=np.uint8)
 
 
@@ -92,11 +104,14 @@ class FinetunedEngine:
         look = meta.get("second_look") if second_look else None
         self._second_below = float(look["below"]) if look else 0.0
         self._second_stretch = float(look["stretch"]) if look else 1.0
+        self.grey = str(meta.get("grey", "luminance"))
+        if self.grey not in GREY_MODES:
+            raise ValueError(f"{META_FILE}: unknown grey mode {self.grey!r}")
 
     def logits(self, image: bytes | Image.Image, stretch: float = 1.0) -> np.ndarray:
         """Raw model output for one image: (T, classes)."""
         img = open_image(image) if isinstance(image, bytes) else image
-        out = self._session.run(None, {self._input: to_input(grey64(img, stretch))})[0]
+        out = self._session.run(None, {self._input: to_input(grey64(img, stretch, self.grey))})[0]
         return out.reshape(out.shape[0], -1)
 
     def decode(self, frames: np.ndarray, spec: ImageSpec) -> tuple[str, float]:
