@@ -134,15 +134,18 @@ def test_unknown_engine_is_a_config_error() -> None:
 
 # capd-web, fine-tuned on real websites' captchas, lost some of the synthetic styles: in
 # Pillow's default font it reads the 1 of "48213" as 7 and a W as "vv" (its case is right
-# otherwise). Strict: the marks fail the suite once a retrained model reads them.
+# otherwise). auto answers "KX7pW" for "Kx7pW" since the finetuned model of 2026-11-28:
+# its first member, trained on real captchas that hardly ever mix case, spells x as X
+# (capd reads it right), and the two agree enough to stop before rapidocr. Strict: the
+# marks fail the suite once a retrained model reads them.
 MISREADS = {("numeric_1", "capd-web"), ("case", "Kx7pW", "capd-web"),
-            ("case", "WkPz4", "capd-web")}
+            ("case", "WkPz4", "capd-web"), ("case", "Kx7pW", "auto")}
 
 
 def known_misread(request: pytest.FixtureRequest, *key: str) -> None:
     if key in MISREADS:
         request.applymarker(pytest.mark.xfail(
-            strict=True, reason="capd-web misreads this glyph in Pillow's default font"))
+            strict=True, reason=f"{key[-1]} misreads this glyph in Pillow's default font"))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -343,6 +346,7 @@ def test_api_combined_engine_answers_case_numeric_math(
         make_server: Callable[..., LiveServer], engines: dict[str, Recogniser]) -> None:
     server = make_server(recogniser=get(engines, "auto"))
     key = server.new_account("10")
-    assert solve(server, key, image_task("Kx7pW", case=True))["solution"]["text"] == "Kx7pW"
+    # (not "Kx7pW": see MISREADS)
+    assert solve(server, key, image_task("WkPz4", case=True))["solution"]["text"] == "WkPz4"
     assert solve(server, key, image_task("48213", numeric=1))["solution"]["text"] == "48213"
     assert solve(server, key, image_task("7+3=", math=True))["solution"]["text"] == "10"
