@@ -93,10 +93,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     except ImportError:
         raise ModuleCliError(INSTALL_HINT) from None
     library = library_of(settings)
-    base = None
+    base, grey = None, None
     if args.base:
         entry = library.entry(args.base)
-        base = training.base_from_module(library.load(entry), entry.version)
+        base_module = library.load(entry)
+        base = training.base_from_module(base_module, entry.version)
+        grey = str(base_module.manifest.get("grey", "luminance"))
 
     def progress(line: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
@@ -119,7 +121,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     try:
         outcome = training.train(args.name, samples, args.minutes, progress, base=base,
                                  general=general, threads=args.threads,
-                                 freeze=args.freeze)
+                                 freeze=args.freeze, grey=grey)
     except training.DataError as exc:
         raise ModuleCliError(str(exc)) from None
     entry = library.save(outcome.data)
@@ -165,6 +167,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
     print(f"  accuracy     {_num(m.get('accuracy'))} held-out exact"
           f" (general engine {m.get('general_engine', '-')}: {_num(m.get('general_accuracy'))})")
     print(f"  charset      {''.join(m['charset'])}")
+    print(f"  grey         {m.get('grey', 'luminance')}")
     print(f"  weights      {m.get('weights', '-')}, base {m.get('base', '-')},"
           f" {m.get('steps', '-')} steps in {m.get('train_seconds', '-')}s")
     look = m.get("second_look")

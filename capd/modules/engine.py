@@ -53,6 +53,7 @@ class ModuleEngine(CtcEngine):
         look = module.manifest.get("second_look")
         self._second_below = float(look["below"]) if look else 0.0
         self._second_stretch = float(look["stretch"]) if look else 1.0
+        self._grey = str(module.manifest.get("grey", "luminance"))
         letters = [c for c in module.charset if c.isalpha()]
         # a charset with letters in one case only (most schemes): a case-insensitive task
         # is decoded in that case and lower-cased, since there is no partner to fold with
@@ -60,7 +61,8 @@ class ModuleEngine(CtcEngine):
                                             or all(c.islower() for c in letters))
 
     def frames(self, img: Image.Image, stretch: float = 1.0) -> np.ndarray:
-        out = self._session.run(None, {self._input: to_input(grey64(img, stretch))})[0]
+        grey = grey64(img, stretch, self._grey)
+        out = self._session.run(None, {self._input: to_input(grey)})[0]
         logits: np.ndarray = out.reshape(out.shape[0], -1)
         if logits.shape[1] != self._classes:
             raise ModuleError(f"{self.name}: the model has {logits.shape[1]} outputs,"

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from capd.constants import MAX_TASK_DEPTH, MODULE_MAX_FILE_BYTES, MODULES_DIR_NAME
+from capd.solving.ocr.finetuned_engine import GREY_MODES
 
 FORMAT = "capd-module"
 FORMAT_VERSION = 1
@@ -148,6 +149,8 @@ def unpack(data: bytes, origin: str = "module file") -> Module:
     look = manifest.get("second_look")
     if look is not None and not _valid_second_look(look):
         raise ModuleError(f"{origin}: manifest second_look is malformed")
+    if manifest.get("grey", "luminance") not in GREY_MODES:
+        raise ModuleError(f"{origin}: manifest grey must be one of {', '.join(GREY_MODES)}")
     _depth(manifest, origin)
     return Module(manifest, model)
 

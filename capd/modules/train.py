@@ -40,7 +40,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ from capd.modules.library import Module, pack, unpack  # noqa: E402
 from capd.modules.net import FRONT_BLOCKS, DdddNet, load_onnx_weights  # noqa: E402
 from capd.solving.ocr.base import Recogniser, UnreadableImage, open_image  # noqa: E402
 from capd.solving.ocr.finetuned_engine import (  # noqa: E402
+    GREY_MODES,
     META_FILE,
     MODEL_FILE,
     SECOND_LOOK_AT,
@@ -196,6 +197,14 @@ def general_base() -> tuple[bytes, list[str], str]:
     pkg = resources.files("capd.solving.ocr").joinpath("models")
     meta = json.loads(pkg.joinpath(META_FILE).read_text())
     return pkg.joinpath(MODEL_FILE).read_bytes(), list(meta["charset"]), "finetuned"
+
+
+def general_grey() -> str:
+    """How the default base (the shipped finetuned engine) turns colour grey."""
+    import json
+
+    pkg = resources.files("capd.solving.ocr").joinpath("models")
+    return str(json.loads(pkg.joinpath(META_FILE).read_text()).get("grey", "luminance"))
 
 
 def base_network(model: bytes, base_charset: list[str], charset: list[str],
@@ -389,16 +398,26 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
           base: tuple[bytes, list[str], str] | None = None,
           general: tuple[str, Recogniser] | None = None, threads: int = 0,
           seed: int = SPLIT_SEED, clock: Callable[[], float] = time.monotonic,
-          keep_best: bool = True, lr: float = 5e-4, freeze: str = "none") -> Outcome:
+          keep_best: bool = True, lr: float = 5e-4, freeze: str = "none",
+          grey: str | None = None) -> Outcome:
     """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
     clock (see the module docstring). ``general`` is (engine name, engine) scored on the
     same held-out images for comparison; ``progress`` receives one line at a time.
     ``lr``: the peak learning rate. ``keep_best``: keep the base's weights when training
     ends below them on the held-out images. ``freeze``: ``none`` (every layer trains on
     freshly augmented pixels each step) or ``front`` (the stem and first stages stay at
-    the base's weights, their outputs cached: ~2.5x cheaper steps, but measured worse)."""
+    the base's weights, their outputs cached: ~2.5x cheaper steps, but measured worse).
+    ``grey``: how the module turns colour grey (finetuned_engine.GREY_MODES), by default
+    the base's way (the default base's from its metadata; any other base: luminance),
+    so that step 0 sees images as the base learnt them; the manifest records it."""
     if freeze not in ("front", "none"):
         raise ValueError(f"freeze must be 'front' or 'none', not {freeze!r}")
+    if grey is None:
+        grey = general_grey() if base is None else "luminance"
+    if grey not in GREY_MODES:
+        raise ValueError(f"grey must be one of {GREY_MODES}, not {grey!r}")
+    if grey != "luminance":  # read_dataset made them grey by luminance
+        samples = [replace(s, grey=grey64(open_image(s.image), grey=grey)) for s in samples]
     started = clock()
     budget = minutes * 60.0
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
@@ -499,6 +518,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         "case_sensitive": spec.case_sensitive, "numeric": spec.numeric,
         "samples": len(samples), "train_samples": len(fit), "held_out": len(held),
         "base": base_label, "freeze": freeze, "steps": step, "train_seconds": round(train_s, 1),
+        "grey": grey,
         "created_at": time.time(),
     }
     with tempfile.TemporaryDirectory(prefix="capd-module-") as tmp:

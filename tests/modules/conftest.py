@@ -4,13 +4,18 @@ a few seconds (once per session), reused by the storage, routing and pick-up tes
 from __future__ import annotations
 
 import csv
+import io
+import json
 import random
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from capd.modules.library import pack
 from tests.helpers import captcha_png, free_port
 from tests.processes import Processes, capd_cli
 
@@ -97,3 +102,17 @@ def module_server(processes: Processes, tmp_path: Path, module_file: bytes
         processes.wait_healthy(url, server)
         return ModuleServer(db, lib, url, key, token)
     return start
+
+
+def repacked(manifest_changes: dict[str, Any]) -> bytes:
+    """A tiny module file (a placeholder model) whose manifest has these changes."""
+    data = pack({"name": "x", "charset": ["1"], "input_height": 64}, b"model")
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        model = zf.read("model.onnx")
+    manifest.update(manifest_changes)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("manifest.json", json.dumps(manifest))
+        zf.writestr("model.onnx", model)
+    return buf.getvalue()

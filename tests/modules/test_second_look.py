@@ -4,9 +4,6 @@ from a wider image, when the manifest says so; a malformed setting is refused on
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +11,9 @@ import pytest
 
 from capd.domain.tasks import ImageSpec
 from capd.modules.engine import ModuleEngine
-from capd.modules.library import Module, ModuleError, pack, unpack
+from capd.modules.library import Module, ModuleError, unpack
 from tests.helpers import captcha_png, record_stretches
-from tests.modules.conftest import TINY_MINUTES, make_dataset
+from tests.modules.conftest import TINY_MINUTES, make_dataset, repacked
 
 
 def _with_look(module: Module, look: Any) -> Module:
@@ -63,19 +60,6 @@ def test_training_keeps_the_second_look_only_when_it_does_not_lose(tmp_path: Pat
     assert manifest["accuracy"] >= min(single, with_look) - 1e-3
 
 
-def _repacked(manifest_changes: dict[str, Any]) -> bytes:
-    data = pack({"name": "x", "charset": ["1"], "input_height": 64}, b"model")
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        manifest = json.loads(zf.read("manifest.json"))
-        model = zf.read("model.onnx")
-    manifest.update(manifest_changes)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("manifest.json", json.dumps(manifest))
-        zf.writestr("model.onnx", model)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("look", [
     [], "1.25", {"below": 0.5}, {"below": "0.5", "stretch": 1.25},
     {"below": 1.5, "stretch": 1.25}, {"below": 0.5, "stretch": 1.0},
@@ -83,9 +67,9 @@ def _repacked(manifest_changes: dict[str, Any]) -> bytes:
 ])
 def test_a_malformed_second_look_is_refused(look: Any) -> None:
     with pytest.raises(ModuleError, match="second_look is malformed"):
-        unpack(_repacked({"second_look": look}))
+        unpack(repacked({"second_look": look}))
 
 
 def test_a_well_formed_second_look_loads() -> None:
-    module = unpack(_repacked({"second_look": {"below": 0.6, "stretch": 1.25}}))
+    module = unpack(repacked({"second_look": {"below": 0.6, "stretch": 1.25}}))
     assert module.manifest["second_look"]["stretch"] == 1.25
