@@ -269,3 +269,17 @@ def record_stretches(monkeypatch: Any, obj: Any, method: str) -> list[float]:
 
     monkeypatch.setattr(obj, method, wrapper)
     return calls
+
+
+def record_greys(monkeypatch: Any, module: Any) -> list[str]:
+    """Wrap ``module.grey64`` so that each call's grey mode is recorded: how an engine
+    turned an image's colour grey."""
+    modes: list[str] = []
+    real = module.grey64
+
+    def spy(img: Any, stretch: float = 1.0, grey: str = "luminance") -> Any:
+        modes.append(grey)
+        return real(img, stretch, grey)
+
+    monkeypatch.setattr(module, "grey64", spy)
+    return modes

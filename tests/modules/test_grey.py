@@ -8,15 +8,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from capd.domain.tasks import ImageSpec
 from capd.modules import engine as module_engine
 from capd.modules.engine import ModuleEngine
 from capd.modules.library import ModuleError, unpack
-from tests.helpers import captcha_png
+from tests.helpers import captcha_png, record_greys
 from tests.modules.conftest import TINY_MINUTES, make_dataset, repacked
 
 
@@ -38,14 +36,7 @@ def test_the_engine_reads_the_manifests_way(module_file: bytes, grey: str | None
     manifest = {k: v for k, v in module.manifest.items() if k != "grey"}
     if grey is not None:
         manifest["grey"] = grey
-    modes: list[str] = []
-    real = module_engine.grey64
-
-    def spy(img: Image.Image, stretch: float = 1.0, grey: str = "luminance") -> np.ndarray:
-        modes.append(grey)
-        return real(img, stretch, grey)
-
-    monkeypatch.setattr(module_engine, "grey64", spy)
+    modes = record_greys(monkeypatch, module_engine)
     ModuleEngine(dataclasses.replace(module, manifest=manifest)).read(
         captcha_png("4821"), ImageSpec(numeric=1))
     assert modes and set(modes) == {grey or "luminance"}

@@ -20,7 +20,7 @@ from capd.solving.ocr import load_recogniser
 from capd.solving.ocr.base import UnreadableImage
 from capd.solving.ocr.finetuned_engine import FinetunedEngine, grey64
 from capd.solving.ocr.onnx_engine import Calibration
-from tests.helpers import captcha_png, record_stretches
+from tests.helpers import captcha_png, record_greys, record_stretches
 from training import datasets
 
 PER_SCHEME = 4
@@ -141,14 +141,7 @@ def test_the_engine_reads_with_its_models_grey_mode(engine: FinetunedEngine,
     meta = json.loads(resources.files("capd.solving.ocr").joinpath("models")
                       .joinpath(finetuned_engine.META_FILE).read_text())
     assert engine.grey == meta.get("grey", "luminance")
-    modes: list[str] = []
-    real = finetuned_engine.grey64
-
-    def spy(img: Image.Image, stretch: float = 1.0, grey: str = "luminance") -> np.ndarray:
-        modes.append(grey)
-        return real(img, stretch, grey)
-
-    monkeypatch.setattr(finetuned_engine, "grey64", spy)
+    modes = record_greys(monkeypatch, finetuned_engine)
     engine.read(captcha_png("k7pm3"), ImageSpec())
     assert modes and set(modes) == {engine.grey}
 
