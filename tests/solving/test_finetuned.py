@@ -125,6 +125,8 @@ def test_darkest_grey_turns_any_saturated_colour_into_ink() -> None:
     assert lum[32, 55] > 200 and dark[32, 55] < 10
     assert abs(int(lum[32, 135]) - int(dark[32, 135])) <= 1
     assert lum[2, 2] == dark[2, 2] == 255   # white paper stays white
+    # a palette image's colours too
+    assert grey64(im.convert("P"), grey="darkest")[32, 55] < 10
     # a grey image is the same either way; an unknown mode is refused
     assert np.array_equal(grey64(im.convert("L")), grey64(im.convert("L"), grey="darkest"))
     with pytest.raises(ValueError, match="unknown grey mode"):

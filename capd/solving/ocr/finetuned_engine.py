@@ -61,7 +61,7 @@ def grey64(img: Image.Image, stretch: float = 1.0, grey: str = "luminance") -> n
     width, height = img.size
     target_w = max(MIN_INPUT_WIDTH,
                    min(MAX_INPUT_WIDTH, round(width * stretch * INPUT_HEIGHT / height)))
-    if grey == "darkest" and img.mode not in ("L", "1", "I", "F"):
+    if grey == "darkest" and (len(img.getbands()) > 1 or img.mode == "P"):
         r, g, b = img.convert("RGB").split()
         flat_grey = ImageChops.darker(ImageChops.darker(r, g), b)
     elif grey in GREY_MODES:
