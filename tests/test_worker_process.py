@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "ImageToTextTask"
-# texts the built-in engine (ddddocr 1.6.1) reads exactly from captcha_png(text)
+# texts ddddocr 1.6.1 reads exactly from captcha_png(text); the workers run that engine
+# (CAPD_OCR_ENGINE below), not the default, whose model changes (test_durability.py)
 FIRST_TEXTS = ("aB3k9", "48213", "pq82", "txwvdz", "y7kf", "pe5na3", "xxhfd", "fbte", "h2nwm",
                "dn4en")
 SECOND_TEXTS = ("udzwz", "uuhpzp", "32wuuw", "k55kvz", "7svv6", "7bpp8", "uh4c", "rahv",
@@ -43,7 +44,7 @@ TOKEN_REFUSED = "capd: error: the server refused the worker token"
 def capd_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPD_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env.update(CAPD_BUILTIN_OCR="false", CAPD_MAX_POLLS_PER_S="50",
+    env.update(CAPD_BUILTIN_OCR="false", CAPD_OCR_ENGINE="ddddocr", CAPD_MAX_POLLS_PER_S="50",
                CAPD_WORKER_LEASE_S=str(LEASE_S), CAPD_IMAGE_DEADLINE_S=str(DEADLINE_S),
                CAPD_OCR_THREADS="1")
     return env
