@@ -2,7 +2,7 @@
 
     nice -n 10 python -m bench.bench_modules --datasets DIR [--minutes 15] [--train 500]
         [--held 300] [--engine auto] [--schemes a,b] [--threads 2] [--freeze none|front]
-        [--base finetuned|ddddocr] [--json out.json]
+        [--base finetuned|ddddocr] [--grey luminance|darkest] [--json out.json]
 
 DIR holds one folder per scheme, each with ``labels.csv`` (``file,text``) and its
 images (``$CAPD_DATASETS`` when --datasets is not given). For each scheme, in a child
@@ -56,7 +56,7 @@ def ddddocr_base() -> tuple[bytes, list[str], str]:
 
 def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int,
                engine_name: str, threads: int, lr: float, freeze: str = "none",
-               base: str = "finetuned") -> dict[str, Any]:
+               base: str = "finetuned", grey: str | None = None) -> dict[str, Any]:
     """Train and score one scheme in this process (see the module docstring)."""
     from capd.modules import train as training
     from capd.modules.engine import ModuleEngine
@@ -82,7 +82,8 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
     outcome = training.train(scheme[:64], fit, minutes,
                              lambda line: print(f"  [{scheme}] {line}", flush=True),
                              base=ddddocr_base() if base == "ddddocr" else None,
-                             threads=threads, keep_best=False, lr=lr, freeze=freeze)
+                             threads=threads, keep_best=False, lr=lr, freeze=freeze,
+                             grey=grey)
     wall_s = time.monotonic() - started
     module = ModuleEngine(unpack(outcome.data))
     spec = training.scoring_spec([s.text for s in fit])
@@ -92,6 +93,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
     return {"scheme": scheme, "base_engine": base, "train": len(fit), "held": len(held),
             "minutes": minutes,
             "module": round(acc_module, 4), "general": round(acc_general, 4),
+            "grey": outcome.manifest["grey"],
             "base": round(acc_base, 4), "engine": engine_name, "lr": lr, "freeze": freeze,
             "train_wall_s": round(wall_s),
             "steps": outcome.manifest["steps"], "weights": outcome.manifest["weights"],
@@ -120,13 +122,16 @@ def main() -> None:
                     help="which layers keep the base's weights (capd module train --freeze)")
     ap.add_argument("--base", choices=("finetuned", "ddddocr"), default="finetuned",
                     help="the network a module starts from (see above)")
+    ap.add_argument("--grey", choices=("luminance", "darkest"), default=None,
+                    help="how the module turns colour grey (default: its base's way)")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
     if not args.datasets or not os.path.isdir(args.datasets):
         sys.exit("bench_modules: give --datasets DIR (or set CAPD_DATASETS)")
     if args.one:
         row = one_scheme(args.datasets, args.one, args.minutes, args.train, args.held,
-                         args.engine, args.threads, args.lr, args.freeze, args.base)
+                         args.engine, args.threads, args.lr, args.freeze, args.base,
+                         args.grey)
         print("RESULT " + json.dumps(row), flush=True)
         return
     schemes = [s for s in args.schemes.split(",") if s] or sorted(
@@ -138,7 +143,8 @@ def main() -> None:
                "--one", scheme, "--minutes", str(args.minutes), "--train", str(args.train),
                "--held", str(args.held), "--engine", args.engine,
                "--threads", str(args.threads), "--lr", str(args.lr),
-               "--freeze", args.freeze, "--base", args.base]
+               "--freeze", args.freeze, "--base", args.base,
+               *(["--grey", args.grey] if args.grey else [])]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -51,6 +51,9 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     t.add_argument("--base", metavar="MODULE",
                    help="start from this stored module (default: the general finetuned model)")
     t.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    t.add_argument("--grey", choices=("luminance", "darkest"), default=None,
+                   help="how colour becomes grey (default: the base's way; darkest makes any"
+                        " saturated colour dark ink)")
     t.add_argument("--freeze", choices=("none", "front"), default="none",
                    help="none (default): every layer trains; front: the first layers keep"
                         " the base's weights (each step ~2.5x cheaper, modules less exact)")
@@ -99,6 +102,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
         base_module = library.load(entry)
         base = training.base_from_module(base_module, entry.version)
         grey = str(base_module.manifest.get("grey", "luminance"))
+    grey = args.grey or grey
 
     def progress(line: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)

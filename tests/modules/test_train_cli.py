@@ -140,7 +140,16 @@ def test_train_from_a_stored_module_as_base(tmp_path: Path, dataset: Callable[..
     out = capsys.readouterr().out
     assert code == 0
     assert "base module tiny v1" in out
-    assert [e.version for e in Library(tmp_path / "lib").versions("tiny")] == [1, 2]
+    lib = Library(tmp_path / "lib")
+    assert [e.version for e in lib.versions("tiny")] == [1, 2]
+    # a module trained from another takes its way of turning colour grey, unless told
+    base_grey = lib.load(lib.versions("tiny")[0]).manifest["grey"]
+    assert lib.load(lib.versions("tiny")[1]).manifest["grey"] == base_grey
+    other = "luminance" if base_grey == "darkest" else "darkest"
+    code = main(["module", "train", "tiny", "--data", str(dataset()), "--minutes", "0.05",
+                 "--base", "tiny", "--threads", "1", "--grey", other])
+    assert code == 0
+    assert lib.load(lib.versions("tiny")[2]).manifest["grey"] == other
 
 
 def test_train_from_an_unknown_base_is_one_line(tmp_path: Path, dataset: Callable[..., Path],
