@@ -272,20 +272,26 @@ def read_pack(path: str) -> tuple[dict[str, list[tuple[np.ndarray, str]]], str]:
     return out, grey
 
 
+def pick_pool(rng: random.Random, pools: dict[str, list], weights: dict[str, float],
+              synth_share: float, imitate_share: float) -> str:
+    """Which pool the next batch comes from: "synth" a share of the time, then an
+    imitation pool a share of the time, else a scheme by its weight."""
+    imitation = sorted(k for k in pools if k.startswith("imitate/"))
+    schemes = list(datasets.SCHEMES)
+    if "synth" in pools and rng.random() < synth_share:
+        return "synth"
+    if imitation and rng.random() < imitate_share:
+        return rng.choice(imitation)
+    return rng.choices(schemes, [weights[k] for k in schemes])[0]
+
+
 def draw_batch(rng: random.Random, gen: torch.Generator, pools: dict[str, list],
                weights: dict[str, float], batch: int, synth_share: float,
                imitate_share: float) -> tuple[str, torch.Tensor, list[int], list[str]]:
     """One augmented training batch: (pool name, (N, 1, 64, W) pixels, frame counts,
     labels). ``pools`` holds the schemes' fit images, optionally "synth" and
     "imitate/<generator>" pools."""
-    imitation = sorted(k for k in pools if k.startswith("imitate/"))
-    schemes = list(datasets.SCHEMES)
-    if "synth" in pools and rng.random() < synth_share:
-        name = "synth"
-    elif imitation and rng.random() < imitate_share:
-        name = rng.choice(imitation)
-    else:
-        name = rng.choices(schemes, [weights[k] for k in schemes])[0]
+    name = pick_pool(rng, pools, weights, synth_share, imitate_share)
     pool = pools[name]
     items = [pool[rng.randrange(len(pool))] for _ in range(batch)]
     x, frames = pixel_batch([grey for grey, _ in items], rng)
@@ -491,7 +497,6 @@ def main() -> None:
         os.replace(tmp, args.out)
 
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
-    schemes = list(datasets.SCHEMES)
     pools: dict[str, list] = {**fit, **({"synth": synth} if synth else {}),
                               **{f"imitate/{k}": v for k, v in imitation.items()}}
     stream = None
@@ -511,10 +516,7 @@ def main() -> None:
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
         if cached:
-            if synth and rng.random() < args.synth_share:
-                name = "synth"
-            else:
-                name = rng.choices(schemes, [weights[k] for k in schemes])[0]
+            name = pick_pool(rng, pools, weights, args.synth_share, args.imitate_share)
             picks = [rng.randrange(len(pools[name])) for _ in range(args.batch)]
             fitems = [cached[name][k] for k in picks]
             f, frames = feature_batch([feat for feat, _ in fitems], rng)

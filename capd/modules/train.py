@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import random
@@ -41,7 +42,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ from capd.solving.ocr.finetuned_engine import (  # noqa: E402
     SECOND_LOOK_AT,
     SECOND_LOOK_STRETCH,
     grey64,
+    shipped_file,
 )
 from capd.solving.ocr.onnx_engine import Calibration  # noqa: E402
 
@@ -192,19 +193,13 @@ def is_right(answer: str, label: str, spec: ImageSpec) -> bool:
 # -- base network ---------------------------------------------------------------------------
 def general_base() -> tuple[bytes, list[str], str]:
     """The shipped finetuned engine's int8 file and charset: the default base."""
-    import json
-
-    pkg = resources.files("capd.solving.ocr").joinpath("models")
-    meta = json.loads(pkg.joinpath(META_FILE).read_text())
-    return pkg.joinpath(MODEL_FILE).read_bytes(), list(meta["charset"]), "finetuned"
+    meta = json.loads(shipped_file(META_FILE))
+    return shipped_file(MODEL_FILE), list(meta["charset"]), "finetuned"
 
 
 def general_grey() -> str:
     """How the default base (the shipped finetuned engine) turns colour grey."""
-    import json
-
-    pkg = resources.files("capd.solving.ocr").joinpath("models")
-    return str(json.loads(pkg.joinpath(META_FILE).read_text()).get("grey", "luminance"))
+    return str(json.loads(shipped_file(META_FILE)).get("grey", "luminance"))
 
 
 def base_network(model: bytes, base_charset: list[str], charset: list[str],

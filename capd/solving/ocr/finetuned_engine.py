@@ -72,6 +72,11 @@ def grey64(img: Image.Image, stretch: float = 1.0, grey: str = "luminance") -> n
     return np.asarray(gray, dtype=np.uint8)
 
 
+def shipped_file(name: str) -> bytes:
+    """A file of the shipped model (MODEL_FILE, or META_FILE: its metadata)."""
+    return resources.files("capd.solving.ocr").joinpath("models").joinpath(name).read_bytes()
+
+
 def to_input(grey: np.ndarray) -> np.ndarray:
     """uint8 (64, W) -> float32 (1, 1, 64, W) in [0, 1], the network's input."""
     return (grey.astype(np.float32) / 255.0)[np.newaxis, np.newaxis]
@@ -84,10 +89,9 @@ class FinetunedEngine:
 
     def __init__(self, model: bytes | None = None, calibrate: bool = True,
                  second_look: bool = True) -> None:
-        pkg = resources.files("capd.solving.ocr").joinpath("models")
         if model is None:
-            model = pkg.joinpath(MODEL_FILE).read_bytes()
-        meta = json.loads(pkg.joinpath(META_FILE).read_text())
+            model = shipped_file(MODEL_FILE)
+        meta = json.loads(shipped_file(META_FILE))
         opts = ort.SessionOptions()
         # one thread per inference: the pool runs one inference per core instead
         opts.intra_op_num_threads = 1
