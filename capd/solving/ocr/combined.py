@@ -16,7 +16,8 @@ adding its name there. Per task:
    ``noisy_or(best) * (1 - noisy_or(next))`` (that score separates right from wrong
    answers better than an agreement-weighted one, which is what a threshold needs).
    When no two members agree at all, the readings of the most supported length vote
-   character by character instead (vote_characters).
+   character by character (vote_characters), and the vote's answer is taken when its
+   score is the higher.
 3. Once the score reaches ``stop_at`` the remaining members are skipped (after the first
    member alone: ``first_stop_at``, where the policy sets one; a member that is often
    sure and wrong needs a higher bar alone than once another member has a say).
@@ -163,16 +164,18 @@ def decide(readings: Sequence[tuple[str, Reading]], spec: ImageSpec, agreement: 
         return "", 0.0, ""
     best = groups[0]
     name, reading = max(best.votes, key=lambda v: v[1].confidence)
-    if len(best.votes) == 1 and len(groups) > 1 and not spec.math:
-        voted = vote_characters(readings, spec)
-        if voted is not None:
-            return voted[0], voted[1], name
     # the score treats members as independent whatever ``agreement`` chose the winner:
     # it ranks answers by how sure they are better than the agreement-weighted one
     runner_up = max((noisy_or([r.confidence for _, r in g.votes]) for g in groups[1:]),
                     default=0.0)
-    return reading.text, noisy_or([r.confidence for _, r in best.votes]) * (1.0 - runner_up), \
-        name
+    score = noisy_or([r.confidence for _, r in best.votes]) * (1.0 - runner_up)
+    if len(best.votes) == 1 and len(groups) > 1 and not spec.math:
+        voted = vote_characters(readings, spec)
+        # the vote replaces the best answer only when it is surer: a few unsure readings
+        # of one length must not outvote a far surer one of another length
+        if voted is not None and voted[1] > score:
+            return voted[0], voted[1], name
+    return reading.text, score, name
 
 
 def vote_characters(readings: Sequence[tuple[str, Reading]], spec: ImageSpec

@@ -122,18 +122,27 @@ class FinetunedEngine:
         """Masked greedy CTC over one image's (T, classes) logits: text, raw confidence."""
         return self._decoder.decode(frames, spec)
 
-    def finish(self, text: str, raw: float, spec: ImageSpec) -> Reading:
+    def decode_chars(self, frames: np.ndarray, spec: ImageSpec
+                     ) -> tuple[str, tuple[float, ...]]:
+        """Like ``decode``, with each read character's peak probability instead of their
+        product (the combined engine's per-character vote weighs them)."""
+        return self._decoder.decode_chars(frames, spec)
+
+    def finish(self, text: str, raw: float, spec: ImageSpec,
+               chars: tuple[float, ...] = ()) -> Reading:
         confidence = self._calibration(raw) if self._calibration else raw
         if spec.math:
             answer = evaluate_expression(text)
-            return Reading(answer or "", confidence if answer else 0.0)
-        return Reading(text, confidence if text else 0.0)
+            return Reading(answer or "", confidence if answer else 0.0, chars)
+        return Reading(text, confidence if text else 0.0, chars)
 
     def read(self, image: bytes, spec: ImageSpec) -> Reading:
         img = open_image(image)
-        text, raw = self.decode(self.logits(img), spec)
+        text, chars = self.decode_chars(self.logits(img), spec)
+        raw = float(np.prod(chars)) if text else 0.0
         if raw < self._second_below:
-            again, raw_again = self.decode(self.logits(img, self._second_stretch), spec)
+            again, chars_again = self.decode_chars(self.logits(img, self._second_stretch), spec)
+            raw_again = float(np.prod(chars_again)) if again else 0.0
             if raw_again > raw:
-                text, raw = again, raw_again
-        return self.finish(text, raw, spec)
+                text, chars, raw = again, chars_again, raw_again
+        return self.finish(text, raw, spec, chars)
