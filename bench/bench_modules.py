@@ -2,7 +2,8 @@
 
     nice -n 10 python -m bench.bench_modules --datasets DIR [--minutes 15] [--train 500]
         [--held 300] [--engine auto] [--schemes a,b] [--threads 2] [--freeze none|front]
-        [--base finetuned|ddddocr] [--grey luminance|darkest] [--json out.json]
+        [--base finetuned|ddddocr] [--grey luminance|darkest] [--unlabelled N]
+        [--json out.json]
 
 DIR holds one folder per scheme, each with ``labels.csv`` (``file,text``) and its
 images (``$CAPD_DATASETS`` when --datasets is not given). For each scheme, in a child
@@ -25,6 +26,9 @@ process of its own (so that its peak memory is its own):
 architecture, never trained on these schemes): a scheme the general model has not seen,
 which is what a module is for. With the default base the 500 training images are ones
 the base already learnt, so training has little left to learn from them.
+
+``--unlabelled N`` also gives training the next N images of the train split without
+their labels (``capd module train --unlabelled``: the module labels those it reads surely).
 
 Prints one line per scheme while it runs and a table at the end: held-out accuracy of
 the module and of the general engine, the training time and the child process's peak
@@ -56,7 +60,8 @@ def ddddocr_base() -> tuple[bytes, list[str], str]:
 
 def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int,
                engine_name: str, threads: int, lr: float, freeze: str = "none",
-               base: str = "finetuned", grey: str | None = None) -> dict[str, Any]:
+               base: str = "finetuned", grey: str | None = None,
+               n_unlabelled: int = 0) -> dict[str, Any]:
     """Train and score one scheme in this process (see the module docstring)."""
     from capd.modules import train as training
     from capd.modules.engine import ModuleEngine
@@ -77,13 +82,25 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
         return out
 
     fit = samples(train_rows[:n_train])
+    # further images of the train split, their labels not used
+    spare_rows = train_rows[n_train:n_train + n_unlabelled]
+    spare = [Path(path).read_bytes() for path, _ in spare_rows]
+    pseudo_right: list[float] = []
+
+    def on_pseudo(kept: list[tuple[int, str]]) -> None:
+        """How many of the module's own labels are right (the bench knows the labels)."""
+        right = sum(text.lower() == spare_rows[i][1].lower() for i, text in kept)
+        pseudo_right.append(right / len(kept) if kept else float("nan"))
+        print(f"  [{scheme}] its labels of unlabelled images: {right} of {len(kept)} right",
+              flush=True)
+
     held = samples(held_rows[:n_held])
     started = time.monotonic()
     outcome = training.train(scheme[:64], fit, minutes,
                              lambda line: print(f"  [{scheme}] {line}", flush=True),
                              base=ddddocr_base() if base == "ddddocr" else None,
                              threads=threads, keep_best=False, lr=lr, freeze=freeze,
-                             grey=grey)
+                             grey=grey, unlabelled=spare or None, on_pseudo=on_pseudo)
     wall_s = time.monotonic() - started
     module = ModuleEngine(unpack(outcome.data))
     spec = training.scoring_spec([s.text for s in fit])
@@ -93,7 +110,9 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
     return {"scheme": scheme, "base_engine": base, "train": len(fit), "held": len(held),
             "minutes": minutes,
             "module": round(acc_module, 4), "general": round(acc_general, 4),
-            "grey": outcome.manifest["grey"],
+            "grey": outcome.manifest["grey"], "unlabelled": len(spare),
+            "pseudo_labelled": outcome.manifest["pseudo_labelled"],
+            "pseudo_right": [round(x, 4) for x in pseudo_right],
             "base": round(acc_base, 4), "engine": engine_name, "lr": lr, "freeze": freeze,
             "train_wall_s": round(wall_s),
             "steps": outcome.manifest["steps"], "weights": outcome.manifest["weights"],
@@ -124,6 +143,9 @@ def main() -> None:
                     help="the network a module starts from (see above)")
     ap.add_argument("--grey", choices=("luminance", "darkest"), default=None,
                     help="how the module turns colour grey (default: its base's way)")
+    ap.add_argument("--unlabelled", type=int, default=0,
+                    help="also this many further images of the train split, without their"
+                         " labels, for the module to label itself (default 0)")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
     if not args.datasets or not os.path.isdir(args.datasets):
@@ -131,7 +153,7 @@ def main() -> None:
     if args.one:
         row = one_scheme(args.datasets, args.one, args.minutes, args.train, args.held,
                          args.engine, args.threads, args.lr, args.freeze, args.base,
-                         args.grey)
+                         args.grey, args.unlabelled)
         print("RESULT " + json.dumps(row), flush=True)
         return
     schemes = [s for s in args.schemes.split(",") if s] or sorted(
@@ -144,6 +166,7 @@ def main() -> None:
                "--held", str(args.held), "--engine", args.engine,
                "--threads", str(args.threads), "--lr", str(args.lr),
                "--freeze", args.freeze, "--base", args.base,
+               "--unlabelled", str(args.unlabelled),
                *(["--grey", args.grey] if args.grey else [])]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None

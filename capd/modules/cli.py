@@ -46,6 +46,9 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     t.add_argument("name")
     t.add_argument("--data", required=True, metavar="DIR",
                    help="folder with labels.csv (file,text) and the images")
+    t.add_argument("--unlabelled", metavar="DIR",
+                   help="a folder of the scheme's captchas without labels: the module labels"
+                        " those it reads surely and trains on them too")
     t.add_argument("--minutes", type=float, default=MODULE_TRAIN_MINUTES,
                    help=f"wall-clock training budget (default {MODULE_TRAIN_MINUTES:g})")
     t.add_argument("--base", metavar="MODULE",
@@ -110,6 +113,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     progress(f"checking {Path(args.data) / 'labels.csv'} and its images")
     try:
         samples = training.read_dataset(args.data, args.min_samples)
+        unlabelled = None
+        if args.unlabelled:
+            if args.freeze != "none":
+                raise ModuleCliError("--unlabelled needs every layer training (--freeze none)")
+            progress(f"checking the images of {args.unlabelled}")
+            unlabelled = training.read_unlabelled(args.unlabelled)
     except training.DataError as exc:
         raise ModuleCliError(str(exc)) from None
 
@@ -125,7 +134,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     try:
         outcome = training.train(args.name, samples, args.minutes, progress, base=base,
                                  general=general, threads=args.threads,
-                                 freeze=args.freeze, grey=grey)
+                                 freeze=args.freeze, grey=grey, unlabelled=unlabelled)
     except training.DataError as exc:
         raise ModuleCliError(str(exc)) from None
     entry = library.save(outcome.data)
@@ -172,6 +181,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
           f" (general engine {m.get('general_engine', '-')}: {_num(m.get('general_accuracy'))})")
     print(f"  charset      {''.join(m['charset'])}")
     print(f"  grey         {m.get('grey', 'luminance')}")
+    if m.get("unlabelled"):
+        print(f"  unlabelled   {m['unlabelled']} images, {m.get('pseudo_labelled', 0)} labelled"
+              " by the module and trained on")
     print(f"  weights      {m.get('weights', '-')}, base {m.get('base', '-')},"
           f" {m.get('steps', '-')} steps in {m.get('train_seconds', '-')}s")
     look = m.get("second_look")

@@ -21,6 +21,14 @@ on them: a step costs ~2.5x less, but on Securimage captchas (500 images, 8 minu
 the module reached 0.677 that way against 0.773 with every layer training. Either way:
 CTC, AdamW and a warm-up + cosine schedule over the wall-clock budget.
 
+Unlabelled images (optional, ``read_unlabelled``: a folder of the scheme's captchas
+without labels, which a site's users can collect by the thousand): at 40% and again at
+70% of the training budget the network reads them twice, as they are and 1.25 times
+wider, and those it reads the same way both times, with a confidence of at least 0.9 and
+at a length the labels have, become training images labelled with that reading, making
+up half of every batch from then on (self-training). They are never held out or scored
+on.
+
 Export: ONNX (opset 17, dynamic batch and width), then ONNX Runtime's dynamic int8
 quantisation, kept when it loses at most ``MAX_INT8_DROP`` or one image of the float
 file's held-out accuracy (one image is below what a small held-out set resolves); a
@@ -80,6 +88,15 @@ SPLIT_SEED = 20261127
 MAX_INT8_DROP = 0.005  # int8 ships when it loses at most this much held-out accuracy
 CACHE_SHARE = 0.25  # at most this share of the budget goes to caching augmented variants
 MAX_VARIANTS = 12  # cached variants per training image (the first is the image as it is)
+# unlabelled images (semi-supervised): at these shares of the training budget the network
+# reads them, and those it reads with at least PSEUDO_MIN_CONFIDENCE (the product of each
+# character's probability), the same at SECOND_LOOK_STRETCH times the width, at a length
+# the labels have become training images with that reading as their label, in
+# PSEUDO_SHARE of every batch, until the next round
+PSEUDO_ROUNDS = (0.4, 0.7)
+PSEUDO_MIN_CONFIDENCE = 0.9
+PSEUDO_SHARE = 0.5
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 Progress = Callable[[str], None]
 
 
@@ -155,6 +172,29 @@ def read_dataset(folder: str | os.PathLike[str], min_samples: int = MODULE_MIN_S
         raise DataError(f"{labels}: {len(samples)} labelled images; at least {min_samples}"
                         " are needed")
     return samples
+
+
+def read_unlabelled(folder: str | os.PathLike[str]) -> list[bytes]:
+    """Every image file of ``folder`` (by suffix, not in subfolders), each checked to
+    decode: unlabelled captchas of the scheme, for semi-supervised training."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    images = []
+    for path in sorted(root.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            data = path.read_bytes()
+            open_image(data)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+        except UnreadableImage as exc:
+            raise DataError(f"{path}: not a readable image ({exc})") from None
+        images.append(data)
+    if not images:
+        raise DataError(f"{root}: no images (files ending {', '.join(IMAGE_SUFFIXES)})")
+    return images
 
 
 def split(samples: list[Sample], held_share: float = MODULE_HELD_OUT_SHARE
@@ -383,6 +423,61 @@ def held_accuracy(net: DdddNet, held: list[Sample], charset: list[str], spec: Im
     return right / len(held)
 
 
+def greedy_reading(probs: torch.Tensor) -> tuple[list[int], float]:
+    """Greedy CTC over one image's (T, classes) probabilities: the column indices read
+    (blank 0 dropped, repeats merged) and the product of each one's peak probability."""
+    peak, best = probs.max(-1)
+    out: list[int] = []
+    conf, prev, run_peak = 1.0, 0, 0.0
+    for k, p in zip(best.tolist(), peak.tolist(), strict=True):
+        if k != prev:
+            conf *= run_peak if prev else 1.0
+            run_peak = 0.0
+            if k:
+                out.append(k)
+        run_peak = max(run_peak, p)
+        prev = k
+    conf *= run_peak if prev else 1.0
+    return out, conf
+
+
+def read_greys(net: DdddNet, greys: list[np.ndarray]) -> list[tuple[list[int], float]]:
+    """The network's greedy reading (greedy_reading) of every image, in order."""
+    was_training = net.training
+    net.eval()
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, g in enumerate(greys):  # same-size images go through the network together
+        by_shape.setdefault(g.shape, []).append(i)
+    out: list[tuple[list[int], float]] = [([], 0.0)] * len(greys)
+    with torch.no_grad():
+        for group in by_shape.values():
+            for at in range(0, len(group), 32):
+                chunk = group[at:at + 32]
+                x = torch.from_numpy(np.stack([greys[i] for i in chunk])).float().div(255.0)
+                probs = net(x[:, None]).softmax(-1)
+                for j, i in enumerate(chunk):
+                    out[i] = greedy_reading(probs[:, j])
+    net.train(was_training)
+    return out
+
+
+def pseudo_label(net: DdddNet, greys: list[np.ndarray], lengths: tuple[int, int],
+                 min_confidence: float | None = None,
+                 wide: list[np.ndarray] | None = None) -> list[tuple[int, list[int]]]:
+    """(index, label as column indices) of each unlabelled image the network reads with
+    at least ``min_confidence`` (default PSEUDO_MIN_CONFIDENCE) at a length within
+    ``lengths`` (inclusive); with ``wide`` (the same images stretched wider), only those
+    it reads the same way in both."""
+    if min_confidence is None:
+        min_confidence = PSEUDO_MIN_CONFIDENCE
+    readings = read_greys(net, greys)
+    again = read_greys(net, wide) if wide is not None else readings
+    return [(i, label) for i, ((label, conf), (label2, _)) in enumerate(
+                zip(readings, again, strict=True))
+            if lengths[0] <= len(label) <= lengths[1] and conf >= min_confidence
+            and label == label2]
+
+
 def peak_memory_mb() -> float:
     """This process's peak resident memory so far (Linux reports kB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -394,7 +489,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
           general: tuple[str, Recogniser] | None = None, threads: int = 0,
           seed: int = SPLIT_SEED, clock: Callable[[], float] = time.monotonic,
           keep_best: bool = True, lr: float = 5e-4, freeze: str = "none",
-          grey: str | None = None) -> Outcome:
+          grey: str | None = None, unlabelled: list[bytes] | None = None,
+          on_pseudo: Callable[[list[tuple[int, str]]], None] | None = None) -> Outcome:
     """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
     clock (see the module docstring). ``general`` is (engine name, engine) scored on the
     same held-out images for comparison; ``progress`` receives one line at a time.
@@ -404,7 +500,12 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     the base's weights, their outputs cached: ~2.5x cheaper steps, but measured worse).
     ``grey``: how the module turns colour grey (finetuned_engine.GREY_MODES), by default
     the base's way (the default base's from its metadata; any other base: luminance),
-    so that step 0 sees images as the base learnt them; the manifest records it."""
+    so that step 0 sees images as the base learnt them; the manifest records it.
+    ``unlabelled``: images of the scheme without labels (``read_unlabelled``), labelled by
+    the network itself as it trains (PSEUDO_ROUNDS; ``freeze="none"`` only);
+    ``on_pseudo`` receives each round's (index into ``unlabelled``, text) pairs."""
+    if unlabelled and freeze != "none":
+        raise ValueError("unlabelled images need freeze='none'")
     if freeze not in ("front", "none"):
         raise ValueError(f"freeze must be 'front' or 'none', not {freeze!r}")
     if grey is None:
@@ -451,6 +552,12 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
                 progress(f"prepared variant {variant + 1} of every training image"
                          f" ({clock() - started:.0f}s)")
     targets = [[charset.index(c) + 1 for c in s.text] for s in fit]
+    spare = [grey64(open_image(data), grey=grey) for data in unlabelled or []]
+    spare_wide = [grey64(open_image(data), SECOND_LOOK_STRETCH, grey=grey)
+                  for data in unlabelled or []]
+    lengths = (min(len(t) for t in targets), max(len(t) for t in targets))
+    rounds = list(PSEUDO_ROUNDS) if spare else []
+    pseudo: list[tuple[int, list[int]]] = []
 
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -473,17 +580,32 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         lr = peak_lr * warmup_cosine(frac, warm, 0.03)
         for g in opt.param_groups:
             g["lr"] = lr
+        if rounds and frac >= rounds[0]:
+            rounds.pop(0)
+            pseudo = pseudo_label(net, spare, lengths, wide=spare_wide)
+            progress(f"read the {len(spare)} unlabelled images: {len(pseudo)} read surely"
+                     f" enough (>= {PSEUDO_MIN_CONFIDENCE:g}, the same at"
+                     f" {SECOND_LOOK_STRETCH:g}x the width) to train on as labelled")
+            if on_pseudo is not None:
+                on_pseudo([(i, "".join(charset[k - 1] for k in label)) for i, label in pseudo])
         picks = [rng.randrange(len(fit)) for _ in range(batch)]
         if freeze == "front":
             feats, frames = feature_batch([rng.choice(cached[k]) for k in picks], rng)
             logp = net.back(feats).log_softmax(2)
+            labels = [targets[k] for k in picks]
         else:
-            x, frames = pixel_batch([fit[k].grey for k in picks], rng)
+            greys = [fit[k].grey for k in picks]
+            labels = [targets[k] for k in picks]
+            if pseudo:
+                for j in range(round(batch * PSEUDO_SHARE)):
+                    i, label = pseudo[rng.randrange(len(pseudo))]
+                    greys[j], labels[j] = spare[i], label
+            x, frames = pixel_batch(greys, rng)
             logp = net(augment(x, gen)).log_softmax(2)
-        flat = [c for k in picks for c in targets[k]]
+        flat = [c for label in labels for c in label]
         loss = ctc(logp, torch.tensor(flat, dtype=torch.long),
                    torch.tensor(frames, dtype=torch.long),
-                   torch.tensor([len(targets[k]) for k in picks], dtype=torch.long))
+                   torch.tensor([len(label) for label in labels], dtype=torch.long))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 5.0)
@@ -513,7 +635,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         "case_sensitive": spec.case_sensitive, "numeric": spec.numeric,
         "samples": len(samples), "train_samples": len(fit), "held_out": len(held),
         "base": base_label, "freeze": freeze, "steps": step, "train_seconds": round(train_s, 1),
-        "grey": grey,
+        "grey": grey, "unlabelled": len(spare), "pseudo_labelled": len(pseudo),
         "created_at": time.time(),
     }
     with tempfile.TemporaryDirectory(prefix="capd-module-") as tmp:
