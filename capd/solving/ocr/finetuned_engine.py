@@ -118,14 +118,11 @@ class FinetunedEngine:
         out = self._session.run(None, {self._input: to_input(grey64(img, stretch, self.grey))})[0]
         return out.reshape(out.shape[0], -1)
 
-    def decode(self, frames: np.ndarray, spec: ImageSpec) -> tuple[str, float]:
-        """Masked greedy CTC over one image's (T, classes) logits: text, raw confidence."""
-        return self._decoder.decode(frames, spec)
-
     def decode_chars(self, frames: np.ndarray, spec: ImageSpec
                      ) -> tuple[str, tuple[float, ...]]:
-        """Like ``decode``, with each read character's peak probability instead of their
-        product (the combined engine's per-character vote weighs them)."""
+        """Masked greedy CTC over one image's (T, classes) logits: the text and each read
+        character's peak probability (their product is the raw confidence; the combined
+        engine's per-character vote weighs them one by one)."""
         return self._decoder.decode_chars(frames, spec)
 
     def finish(self, text: str, raw: float, spec: ImageSpec,
