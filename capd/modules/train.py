@@ -27,7 +27,7 @@ without labels, which a site's users can collect by the thousand): at 40% and ag
 wider, and those it reads the same way both times, with a confidence of at least 0.9 and
 at a length the labels have, become training images labelled with that reading, making
 up half of every batch from then on (self-training). They are never held out or scored
-on.
+on, and one that is also among the labelled images is left out.
 
 Export: ONNX (opset 17, dynamic batch and width), then ONNX Runtime's dynamic int8
 quantisation, kept when it loses at most ``MAX_INT8_DROP`` or one image of the float
@@ -40,6 +40,7 @@ steps on a busy machine can do that), the base's weights are kept instead.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -552,9 +553,17 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
                 progress(f"prepared variant {variant + 1} of every training image"
                          f" ({clock() - started:.0f}s)")
     targets = [[charset.index(c) + 1 for c in s.text] for s in fit]
-    spare = [grey64(open_image(data), grey=grey) for data in unlabelled or []]
-    spare_wide = [grey64(open_image(data), SECOND_LOOK_STRETCH, grey=grey)
-                  for data in unlabelled or []]
+    # an unlabelled image that is one of the labelled ones (the labelled folder given
+    # again, say) is left out: it could carry a held-out image into training
+    labelled = {hashlib.sha256(s.image).digest() for s in samples}
+    origin = [i for i, data in enumerate(unlabelled or [])
+              if hashlib.sha256(data).digest() not in labelled]
+    if unlabelled and len(origin) < len(unlabelled):
+        progress(f"{len(unlabelled) - len(origin)} of the {len(unlabelled)} unlabelled images"
+                 " are labelled images too: left out")
+    spare = [grey64(open_image(unlabelled[i]), grey=grey) for i in origin] if unlabelled else []
+    spare_wide = [grey64(open_image(unlabelled[i]), SECOND_LOOK_STRETCH, grey=grey)
+                  for i in origin] if unlabelled else []
     lengths = (min(len(t) for t in targets), max(len(t) for t in targets))
     rounds = list(PSEUDO_ROUNDS) if spare else []
     pseudo: list[tuple[int, list[int]]] = []
@@ -587,7 +596,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
                      f" enough (>= {PSEUDO_MIN_CONFIDENCE:g}, the same at"
                      f" {SECOND_LOOK_STRETCH:g}x the width) to train on as labelled")
             if on_pseudo is not None:
-                on_pseudo([(i, "".join(charset[k - 1] for k in label)) for i, label in pseudo])
+                on_pseudo([(origin[i], "".join(charset[k - 1] for k in label))
+                           for i, label in pseudo])
         picks = [rng.randrange(len(fit)) for _ in range(batch)]
         if freeze == "front":
             feats, frames = feature_batch([rng.choice(cached[k]) for k in picks], rng)

@@ -98,6 +98,23 @@ def test_training_reads_the_unlabelled_twice_and_records_them(
     assert all(0 <= i < 12 and text.isdigit() for i, text in seen[-1])
 
 
+def test_labelled_images_given_as_unlabelled_are_left_out(
+        tmp_path: Path, dataset: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "PSEUDO_MIN_CONFIDENCE", 0.0)
+    samples = train.read_dataset(dataset())
+    fresh = train.read_unlabelled(unlabelled_folder(tmp_path))
+    ticks = itertools.count()
+    lines: list[str] = []
+    seen: list[list[tuple[int, str]]] = []
+    outcome = train.train("semi", samples, TINY_MINUTES, lines.append, threads=1,
+                          keep_best=False, clock=lambda: next(ticks) * 0.2,
+                          unlabelled=[s.image for s in samples] + fresh, on_pseudo=seen.append)
+    assert "24 of the 36 unlabelled images are labelled images too: left out" in lines
+    assert unpack(outcome.data).manifest["unlabelled"] == 12
+    assert seen and seen[-1]
+    assert all(24 <= i < 36 for i, _ in seen[-1])  # positions in the list given
+
+
 def test_unlabelled_needs_every_layer_training(dataset: Callable[..., Path],
                                                tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="freeze='none'"):
