@@ -618,7 +618,8 @@ async def _throughput(capd_url: str, key: str, captchas: list[Captcha], clients:
     errors: Counter[str] = Counter()
     correct = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    host, port = httpx.URL(capd_url).host, httpx.URL(capd_url).port or 80
+    url = httpx.URL(capd_url)
+    host, port = url.host, url.port or 80
     async with httpx.AsyncClient(base_url=capd_url, timeout=30, trust_env=False,
                                  limits=limits) as client:
 

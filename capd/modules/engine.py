@@ -25,6 +25,7 @@ from capd.modules.library import Entry, Library, Module, ModuleError
 from capd.solving.ocr.base import Reading, Recogniser, open_image
 from capd.solving.ocr.finetuned_engine import grey64, to_input
 from capd.solving.ocr.onnx_engine import Calibration, CtcEngine, onnx_session
+from capd.solving.ocr.post import decode_with_second_look
 
 log = logging.getLogger("capd.modules")
 _ALIASES = {"*": "×"}
@@ -77,13 +78,9 @@ class ModuleEngine(CtcEngine):
 
     def _read(self, image: bytes, spec: ImageSpec) -> Reading:
         img = open_image(image)
-        text, chars = self._decoder.decode_chars(self.frames(img), spec)
-        raw = float(np.prod(chars)) if text else 0.0
-        if raw < self._second_below:
-            again, chars_again = self._decoder.decode_chars(
-                self.frames(img, self._second_stretch), spec)
-            if again and float(np.prod(chars_again)) > raw:
-                text, chars = again, chars_again
+        text, chars = decode_with_second_look(
+            self._decoder, lambda stretch: self.frames(img, stretch), spec,
+            self._second_below, self._second_stretch)
         return self.finish(text, chars, spec)
 
 

@@ -413,13 +413,8 @@ def held_accuracy(net: DdddNet, held: list[Sample], charset: list[str], spec: Im
     with torch.no_grad():
         for s in held:
             x = torch.from_numpy(np.array(s.grey)).float().div(255.0)[None, None]
-            best = net(x)[:, 0].argmax(-1).tolist()
-            out, prev = [], 0
-            for k in best:
-                if k != prev and k != 0:
-                    out.append(charset[k - 1])
-                prev = k
-            right += is_right("".join(out), s.text, spec)
+            read, _ = greedy_reading(net(x)[:, 0])
+            right += is_right("".join(charset[k - 1] for k in read), s.text, spec)
     net.train(was_training)
     return right / len(held)
 
@@ -561,9 +556,9 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     if unlabelled and len(origin) < len(unlabelled):
         progress(f"{len(unlabelled) - len(origin)} of the {len(unlabelled)} unlabelled images"
                  " are labelled images too: left out")
-    spare = [grey64(open_image(unlabelled[i]), grey=grey) for i in origin] if unlabelled else []
-    spare_wide = [grey64(open_image(unlabelled[i]), SECOND_LOOK_STRETCH, grey=grey)
-                  for i in origin] if unlabelled else []
+    opened = [open_image(unlabelled[i]) for i in origin] if unlabelled else []
+    spare = [grey64(img, grey=grey) for img in opened]
+    spare_wide = [grey64(img, SECOND_LOOK_STRETCH, grey=grey) for img in opened]
     lengths = (min(len(t) for t in targets), max(len(t) for t in targets))
     rounds = list(PSEUDO_ROUNDS) if spare else []
     pseudo: list[tuple[int, list[int]]] = []
@@ -599,13 +594,12 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
                 on_pseudo([(origin[i], "".join(charset[k - 1] for k in label))
                            for i, label in pseudo])
         picks = [rng.randrange(len(fit)) for _ in range(batch)]
+        labels = [targets[k] for k in picks]
         if freeze == "front":
             feats, frames = feature_batch([rng.choice(cached[k]) for k in picks], rng)
             logp = net.back(feats).log_softmax(2)
-            labels = [targets[k] for k in picks]
         else:
             greys = [fit[k].grey for k in picks]
-            labels = [targets[k] for k in picks]
             if pseudo:
                 for j in range(round(batch * PSEUDO_SHARE)):
                     i, label = pseudo[rng.randrange(len(pseudo))]

@@ -30,7 +30,7 @@ from PIL import Image, ImageChops
 from capd.domain.tasks import ImageSpec
 from capd.solving.ocr.base import Reading, open_image
 from capd.solving.ocr.capd_engine import Calibration
-from capd.solving.ocr.post import MaskedDecoder, evaluate_expression
+from capd.solving.ocr.post import MaskedDecoder, decode_with_second_look, evaluate_expression
 
 INPUT_HEIGHT = 64
 MIN_INPUT_WIDTH = 32  # at least 4 output frames
@@ -118,13 +118,6 @@ class FinetunedEngine:
         out = self._session.run(None, {self._input: to_input(grey64(img, stretch, self.grey))})[0]
         return out.reshape(out.shape[0], -1)
 
-    def decode_chars(self, frames: np.ndarray, spec: ImageSpec
-                     ) -> tuple[str, tuple[float, ...]]:
-        """Masked greedy CTC over one image's (T, classes) logits: the text and each read
-        character's peak probability (their product is the raw confidence; the combined
-        engine's per-character vote weighs them one by one)."""
-        return self._decoder.decode_chars(frames, spec)
-
     def finish(self, text: str, raw: float, spec: ImageSpec,
                chars: tuple[float, ...] = ()) -> Reading:
         confidence = self._calibration(raw) if self._calibration else raw
@@ -135,11 +128,7 @@ class FinetunedEngine:
 
     def read(self, image: bytes, spec: ImageSpec) -> Reading:
         img = open_image(image)
-        text, chars = self.decode_chars(self.logits(img), spec)
-        raw = float(np.prod(chars)) if text else 0.0
-        if raw < self._second_below:
-            again, chars_again = self.decode_chars(self.logits(img, self._second_stretch), spec)
-            raw_again = float(np.prod(chars_again)) if again else 0.0
-            if raw_again > raw:
-                text, chars, raw = again, chars_again, raw_again
-        return self.finish(text, raw, spec, chars)
+        text, chars = decode_with_second_look(
+            self._decoder, lambda stretch: self.logits(img, stretch), spec,
+            self._second_below, self._second_stretch)
+        return self.finish(text, float(np.prod(chars)) if text else 0.0, spec, chars)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from difflib import SequenceMatcher
 
 import numpy as np
@@ -158,3 +158,19 @@ class MaskedDecoder:
             sub = sub[:, :-n_extra]
             symbols = symbols[:-n_extra]
         return ctc_greedy_chars(sub, symbols)
+
+
+def decode_with_second_look(decoder: MaskedDecoder, frames_at: Callable[[float], np.ndarray],
+                            spec: ImageSpec, below: float, stretch: float
+                            ) -> tuple[str, tuple[float, ...]]:
+    """The text and per-character probabilities of ``frames_at(1.0)`` (an image's frames
+    read at a width factor); when their product is below ``below``, the image is read
+    again ``stretch`` times wider and the more confident reading is kept (the second
+    look of the finetuned engine and of custom modules)."""
+    text, chars = decoder.decode_chars(frames_at(1.0), spec)
+    raw = float(np.prod(chars)) if text else 0.0
+    if raw < below:
+        again, chars_again = decoder.decode_chars(frames_at(stretch), spec)
+        if again and float(np.prod(chars_again)) > raw:
+            return again, chars_again
+    return text, chars
