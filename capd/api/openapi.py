@@ -60,6 +60,10 @@ def _task_schema() -> dict[str, Any]:
         "case": {"type": "boolean"},
         "numeric": {"type": "integer", "minimum": 0, "maximum": 2},
         "math": {"type": "boolean"},
+        "minLength": {"type": "integer", "description": "ImageToTextTask: a hint, 1-20"
+                      " (other values are ignored): the answer has at least this length"},
+        "maxLength": {"type": "integer", "description": "ImageToTextTask: a hint, 1-20"
+                      " (other values are ignored): the answer has at most this length"},
         "websiteURL": {"type": "string"},
         "websiteKey": {"type": "string"},
     }, "additionalProperties": True}

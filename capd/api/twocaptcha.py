@@ -75,8 +75,8 @@ UPLOAD_ERROR = "ERROR_UPLOAD"  # the multipart body cannot be read
 OK_REPORT = "OK_REPORT_RECORDED"
 NOT_READY = "CAPCHA_NOT_READY"  # sic: 2captcha's spelling
 
-# 2captcha's integer parameters and their documented ranges (min_len and max_len are
-# accepted and checked, but the recogniser does not use them).
+# 2captcha's integer parameters and their documented ranges (min_len and max_len become
+# the task's minLength and maxLength: bounds on the answer's length).
 INT_RANGES: dict[str, tuple[int, int]] = {
     "regsense": (0, 1), "numeric": (0, 4), "calc": (0, 1), "phrase": (0, 1),
     "min_len": (0, 20), "max_len": (0, 20), "language": (0, 2), "enterprise": (0, 1),
@@ -228,8 +228,12 @@ def image_task(params: Params) -> dict[str, Any]:
     elif params.get("body"):
         # a '+' sent unencoded in a url-encoded form arrives as a space; none is valid base64
         task["body"] = params["body"].replace(" ", "+")
-    for name in ("phrase", "min_len", "max_len", "language"):
+    for name in ("phrase", "language"):
         int_param(params, name)  # accepted and checked; nothing to tell the recogniser
+    for name, task_field in (("min_len", "minLength"), ("max_len", "maxLength")):
+        length = int_param(params, name)  # 0: no bound
+        if length:
+            task[task_field] = length
     task["case"] = int_param(params, "regsense") == 1
     task["numeric"] = NUMERIC.get(int_param(params, "numeric"), 0)
     task["math"] = int_param(params, "calc") == 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,6 +49,8 @@ class ImageSpec:
     case_sensitive: bool = True
     numeric: int = 0  # 0 any, 1 digits only, 2 no digits
     math: bool = False
+    min_length: int = 0  # the answer's length bounds (anti-captcha minLength/maxLength,
+    max_length: int = 0  # 2captcha min_len/max_len); 0: no bound
 
 
 @dataclass(frozen=True)
@@ -176,20 +178,57 @@ def check_user_agent(ua: str, rules: ValidationRules) -> None:
     raise CapdError("ERROR_WRONG_USERAGENT", "no known browser version in userAgent")
 
 
-def _image_spec(fields: dict[str, Any], key: KeyOptions) -> ImageSpec:
+def _image_spec(fields: dict[str, Any], key: KeyOptions, task: dict[str, Any]) -> ImageSpec:
+    """The recogniser's options: the validated fields, and from the task as sent the
+    length hints that the validation does not know (answer_lengths)."""
     _, module = _get(fields, "capMonsterModule")
     _, threshold = _get(fields, "recognizingThreshold")
     _, case = _get(fields, "case")
     _, numeric = _get(fields, "numeric")
     _, math = _get(fields, "math")
     module = (module or key.module or "universal").lower()
+    shortest, longest = answer_lengths(task)
     return ImageSpec(
         module=module,
         threshold=int(threshold) if threshold is not None else key.recognizing_threshold,
         case_sensitive=True if case is None else bool(case),
         numeric=int(numeric or 0),
         math=bool(math) or module == "captcha_math",
+        min_length=shortest,
+        max_length=longest,
     )
+
+
+def spec_options(spec: ImageSpec) -> dict[str, Any]:
+    """An ImageSpec as stored with its task and handed to workers (``imageOptions``):
+    the length bounds only when set, so that a task without them reads the same to a
+    worker of a version before them."""
+    options = asdict(spec)
+    for name in ("min_length", "max_length"):
+        if not options[name]:
+            del options[name]
+    return options
+
+
+# the longest answer a length bound may name (2captcha's max_len goes up to 20)
+MAX_ANSWER_LENGTH = 20
+
+
+def answer_lengths(fields: dict[str, Any]) -> tuple[int, int]:
+    """anti-captcha's optional minLength / maxLength of an ImageToText answer, as hints
+    for the recogniser: an integer from 1 to MAX_ANSWER_LENGTH counts, anything else
+    (0 included: "no requirement") is ignored, never refused, as CapMonster's API, which
+    does not have these fields, ignores them; bounds that contradict each other are
+    both ignored."""
+    bounds = []
+    for name in ("minLength", "maxLength"):
+        _, value = _get(fields, name)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        bounds.append(value if ok and 1 <= value <= MAX_ANSWER_LENGTH else 0)
+    shortest, longest = bounds
+    if shortest and longest and shortest > longest:
+        return 0, 0
+    return shortest, longest
 
 
 # task types whose images capd's own recogniser reads: at createTask they must decode as
@@ -344,7 +383,7 @@ def complete_task(draft: TaskDraft, task: dict[str, Any], key: KeyOptions,
     if draft.type.name == "ImageToTextTask":
         _, body = _get(task, "body")
         images.append(decode_image(body, rules))
-        image_spec = _image_spec(draft.fields, key)
+        image_spec = _image_spec(draft.fields, key, task)
     elif draft.type.name == "ComplexImageTask":
         for i, item in enumerate(draft.fields.get("imagesBase64") or []):
             images.append(decode_image(item, rules, f"imagesBase64[{i}]"))

@@ -13,7 +13,6 @@ import asyncio
 import ipaddress
 import secrets
 from collections.abc import Callable
-from dataclasses import asdict
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -40,6 +39,7 @@ from capd.domain.tasks import (
     check_browser,
     check_task,
     complete_task,
+    spec_options,
     target_urls,
 )
 from capd.domain.usage import QUEUE_NAMES, QUEUES, QueueLoad, queue_load, series
@@ -209,7 +209,7 @@ class Service:
             await self._preflight(checked.proxy, req.task, checked.website_host, caller, ip)
         options: dict[str, Any] = {"nocache": key.nocache}
         if checked.image_spec is not None:
-            options["image"] = asdict(checked.image_spec)
+            options["image"] = spec_options(checked.image_spec)
         new = NewTask(
             account_id=caller.account_id, type=ttype.name, payload=checked.fields,
             options=options, price_units=price, created_at=now,

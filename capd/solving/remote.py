@@ -45,7 +45,7 @@ class ImageLease:
 # int here: JSON true is no threshold)
 _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "module": (str,), "threshold": (int, type(None)), "case_sensitive": (bool,),
-    "numeric": (int,), "math": (bool,)}
+    "numeric": (int,), "math": (bool,), "min_length": (int,), "max_length": (int,)}
 assert set(_SPEC_TYPES) == {f.name for f in fields(ImageSpec)}
 
 

@@ -113,6 +113,14 @@ def test_numeric_2_answers_letters_only(server: LiveServer, key: str) -> None:
     assert answer.startswith("OK|") and not any(c.isdigit() for c in answer[3:])
 
 
+def test_min_len_and_max_len_bound_the_answer(server: LiveServer, key: str) -> None:
+    task_id = task_id_of(submit_image(server, key, min_len=6, max_len=6))
+    answer = wait_answer(server, key, task_id)
+    assert answer.startswith("OK|") and len(answer[3:]) == 6  # the image shows 5
+    task_id = task_id_of(submit_image(server, key, min_len=0, max_len=5))
+    assert wait_answer(server, key, task_id) == "OK|ab3k9"
+
+
 def test_calc_answers_the_result(server: LiveServer, key: str) -> None:
     task_id = task_id_of(submit_image(server, key, captcha_png("7+3="), calc=1))
     assert wait_answer(server, key, task_id) == "OK|10"

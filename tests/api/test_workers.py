@@ -285,14 +285,28 @@ def test_image_tasks_can_be_leased_by_workers(make_server: Any) -> None:
     assert create(server, key, image_task())["errorCode"] == "ERROR_NO_SLOT_AVAILABLE"
     served(server, worker, ["ImageToTextTask"])
     task_id = server.call("createTask", {"clientKey": f"{key}__recognizingthreshold_80",
-                                         "task": image_task(case=False)})["taskId"]
+                                         "task": image_task(case=False, minLength=5,
+                                                            maxLength=8)})["taskId"]
     [item] = lease(server, worker, ["ImageToTextTask"])["leases"]
     assert item["imageOptions"]["threshold"] == 80
     assert item["imageOptions"]["case_sensitive"] is False
+    assert (item["imageOptions"]["min_length"], item["imageOptions"]["max_length"]) == (5, 8)
     bad = complete(server, worker, item["leaseId"], solution={"token": "x"})
     assert bad["errorCode"] == "ERROR_BAD_SOLUTION"
     assert complete(server, worker, item["leaseId"], solution={"text": "ab3k9"})["errorId"] == 0
     assert server.wait_result(key, task_id)["solution"] == {"text": "ab3k9"}
+
+
+def test_image_options_name_length_bounds_only_when_set(make_server: Any) -> None:
+    # so that a task without them reads the same to a worker of an older version
+    server = make_server(builtin_ocr=False)
+    key = server.new_account("1")
+    worker = server.new_worker_token(("ImageToTextTask",))
+    served(server, worker, ["ImageToTextTask"])
+    create(server, key, image_task())
+    [item] = lease(server, worker, ["ImageToTextTask"])["leases"]
+    assert set(item["imageOptions"]) == {"module", "threshold", "case_sensitive", "numeric",
+                                         "math"}
 
 
 def test_worker_that_hangs_up_mid_poll_gets_nothing_claimed(server: LiveServer, key: str,

@@ -52,8 +52,8 @@ def test_unknown_module_names_read_with_the_general_engine(module_file: bytes,
 
 def test_key_option_and_capmonster_module_both_select_the_module() -> None:
     key = "a" * 32
-    assert _image_spec({}, parse_client_key(f"{key}__TINY")).module == "tiny"
-    assert _image_spec({"capMonsterModule": "tiny"}, parse_client_key(key)).module == "tiny"
+    assert _image_spec({}, parse_client_key(f"{key}__TINY"), {}).module == "tiny"
+    assert _image_spec({"capMonsterModule": "tiny"}, parse_client_key(key), {}).module == "tiny"
 
 
 def test_a_module_stored_later_is_used_after_the_poll_interval(module_file: bytes,

@@ -29,6 +29,15 @@ def alphabet_for(spec: ImageSpec) -> str:
     return LETTERS + DIGITS if spec.case_sensitive else string.ascii_lowercase + DIGITS
 
 
+def length_bounds(spec: ImageSpec) -> tuple[int, int]:
+    """The answer lengths a task allows, (shortest, longest): its minLength and
+    maxLength (0: no bound). Arithmetic tasks are not bounded: their answer is not the
+    text read."""
+    if spec.math:
+        return 0, 10**6
+    return spec.min_length, spec.max_length or 10**6
+
+
 def ctc_greedy(probs: np.ndarray, symbols: Sequence[str], blank: int = 0) -> tuple[str, float]:
     """Greedy CTC decode of per-frame probabilities (frames x classes).
 
@@ -45,13 +54,19 @@ def ctc_greedy_chars(probs: np.ndarray, symbols: Sequence[str], blank: int = 0
                      ) -> tuple[str, tuple[float, ...]]:
     """Greedy CTC decode: the text and, per emitted character, the best per-frame
     probability within that character's run of frames (one number per character)."""
-    best = probs.argmax(axis=1)
-    peak = probs.max(axis=1)
+    return _collapse(probs.argmax(axis=1).tolist(), probs.max(axis=1).tolist(), symbols,
+                     blank)
+
+
+def _collapse(path: Sequence[int], peak: Sequence[float], symbols: Sequence[str],
+              blank: int) -> tuple[str, tuple[float, ...]]:
+    """A CTC path (a class per frame, and that class's probability there) -> its text and
+    each character's best probability within its run of frames."""
     chars: list[str] = []
     peaks: list[float] = []
     prev = blank
     run_peak = 0.0
-    for idx, p in zip(best.tolist(), peak.tolist(), strict=True):
+    for idx, p in zip(path, peak, strict=True):
         if idx != prev:
             if prev != blank:
                 peaks.append(run_peak)
@@ -64,6 +79,57 @@ def ctc_greedy_chars(probs: np.ndarray, symbols: Sequence[str], blank: int = 0
     if prev != blank:
         peaks.append(run_peak)
     return "".join(chars), tuple(peaks)
+
+
+def ctc_best_path_chars(probs: np.ndarray, symbols: Sequence[str], shortest: int,
+                        longest: int, blank: int = 0) -> tuple[str, tuple[float, ...]]:
+    """The most probable CTC path (one class per frame) whose text has ``shortest`` to
+    ``longest`` characters, as ctc_greedy_chars reports it; ("", ()) when no path of
+    these frames can have such a length. Unbounded, it is the greedy path.
+
+    Viterbi over states (characters emitted so far, class of the previous frame): a
+    blank keeps the count, the previous frame's class again continues its character, any
+    other class starts a new one (so a doubled character needs a blank between)."""
+    frames, classes = probs.shape
+    most = min(longest, frames)
+    if shortest > most:
+        return "", ()
+    logp = np.log(np.maximum(probs, 1e-30))
+    counts, cls = np.arange(most + 1), np.arange(classes)
+    score = np.full((most + 1, classes), -np.inf)
+    score[0, blank] = 0.0
+    from_k = np.empty((frames, most + 1, classes), dtype=np.int32)
+    from_c = np.empty((frames, most + 1, classes), dtype=np.int32)
+    for t in range(frames):
+        top2 = np.argsort(-score, axis=1)[:, :2]
+        v1, v2 = score[counts, top2[:, 0]], score[counts, top2[:, 1]]
+        # a new character s after count k-1: from that count's best state whose class is
+        # not s (a state of class s would continue it instead)
+        is_top = cls[None, :] == top2[:-1, :1]
+        start = np.where(is_top, v2[:-1, None], v1[:-1, None])
+        start_c = np.where(is_top, top2[:-1, 1:2], top2[:-1, :1])
+        new = score.copy()
+        take = start > score[1:]
+        new[1:] = np.where(take, start, score[1:])
+        from_k[t] = counts[:, None]
+        from_k[t, 1:] = np.where(take, counts[:-1, None], counts[1:, None])
+        from_c[t] = cls[None, :]
+        from_c[t, 1:] = np.where(take, start_c, cls[None, :])
+        # a blank: from the best state of the same count
+        new[:, blank] = v1
+        from_c[t, :, blank] = top2[:, 0]
+        from_k[t, :, blank] = counts
+        score = new + logp[t][None, :]
+    ends = score[shortest:]
+    k, c = divmod(int(ends.argmax()), classes)
+    k += shortest
+    if not np.isfinite(score[k, c]):
+        return "", ()
+    path = [0] * frames
+    for t in range(frames - 1, -1, -1):
+        path[t] = c
+        k, c = int(from_k[t, k, c]), int(from_c[t, k, c])
+    return _collapse(path, [float(probs[t, i]) for t, i in enumerate(path)], symbols, blank)
 
 
 def recase(text: str, reference: str) -> str:
@@ -157,7 +223,13 @@ class MaskedDecoder:
             sub[:, partner] += sub[:, -n_extra:]
             sub = sub[:, :-n_extra]
             symbols = symbols[:-n_extra]
-        return ctc_greedy_chars(sub, symbols)
+        text, chars = ctc_greedy_chars(sub, symbols)
+        shortest, longest = length_bounds(spec)
+        if not shortest <= len(text) <= longest:
+            # the greedy path is the most probable of all; only when its length is not
+            # the task's is a less probable path of an allowed length searched for
+            return ctc_best_path_chars(sub, symbols, shortest, longest)
+        return text, chars
 
 
 def decode_with_second_look(decoder: MaskedDecoder, frames_at: Callable[[float], np.ndarray],
