@@ -38,6 +38,7 @@ resident memory (training, export and evaluation included).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -102,14 +103,20 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                              threads=threads, keep_best=False, lr=lr, freeze=freeze,
                              grey=grey, unlabelled=spare or None, on_pseudo=on_pseudo)
     wall_s = time.monotonic() - started
-    module = ModuleEngine(unpack(outcome.data))
+    stored = unpack(outcome.data)
+    module = ModuleEngine(stored)
     spec = training.scoring_spec([s.text for s in fit])
     acc_module, _ = training.score(module, held, spec)
+    # the same module answering in any length (without the length rule training kept)
+    any_length = {k: v for k, v in stored.manifest.items() if k != "lengths"}
+    acc_any, _ = training.score(ModuleEngine(dataclasses.replace(stored, manifest=any_length)),
+                                held, spec)
     acc_general, _ = training.score(load_recogniser(engine_name), held, spec)
     acc_base, _ = training.score(load_recogniser(base), held, spec)  # where it started
     return {"scheme": scheme, "base_engine": base, "train": len(fit), "held": len(held),
             "minutes": minutes,
             "module": round(acc_module, 4), "general": round(acc_general, 4),
+            "lengths": stored.manifest.get("lengths"), "module_any_length": round(acc_any, 4),
             "grey": outcome.manifest["grey"], "unlabelled": len(spare),
             "pseudo_labelled": outcome.manifest["pseudo_labelled"],
             "pseudo_right": [round(x, 4) for x in pseudo_right],
@@ -174,7 +181,8 @@ def main() -> None:
             if line.startswith("RESULT "):
                 rows.append(json.loads(line[len("RESULT "):]))
                 r = rows[-1]
-                print(f"{scheme}: module {r['module']:.3f}, general {r['general']:.3f},"
+                print(f"{scheme}: module {r['module']:.3f} (answering any length:"
+                      f" {r['module_any_length']:.3f}), general {r['general']:.3f},"
                       f" peak {r['peak_mb']} MB", flush=True)
             else:
                 print(line, end="", flush=True)

@@ -189,6 +189,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
     look = m.get("second_look")
     print("  second look  " + (f"{look['stretch']:g}x wider below raw confidence"
                                f" {look['below']:g}" if look else "no"))
+    lengths = m.get("lengths")
+    print("  answers      " + (f"{lengths[0]}-{lengths[1]} characters, as in training"
+                               if lengths else "any length"))
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> None:

@@ -37,7 +37,10 @@ class ModuleEngine(CtcEngine):
     confidence when the manifest has a calibration, and, when the manifest has a
     ``second_look``, a second reading of the image stretched wider when the first one's
     raw confidence is below its trigger (the more confident reading is kept), as the
-    ``finetuned`` engine does."""
+    ``finetuned`` engine does. With ``lengths`` ([shortest, longest]: the lengths of its
+    training labels) it answers in those lengths (post.ctc_best_path_chars: the likeliest
+    reading of an allowed length when the likeliest reading is not one), within the
+    task's own bounds (``bounded``)."""
 
     def __init__(self, module: Module) -> None:
         cal = module.manifest.get("calibration")
@@ -51,6 +54,8 @@ class ModuleEngine(CtcEngine):
                               ) from None
         self._input = self._session.get_inputs()[0].name
         self._classes = len(module.charset) + 1
+        lengths = module.manifest.get("lengths")  # [shortest, longest], checked on load
+        self._lengths = (int(lengths[0]), int(lengths[1])) if lengths else None
         look = module.manifest.get("second_look")
         self._second_below = float(look["below"]) if look else 0.0
         self._second_stretch = float(look["stretch"]) if look else 1.0
@@ -77,11 +82,23 @@ class ModuleEngine(CtcEngine):
         return self._read(image, spec)
 
     def _read(self, image: bytes, spec: ImageSpec) -> Reading:
+        if self._lengths is not None and not spec.math:
+            spec = bounded(spec, *self._lengths)
         img = open_image(image)
         text, chars = decode_with_second_look(
             self._decoder, lambda stretch: self.frames(img, stretch), spec,
             self._second_below, self._second_stretch)
         return self.finish(text, chars, spec)
+
+
+def bounded(spec: ImageSpec, shortest: int, longest: int) -> ImageSpec:
+    """The task's length bounds narrowed to a module's (the lengths it was trained on);
+    where the two do not overlap, the task's own bounds: the client knows its site."""
+    low = max(spec.min_length, shortest)
+    high = min(spec.max_length or longest, longest)
+    if low > high:
+        return spec
+    return dataclasses.replace(spec, min_length=low, max_length=high)
 
 
 class ModuleRouter:

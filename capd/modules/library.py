@@ -47,6 +47,7 @@ MODEL = "model.onnx"
 # what a key option can name (domain/keys.py), lower case: tasks compare it lower-cased
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RESERVED_NAMES = frozenset({"universal"})  # what a task without a module reads with
+MAX_LABEL_LENGTH = 64  # the longest answer a manifest's ``lengths`` may name
 _VERSION_RE = re.compile(r"^([1-9][0-9]{0,8})\.capdmodule$")
 # manifest field -> the types it may hold (required fields; others are kept as given)
 _REQUIRED: dict[str, tuple[type, ...]] = {
@@ -149,6 +150,9 @@ def unpack(data: bytes, origin: str = "module file") -> Module:
     look = manifest.get("second_look")
     if look is not None and not _valid_second_look(look):
         raise ModuleError(f"{origin}: manifest second_look is malformed")
+    lengths = manifest.get("lengths")
+    if lengths is not None and not _valid_lengths(lengths):
+        raise ModuleError(f"{origin}: manifest lengths is malformed")
     if manifest.get("grey", "luminance") not in GREY_MODES:
         raise ModuleError(f"{origin}: manifest grey must be one of {', '.join(GREY_MODES)}")
     _depth(manifest, origin)
@@ -172,6 +176,14 @@ def _valid_second_look(look: Any) -> bool:
             or isinstance(below, bool) or isinstance(stretch, bool):
         return False
     return 0.0 <= below <= 1.0 and 1.0 < stretch <= 3.0
+
+
+def _valid_lengths(lengths: Any) -> bool:
+    """[shortest, longest]: the answer lengths the module reads, 1 <= shortest <= longest
+    <= MAX_LABEL_LENGTH."""
+    return (isinstance(lengths, list) and len(lengths) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in lengths)
+            and 1 <= lengths[0] <= lengths[1] <= MAX_LABEL_LENGTH)
 
 
 def _depth(value: Any, origin: str, level: int = 0) -> None:

@@ -34,7 +34,10 @@ quantisation, kept when it loses at most ``MAX_INT8_DROP`` or one image of the f
 file's held-out accuracy (one image is below what a small held-out set resolves); a
 confidence calibration (isotonic, conservative) is fitted on the held-out readings and
 goes into the manifest. When training ends below the base's held-out accuracy (too few
-steps on a busy machine can do that), the base's weights are kept instead.
+steps on a busy machine can do that), the base's weights are kept instead. Two reading
+rules are then tried on the held-out images and kept when they do not lose there: the
+second look (an unsure reading read again wider) and the length rule (answers as long as
+the training labels: manifest ``lengths``, see capd.modules.engine).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from capd.constants import (  # noqa: E402
 )
 from capd.domain.tasks import ImageSpec  # noqa: E402
 from capd.modules.engine import ModuleEngine  # noqa: E402
-from capd.modules.library import Module, pack, unpack  # noqa: E402
+from capd.modules.library import MAX_LABEL_LENGTH, Module, pack, unpack  # noqa: E402
 from capd.modules.net import FRONT_BLOCKS, DdddNet, load_onnx_weights  # noqa: E402
 from capd.solving.ocr.base import Recogniser, UnreadableImage, open_image  # noqa: E402
 from capd.solving.ocr.finetuned_engine import (  # noqa: E402
@@ -667,6 +670,17 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         manifest["second_look"] = look
         accuracy = acc_look
         xs, ys = fit_isotonic(pairs_look)
+    # answers as long as the training labels: a reading of another length (a character
+    # dropped where two crowd, noise read as one) is replaced by the likeliest reading of
+    # a length seen in training, kept when it does not lose on the held-out images
+    acc_len, pairs_len = score(ModuleEngine(Module({**manifest, "lengths": list(lengths)},
+                                                   model)), held, spec)
+    progress(f"held-out accuracy with answers of {lengths[0]}-{lengths[1]} characters, as"
+             f" in training: {acc_len:.3f} ({'kept' if acc_len >= accuracy else 'left out'})")
+    if acc_len >= accuracy and lengths[1] <= MAX_LABEL_LENGTH:
+        manifest["lengths"] = list(lengths)
+        accuracy = acc_len
+        xs, ys = fit_isotonic(pairs_len)
     manifest.update({
         "weights": "int8 (dynamic)" if use_int8 else "float32",
         "accuracy": round(accuracy, 4),

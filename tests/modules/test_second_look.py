@@ -54,7 +54,8 @@ def test_training_keeps_the_second_look_only_when_it_does_not_lose(tmp_path: Pat
     manifest = outcome.manifest
     if "kept" in said[0]:
         assert manifest["second_look"]["stretch"] > 1.0
-        assert manifest["accuracy"] == pytest.approx(with_look, abs=1e-3)
+        # (the length rule, fitted after it, may only raise the accuracy)
+        assert manifest["accuracy"] >= with_look - 1e-3
     else:
         assert "second_look" not in manifest
     assert manifest["accuracy"] >= min(single, with_look) - 1e-3
