@@ -43,6 +43,25 @@ def make_dataset(folder: Path, n: int = 24, seed: int = 1) -> dict[str, str]:
     return labels
 
 
+def train_tiny(folder: Path, name: str, seed: int) -> tuple[list[str], Any]:
+    """A module trained for TINY_MINUTES on 30 digit captchas made in ``folder``: its
+    progress lines and the training outcome."""
+    from capd.modules import train
+
+    make_dataset(folder, n=30, seed=seed)
+    lines: list[str] = []
+    outcome = train.train(name, train.read_dataset(folder), TINY_MINUTES, lines.append,
+                          threads=1)
+    return lines, outcome
+
+
+def reported(lines: list[str], prefix: str) -> tuple[str, float]:
+    """The one progress line that starts with ``prefix``, and the accuracy it reports."""
+    said = [line for line in lines if line.startswith(prefix)]
+    assert len(said) == 1, lines
+    return said[0], float(said[0].split(": ")[1].split()[0])
+
+
 @pytest.fixture
 def dataset(tmp_path: Path) -> Callable[..., Path]:
     def build(n: int = 24, name: str = "data") -> Path:

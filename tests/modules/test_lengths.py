@@ -14,7 +14,7 @@ from capd.domain.tasks import ImageSpec
 from capd.modules.engine import ModuleEngine, bounded
 from capd.modules.library import Module, ModuleError, unpack
 from tests.helpers import captcha_png
-from tests.modules.conftest import TINY_MINUTES, make_dataset, repacked
+from tests.modules.conftest import repacked, reported, train_tiny
 
 
 def _with_lengths(module: Module, lengths: list[int] | None) -> Module:
@@ -46,17 +46,10 @@ def test_bounded_narrows_to_the_overlap() -> None:
 
 
 def test_training_keeps_the_lengths_only_when_they_do_not_lose(tmp_path: Path) -> None:
-    from capd.modules import train
-
-    make_dataset(tmp_path / "data", n=30, seed=5)  # labels of 4 digits
-    lines: list[str] = []
-    outcome = train.train("lengths", train.read_dataset(tmp_path / "data"), TINY_MINUTES,
-                          lines.append, threads=1)
-    said = [ln for ln in lines if ln.startswith("held-out accuracy with answers of 4-4")]
-    assert len(said) == 1, lines
-    bounded_acc = float(said[0].split(": ")[1].split()[0])
+    lines, outcome = train_tiny(tmp_path / "data", "lengths", seed=5)  # labels of 4 digits
+    said, bounded_acc = reported(lines, "held-out accuracy with answers of 4-4")
     manifest = outcome.manifest
-    if "kept" in said[0]:
+    if "kept" in said:
         assert manifest["lengths"] == [4, 4]
         assert manifest["accuracy"] == pytest.approx(bounded_acc, abs=1e-3)
     else:

@@ -13,7 +13,7 @@ from capd.domain.tasks import ImageSpec
 from capd.modules.engine import ModuleEngine
 from capd.modules.library import Module, ModuleError, unpack
 from tests.helpers import captcha_png, record_stretches
-from tests.modules.conftest import TINY_MINUTES, make_dataset, repacked
+from tests.modules.conftest import repacked, reported, train_tiny
 
 
 def _with_look(module: Module, look: Any) -> Module:
@@ -40,19 +40,12 @@ def test_the_trigger_decides_the_second_reading(module_file: bytes, look: Any,
 
 
 def test_training_keeps_the_second_look_only_when_it_does_not_lose(tmp_path: Path) -> None:
-    from capd.modules import train
-
-    make_dataset(tmp_path / "data", n=30, seed=4)
-    lines: list[str] = []
-    outcome = train.train("looks", train.read_dataset(tmp_path / "data"), TINY_MINUTES,
-                          lines.append, threads=1)
-    said = [ln for ln in lines if ln.startswith("held-out accuracy with a second look")]
-    assert len(said) == 1, lines
-    with_look = float(said[0].split(": ")[1].split()[0])
+    lines, outcome = train_tiny(tmp_path / "data", "looks", seed=4)
+    said, with_look = reported(lines, "held-out accuracy with a second look")
     single = float(next(ln for ln in lines if ln.startswith("held-out accuracy float32"))
                    .split("int8 ")[1].split(":")[0])
     manifest = outcome.manifest
-    if "kept" in said[0]:
+    if "kept" in said:
         assert manifest["second_look"]["stretch"] > 1.0
         # (the length rule, fitted after it, may only raise the accuracy)
         assert manifest["accuracy"] >= with_look - 1e-3
