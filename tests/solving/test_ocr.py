@@ -152,6 +152,10 @@ def test_decoder_searches_only_when_the_greedy_length_is_not_allowed() -> None:
     assert text == "aba" and chars == pytest.approx((0.8, 0.3, 0.1))
     assert decoder.decode_chars(frames, ImageSpec(max_length=1))[0] in ("a", "b")
     assert decoder.decode_chars(frames, ImageSpec(min_length=4)) == ("", ())  # 3 frames
+    # bounds below 0 (a lease may carry anything) bound nothing
+    assert decoder.decode_chars(frames, ImageSpec(min_length=-3, max_length=-1))[0] == "ab"
+    # an alphabet the model has no column for reads nothing, bounded or not
+    assert decoder.decode_chars(frames, ImageSpec(numeric=1, min_length=2)) == ("", ())
     # arithmetic answers are not the text read: no bound applies
     assert decoder.decode_chars(frames, ImageSpec(math=True, min_length=3))[0] == ""
 

@@ -35,7 +35,8 @@ def length_bounds(spec: ImageSpec) -> tuple[int, int]:
     text read."""
     if spec.math:
         return 0, 10**6
-    return spec.min_length, spec.max_length or 10**6
+    # a worker takes these from its lease as they come: nothing below 0 means a bound
+    return max(0, spec.min_length), spec.max_length if spec.max_length > 0 else 10**6
 
 
 def ctc_greedy(probs: np.ndarray, symbols: Sequence[str], blank: int = 0) -> tuple[str, float]:
@@ -92,7 +93,7 @@ def ctc_best_path_chars(probs: np.ndarray, symbols: Sequence[str], shortest: int
     other class starts a new one (so a doubled character needs a blank between)."""
     frames, classes = probs.shape
     most = min(longest, frames)
-    if shortest > most:
+    if shortest > most or classes < 2:  # (only the blank: no text at all)
         return "", ()
     logp = np.log(np.maximum(probs, 1e-30))
     counts, cls = np.arange(most + 1), np.arange(classes)
