@@ -82,7 +82,7 @@ class ModuleEngine(CtcEngine):
         return self._read(image, spec)
 
     def _read(self, image: bytes, spec: ImageSpec) -> Reading:
-        if self._lengths is not None and not spec.math:
+        if self._lengths is not None:  # (no bound applies to arithmetic: length_bounds)
             spec = bounded(spec, *self._lengths)
         img = open_image(image)
         text, chars = decode_with_second_look(

@@ -85,6 +85,7 @@ from capd.solving.ocr.finetuned_engine import (  # noqa: E402
     shipped_file,
 )
 from capd.solving.ocr.onnx_engine import Calibration  # noqa: E402
+from capd.solving.ocr.post import ctc_runs  # noqa: E402
 
 # what a label may hold: the capd / finetuned engines' alphabet (case kept)
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+-×="
@@ -426,18 +427,8 @@ def greedy_reading(probs: torch.Tensor) -> tuple[list[int], float]:
     """Greedy CTC over one image's (T, classes) probabilities: the column indices read
     (blank 0 dropped, repeats merged) and the product of each one's peak probability."""
     peak, best = probs.max(-1)
-    out: list[int] = []
-    conf, prev, run_peak = 1.0, 0, 0.0
-    for k, p in zip(best.tolist(), peak.tolist(), strict=True):
-        if k != prev:
-            conf *= run_peak if prev else 1.0
-            run_peak = 0.0
-            if k:
-                out.append(k)
-        run_peak = max(run_peak, p)
-        prev = k
-    conf *= run_peak if prev else 1.0
-    return out, conf
+    read, peaks = ctc_runs(best.tolist(), peak.tolist())
+    return read, math.prod(peaks)
 
 
 def read_greys(net: DdddNet, greys: list[np.ndarray]) -> list[tuple[list[int], float]]:
@@ -648,39 +639,39 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     with tempfile.TemporaryDirectory(prefix="capd-module-") as tmp:
         fp32_path, int8_path = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         fp32, int8 = _export(net, fp32_path, int8_path)
-    acc_f, _ = score(ModuleEngine(Module(manifest, fp32)), held, spec)
-    acc_q, pairs = score(ModuleEngine(Module(manifest, int8)), held, spec)
+    acc_f, pairs_f = score(ModuleEngine(Module(manifest, fp32)), held, spec)
+    acc_q, pairs_q = score(ModuleEngine(Module(manifest, int8)), held, spec)
     use_int8 = acc_q >= acc_f - max(MAX_INT8_DROP, 1.0 / len(held))
     model = int8 if use_int8 else fp32
-    if not use_int8:
-        _, pairs = score(ModuleEngine(Module(manifest, fp32)), held, spec)
     progress(f"held-out accuracy float32 {acc_f:.3f}, int8 {acc_q:.3f}: shipping"
              f" {'int8' if use_int8 else 'float32'} ({len(model) / 1e6:.1f} MB)")
     accuracy = acc_q if use_int8 else acc_f
-    xs, ys = fit_isotonic(pairs)
-    # a second look at unsure readings (the image read again, wider), kept when it does
-    # not lose on the held-out images; the calibration is then fitted on its readings
+    xs, ys = fit_isotonic(pairs_q if use_int8 else pairs_f)
+
+    def keep_if_no_loss(field: str, value: Any, what: str) -> None:
+        """Score the module read with this manifest field; keep the field when it reads
+        at least as many held-out images right, the calibration then fitted anew."""
+        nonlocal accuracy, xs, ys
+        acc, pairs = score(ModuleEngine(Module({**manifest, field: value}, model)), held,
+                           spec)
+        kept = acc >= accuracy
+        progress(f"held-out accuracy with {what}: {acc:.3f} ({'kept' if kept else 'left out'})")
+        if kept:
+            manifest[field] = value
+            accuracy = acc
+            xs, ys = fit_isotonic(pairs)
+
+    # a second look at unsure readings (the image read again, wider), its trigger from the
+    # calibration of single readings
     look = {"below": round(Calibration(xs, ys).raw_reaching(SECOND_LOOK_AT), 6),
             "stretch": SECOND_LOOK_STRETCH}
-    acc_look, pairs_look = score(ModuleEngine(Module({**manifest, "second_look": look},
-                                                     model)), held, spec)
-    progress(f"held-out accuracy with a second look at unsure readings: {acc_look:.3f}"
-             f" ({'kept' if acc_look >= accuracy else 'left out'})")
-    if acc_look >= accuracy:
-        manifest["second_look"] = look
-        accuracy = acc_look
-        xs, ys = fit_isotonic(pairs_look)
+    keep_if_no_loss("second_look", look, "a second look at unsure readings")
     # answers as long as the training labels: a reading of another length (a character
     # dropped where two crowd, noise read as one) is replaced by the likeliest reading of
-    # a length seen in training, kept when it does not lose on the held-out images
-    acc_len, pairs_len = score(ModuleEngine(Module({**manifest, "lengths": list(lengths)},
-                                                   model)), held, spec)
-    progress(f"held-out accuracy with answers of {lengths[0]}-{lengths[1]} characters, as"
-             f" in training: {acc_len:.3f} ({'kept' if acc_len >= accuracy else 'left out'})")
-    if acc_len >= accuracy and lengths[1] <= MAX_LABEL_LENGTH:
-        manifest["lengths"] = list(lengths)
-        accuracy = acc_len
-        xs, ys = fit_isotonic(pairs_len)
+    # a length seen in training
+    if lengths[1] <= MAX_LABEL_LENGTH:
+        keep_if_no_loss("lengths", list(lengths),
+                        f"answers of {lengths[0]}-{lengths[1]} characters, as in training")
     manifest.update({
         "weights": "int8 (dynamic)" if use_int8 else "float32",
         "accuracy": round(accuracy, 4),

@@ -55,15 +55,16 @@ def ctc_greedy_chars(probs: np.ndarray, symbols: Sequence[str], blank: int = 0
                      ) -> tuple[str, tuple[float, ...]]:
     """Greedy CTC decode: the text and, per emitted character, the best per-frame
     probability within that character's run of frames (one number per character)."""
-    return _collapse(probs.argmax(axis=1).tolist(), probs.max(axis=1).tolist(), symbols,
-                     blank)
+    read, peaks = ctc_runs(probs.argmax(axis=1).tolist(), probs.max(axis=1).tolist(), blank)
+    return "".join(symbols[i] for i in read), tuple(peaks)
 
 
-def _collapse(path: Sequence[int], peak: Sequence[float], symbols: Sequence[str],
-              blank: int) -> tuple[str, tuple[float, ...]]:
-    """A CTC path (a class per frame, and that class's probability there) -> its text and
-    each character's best probability within its run of frames."""
-    chars: list[str] = []
+def ctc_runs(path: Sequence[int], peak: Sequence[float], blank: int = 0
+             ) -> tuple[list[int], list[float]]:
+    """A CTC path (a class per frame, and that class's probability there) -> the class of
+    each character it emits (blanks dropped, repeats merged) and each character's best
+    probability within its run of frames."""
+    read: list[int] = []
     peaks: list[float] = []
     prev = blank
     run_peak = 0.0
@@ -73,13 +74,13 @@ def _collapse(path: Sequence[int], peak: Sequence[float], symbols: Sequence[str]
                 peaks.append(run_peak)
             run_peak = 0.0
             if idx != blank:
-                chars.append(symbols[idx])
+                read.append(idx)
         if idx != blank:
             run_peak = max(run_peak, p)
         prev = idx
     if prev != blank:
         peaks.append(run_peak)
-    return "".join(chars), tuple(peaks)
+    return read, peaks
 
 
 def ctc_best_path_chars(probs: np.ndarray, symbols: Sequence[str], shortest: int,
@@ -130,7 +131,8 @@ def ctc_best_path_chars(probs: np.ndarray, symbols: Sequence[str], shortest: int
     for t in range(frames - 1, -1, -1):
         path[t] = c
         k, c = int(from_k[t, k, c]), int(from_c[t, k, c])
-    return _collapse(path, [float(probs[t, i]) for t, i in enumerate(path)], symbols, blank)
+    read, peaks = ctc_runs(path, [float(probs[t, i]) for t, i in enumerate(path)], blank)
+    return "".join(symbols[i] for i in read), tuple(peaks)
 
 
 def recase(text: str, reference: str) -> str:
