@@ -271,15 +271,19 @@ def record_stretches(monkeypatch: Any, obj: Any, method: str) -> list[float]:
     return calls
 
 
-def record_greys(monkeypatch: Any, module: Any) -> list[str]:
+def record_greys(monkeypatch: Any, module: Any, crops: list[bool] | None = None
+                 ) -> list[str]:
     """Wrap ``module.grey64`` so that each call's grey mode is recorded: how an engine
-    turned an image's colour grey."""
+    turned an image's colour grey (and, into ``crops``, whether it cut the text's band)."""
     modes: list[str] = []
     real = module.grey64
 
-    def spy(img: Any, stretch: float = 1.0, grey: str = "luminance") -> Any:
+    def spy(img: Any, stretch: float = 1.0, grey: str = "luminance",
+            crop: bool = False) -> Any:
         modes.append(grey)
-        return real(img, stretch, grey)
+        if crops is not None:
+            crops.append(crop)
+        return real(img, stretch, grey, crop)
 
     monkeypatch.setattr(module, "grey64", spy)
     return modes

@@ -68,7 +68,7 @@ def export_float(checkpoint: str, out: str) -> dict:
                                     "logits": {0: "frames", 1: "batch"}},
                       opset_version=17, dynamo=False)
     return {"step": ck["step"], "seen": ck["seen"], "train_seconds": round(ck["elapsed_s"]),
-            "grey": ck.get("grey", "luminance")}
+            "grey": ck.get("grey", "luminance"), "crop": bool(ck.get("crop", False))}
 
 
 def quantise(src: str, dst: str) -> None:

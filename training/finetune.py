@@ -45,6 +45,11 @@ trains from it. --device cuda moves the network, --workers N draws and augments 
 batches in N DataLoader processes (each seeded on its own, so a resumed run continues
 the schedule but not the exact sample stream), and --weights-out keeps the weights alone
 in float16 (10 MB), for --init or export_finetuned --checkpoint.
+
+--crop reads every image cut to its text band first (finetuned_engine.text_band: small
+text on a large canvas reaches the network larger); the checkpoint and the export record
+it, and the engine reads the way its model was trained. Tried on a GPU and not shipped
+(training/README.md, "A fifth stage").
 """
 
 from __future__ import annotations
@@ -127,17 +132,18 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
-def load_images(rows: list[tuple[str, str]], grey: str = "luminance"
+def load_images(rows: list[tuple[str, str]], grey: str = "luminance", crop: bool = False
                 ) -> list[tuple[np.ndarray, str]]:
     out = []
     for path, label in rows:
         with Image.open(path) as im:
             im.load()
-            out.append((grey64(im, grey=grey), label))
+            out.append((grey64(im, grey=grey, crop=crop), label))
     return out
 
 
-def synth_pool(n: int, seed: int, grey: str = "luminance") -> list[tuple[np.ndarray, str]]:
+def synth_pool(n: int, seed: int, grey: str = "luminance", crop: bool = False
+               ) -> list[tuple[np.ndarray, str]]:
     """n synthetic captchas (train fonts) at their native size, as grey64 arrays."""
     from training import config
     from training.synth import make_sample, sample_style, usable_fonts
@@ -147,12 +153,12 @@ def synth_pool(n: int, seed: int, grey: str = "luminance") -> list[tuple[np.ndar
     out = []
     for _ in range(n):
         im, label, _ = make_sample(rng, sample_style(rng), fonts)
-        out.append((grey64(im, grey=grey), label))
+        out.append((grey64(im, grey=grey, crop=crop), label))
     return out
 
 
-def imitation_pools(n: int, seed: int, kinds: list[str], grey: str = "luminance"
-                    ) -> dict[str, list[tuple[np.ndarray, str]]]:
+def imitation_pools(n: int, seed: int, kinds: list[str], grey: str = "luminance",
+                    crop: bool = False) -> dict[str, list[tuple[np.ndarray, str]]]:
     """n captchas from each of training/imitate.py's generators named in ``kinds`` (train
     fonts), as grey64 arrays, keyed by the generator's name."""
     from training import config
@@ -167,7 +173,7 @@ def imitation_pools(n: int, seed: int, kinds: list[str], grey: str = "luminance"
         pools[name] = []
         for _ in range(n):
             im, label = make(rng, fonts)
-            pools[name].append((grey64(im, grey=grey), label))
+            pools[name].append((grey64(im, grey=grey, crop=crop), label))
     return pools
 
 
@@ -237,13 +243,14 @@ def fmt_acc(acc: dict[str, float]) -> str:
 
 # -- a data pack: every image training reads, decoded, in one file ----------------------
 def write_pack(path: str, groups: dict[str, list[tuple[np.ndarray, str]]],
-               grey: str = "luminance") -> None:
+               grey: str = "luminance", crop: bool = False) -> None:
     """Save decoded grey64 images and labels as one .npz (no pickled objects; each
     group's pixels one LZMA stream), so that training can run on a machine without
     ../shared/datasets or the fonts. ``groups`` maps "fit/<scheme>", "val/<scheme>",
     "synth" or "imitate/<generator>" to (image, label) pairs; ``grey`` names how they
-    were made grey (finetuned_engine.GREY_MODES)."""
-    arrays: dict[str, np.ndarray] = {"grey": np.array(grey)}
+    were made grey (finetuned_engine.GREY_MODES), ``crop`` whether small text was cut to
+    its band."""
+    arrays: dict[str, np.ndarray] = {"grey": np.array(grey), "crop": np.array(crop)}
     for key, items in groups.items():
         tag = key.replace("/", "__")
         raw = b"".join(np.ascontiguousarray(g).tobytes() for g, _ in items)
@@ -253,11 +260,12 @@ def write_pack(path: str, groups: dict[str, list[tuple[np.ndarray, str]]],
     np.savez(path, **arrays)
 
 
-def read_pack(path: str) -> tuple[dict[str, list[tuple[np.ndarray, str]]], str]:
-    """The inverse of write_pack: (groups, grey mode)."""
+def read_pack(path: str) -> tuple[dict[str, list[tuple[np.ndarray, str]]], str, bool]:
+    """The inverse of write_pack: (groups, grey mode, crop)."""
     out: dict[str, list[tuple[np.ndarray, str]]] = {}
     with np.load(path, allow_pickle=False) as pack:
         grey = str(pack["grey"]) if "grey" in pack.files else "luminance"
+        crop = bool(pack["crop"]) if "crop" in pack.files else False
         tags = sorted({k.rsplit("__", 1)[0] for k in pack.files if "__" in k})
         for tag in tags:
             pixels = np.frombuffer(lzma.decompress(pack[f"{tag}__pixels"].tobytes()),
@@ -269,7 +277,7 @@ def read_pack(path: str) -> tuple[dict[str, list[tuple[np.ndarray, str]]], str]:
                 items.append((pixels[at:at + 64 * w].reshape(64, w), str(label)))
                 at += 64 * w
             out[tag.replace("__", "/")] = items
-    return out, grey
+    return out, grey, crop
 
 
 def pick_pool(rng: random.Random, pools: dict[str, list], weights: dict[str, float],
@@ -362,6 +370,9 @@ def main() -> None:
                          "sample, synthetic and imitation pools) to this .npz and stop")
     ap.add_argument("--grey", choices=GREY_MODES, default="luminance",
                     help="how colour becomes grey (the export records it for the engine)")
+    ap.add_argument("--crop", action="store_true",
+                    help="cut small text on a large canvas to its band before scaling "
+                         "(finetuned_engine.text_band; the export records it)")
     ap.add_argument("--pack", default="",
                     help="read the images from a --write-pack file instead of the datasets")
     ap.add_argument("--weights-out", default="",
@@ -384,10 +395,11 @@ def main() -> None:
     fit: dict[str, list[tuple[np.ndarray, str]]] = {}
     val: dict[str, list[tuple[np.ndarray, str]]] = {}
     if args.pack:
-        packed, packed_grey = read_pack(args.pack)
-        if packed_grey != args.grey:
-            raise SystemExit(f"--pack {args.pack} holds {packed_grey} images: give --grey "
-                             f"{packed_grey}")
+        packed, packed_grey, packed_crop = read_pack(args.pack)
+        if (packed_grey, packed_crop) != (args.grey, args.crop):
+            raise SystemExit(f"--pack {args.pack} holds {packed_grey} images "
+                             f"{'cut to their band' if packed_crop else 'uncut'}: give "
+                             f"--grey {packed_grey}{' --crop' if packed_crop else ''}")
         for scheme in datasets.SCHEMES:
             fit[scheme] = packed[f"fit/{scheme}"]
             val[scheme] = packed[f"val/{scheme}"][:args.val_per_scheme]
@@ -399,16 +411,16 @@ def main() -> None:
         for scheme in datasets.SCHEMES:
             fit_rows, _calib = datasets.finetune_split(scheme)
             _, held = datasets.split(scheme)
-            fit[scheme] = load_images(fit_rows, args.grey)
-            val[scheme] = load_images(held[:args.val_per_scheme], args.grey)
-        synth = synth_pool(args.synth, SEED, args.grey) if args.synth else []
-        imitation = (imitation_pools(args.imitate, SEED + 2, kinds, args.grey)
+            fit[scheme] = load_images(fit_rows, args.grey, args.crop)
+            val[scheme] = load_images(held[:args.val_per_scheme], args.grey, args.crop)
+        synth = synth_pool(args.synth, SEED, args.grey, args.crop) if args.synth else []
+        imitation = (imitation_pools(args.imitate, SEED + 2, kinds, args.grey, args.crop)
                      if args.imitate else {})
         if args.write_pack:
             write_pack(args.write_pack, {
                 **{f"fit/{k}": v for k, v in fit.items()},
                 **{f"val/{k}": v for k, v in val.items()}, "synth": synth,
-                **{f"imitate/{k}": v for k, v in imitation.items()}}, args.grey)
+                **{f"imitate/{k}": v for k, v in imitation.items()}}, args.grey, args.crop)
             print(f"wrote {args.write_pack} ({os.path.getsize(args.write_pack) / 1e6:.1f} MB)")
             return
     if imitation and args.freeze == "front":
@@ -493,7 +505,7 @@ def main() -> None:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                     "seen": seen, "elapsed_s": elapsed(), "py_rng": rng.getstate(),
                     "torch_gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "charset": CHARSET, "grey": args.grey}, tmp)
+                    "charset": CHARSET, "grey": args.grey, "crop": args.crop}, tmp)
         os.replace(tmp, args.out)
 
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
@@ -557,7 +569,7 @@ def main() -> None:
     if args.weights_out:
         torch.save({"model": {k: v.detach().cpu().half() for k, v in
                               model.state_dict().items()}, "charset": CHARSET,
-                    "grey": args.grey,
+                    "grey": args.grey, "crop": args.crop,
                     "step": step, "seen": seen, "elapsed_s": elapsed()}, args.weights_out)
     print(f"DONE step {step} seen {seen} t {elapsed():.0f}s held-out sample "
           f"{fmt_acc(evaluate(model, val, args.device))}", flush=True)

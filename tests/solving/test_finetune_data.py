@@ -35,9 +35,9 @@ def tiny_groups() -> dict[str, list[tuple[np.ndarray, str]]]:
 def test_pack_round_trip_keeps_pixels_labels_and_widths(tmp_path) -> None:
     groups = {**tiny_groups(), "imitate/empty": []}
     path = tmp_path / "pack.npz"
-    finetune.write_pack(str(path), groups, "darkest")
-    back, grey = finetune.read_pack(str(path))
-    assert grey == "darkest" and sorted(back) == sorted(groups)
+    finetune.write_pack(str(path), groups, "darkest", crop=True)
+    back, grey, crop = finetune.read_pack(str(path))
+    assert grey == "darkest" and crop is True and sorted(back) == sorted(groups)
     for key, items in groups.items():
         assert [label for _, label in back[key]] == [label for _, label in items]
         for (a, _), (b, _) in zip(items, back[key], strict=True):
@@ -99,7 +99,7 @@ def test_tiny_run_from_a_pack_saves_its_weights(tmp_path, monkeypatch, capsys) -
     assert "7 schemes, 1 synthetic, 1 imitations" in out and "DONE step" in out
     saved = torch.load(weights, map_location="cpu", weights_only=False)
     assert saved["charset"] == finetune.CHARSET and saved["step"] >= 1
-    assert saved["grey"] == "luminance"
+    assert saved["grey"] == "luminance" and saved["crop"] is False
     assert all(v.dtype == torch.float16 for v in saved["model"].values()
                if v.is_floating_point())
     # the weights alone start a new run (--init)
@@ -112,9 +112,16 @@ def test_refusals(tmp_path, monkeypatch) -> None:
     finetune.write_pack(str(pack), tiny_groups())
     with pytest.raises(SystemExit, match="--imitate-kinds"):
         run_main(monkeypatch, "--pack", str(pack), "--imitate-kinds", "nonesuch")
-    # a pack's images were made grey one way: training must read them that way
-    with pytest.raises(SystemExit, match="holds luminance images: give --grey luminance"):
+    # a pack's images were made grey (and cut, or not) one way: training must read them
+    # that way
+    with pytest.raises(SystemExit, match="holds luminance images uncut: give --grey luminance$"):
         run_main(monkeypatch, "--pack", str(pack), "--grey", "darkest")
+    with pytest.raises(SystemExit, match="holds luminance images uncut: give --grey luminance$"):
+        run_main(monkeypatch, "--pack", str(pack), "--crop")
+    cut = tmp_path / "cut.npz"
+    finetune.write_pack(str(cut), tiny_groups(), "darkest", crop=True)
+    with pytest.raises(SystemExit, match="cut to their band: give --grey darkest --crop$"):
+        run_main(monkeypatch, "--pack", str(cut), "--grey", "darkest")
     pytest.importorskip("ddddocr")
     with pytest.raises(SystemExit, match="--freeze front runs on the CPU"):
         run_main(monkeypatch, "--pack", str(pack), "--workers", "2", "--synth", "1",

@@ -13,12 +13,12 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from capd.domain.tasks import ImageSpec
 from capd.solving.ocr import load_recogniser
 from capd.solving.ocr.base import UnreadableImage
-from capd.solving.ocr.finetuned_engine import FinetunedEngine, grey64
+from capd.solving.ocr.finetuned_engine import FinetunedEngine, grey64, text_band
 from capd.solving.ocr.onnx_engine import Calibration
 from tests.helpers import captcha_png, record_greys, record_stretches
 from training import datasets
@@ -133,7 +133,52 @@ def test_darkest_grey_turns_any_saturated_colour_into_ink() -> None:
         grey64(im, grey="reddest")
 
 
-def test_the_engine_reads_with_its_models_grey_mode(engine: FinetunedEngine,
+def small_text_picture(dark_paper: bool = False) -> Image.Image:
+    """Five blocky 'characters' 20 px tall on a 400 x 160 canvas (a 1-pixel-wide one at
+    the right end), with one-pixel stray lines across the whole picture."""
+    paper, ink = ((20, 20, 20), (230, 230, 230)) if dark_paper else ((255, 255, 255), (0, 0, 0))
+    im = Image.new("RGB", (400, 160), paper)
+    draw = ImageDraw.Draw(im)
+    for k in range(4):
+        draw.rectangle((100 + 30 * k, 70, 112 + 30 * k, 90), fill=ink)
+    draw.line((240, 70, 240, 90), fill=ink, width=1)   # a hair-thin last character
+    draw.line((0, 10, 399, 150), fill=ink, width=1)
+    draw.line((0, 140, 399, 20), fill=ink, width=1)
+    return im
+
+
+@pytest.mark.parametrize("dark_paper", [False, True])
+def test_text_band_cuts_small_text_to_its_rows_keeping_every_character(
+        dark_paper: bool) -> None:
+    im = small_text_picture(dark_paper).convert("L")
+    box = text_band(im)
+    assert box is not None
+    left, top, right, bottom = box
+    # the rows of the characters with a margin, not of the stray lines (whole height)
+    assert 55 <= top <= 68 and 92 <= bottom <= 105
+    # every character inside, the hair-thin one at the end too
+    assert left <= 100 and right > 240
+    # read through grey64, the characters come out about three times taller
+    plain = grey64(small_text_picture(dark_paper))
+    cut = grey64(small_text_picture(dark_paper), crop=True)
+    ink = (lambda g: np.abs(g.astype(int) - int(g[0, 0])) > 60) if not dark_paper else (
+        lambda g: np.abs(g.astype(int) - int(np.median(g[0]))) > 60)
+    column = 64 * 106 // 160   # inside the first block, in plain's scale
+    assert ink(plain)[:, column].sum() < 12
+    assert ink(cut)[:, round((106 - left) * 64 / (bottom - top))].sum() > 25
+
+
+def test_text_band_leaves_pictures_whose_text_fills_them() -> None:
+    im = Image.new("L", (200, 70), 255)
+    ImageDraw.Draw(im).rectangle((20, 10, 180, 60), fill=0)
+    assert text_band(im) is None
+    assert np.array_equal(grey64(im.convert("RGB"), crop=True), grey64(im.convert("RGB")))
+    # nothing drawn, or a picture too small to judge: nothing to cut
+    assert text_band(Image.new("L", (200, 70), 255)) is None
+    assert text_band(Image.new("L", (12, 12), 0)) is None
+
+
+def test_the_engine_reads_with_its_models_grey_mode_and_cut(engine: FinetunedEngine,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import json
     from importlib import resources
@@ -143,9 +188,11 @@ def test_the_engine_reads_with_its_models_grey_mode(engine: FinetunedEngine,
     meta = json.loads(resources.files("capd.solving.ocr").joinpath("models")
                       .joinpath(finetuned_engine.META_FILE).read_text())
     assert engine.grey == meta.get("grey", "luminance")
-    modes = record_greys(monkeypatch, finetuned_engine)
+    assert engine.crop == meta.get("crop", False)
+    crops: list[bool] = []
+    modes = record_greys(monkeypatch, finetuned_engine, crops)
     engine.read(captcha_png("k7pm3"), ImageSpec())
-    assert modes and set(modes) == {engine.grey}
+    assert modes and set(modes) == {engine.grey} and set(crops) == {engine.crop}
 
 
 @pytest.mark.parametrize("data", [b"\x00" * 300, b"GIF89a" + b"\x00" * 200])

@@ -25,7 +25,7 @@ from importlib import resources
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageFilter
 
 from capd.domain.tasks import ImageSpec
 from capd.solving.ocr.base import Reading, open_image
@@ -47,20 +47,66 @@ _ALIASES = {"*": "×"}
 # how colour becomes grey: "luminance" (PIL's L: a yellow stroke on white is nearly
 # white), or "darkest" (each pixel's darkest channel: any saturated colour is dark ink)
 GREY_MODES = ("luminance", "darkest")
+# text_band: ink differs from the background by more than this; the band is cut only when
+# it is under this share of the picture's height, with this share of its height as margin
+BAND_INK_DELTA = 60
+BAND_MAX_SHARE = 0.45
+BAND_MARGIN = 0.3
+BAND_COLUMN_INK = 3
+BAND_KEPT_INK = 0.4
 
 
-def grey64(img: Image.Image, stretch: float = 1.0, grey: str = "luminance") -> np.ndarray:
+def text_band(grey: Image.Image) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of the picture's text with a margin, or None when the
+    text already fills most of its height (or none is found).
+
+    Ink is whatever differs from the background (the median of the border pixels) by more
+    than BAND_INK_DELTA; an opening (3 x 3 minimum, then maximum) leaves out one-pixel stray
+    lines and dots, so the rows come from the characters (unless the opening took most of the
+    ink: hair-thin characters, which are then left uncut). The columns are those with at least
+    BAND_COLUMN_INK ink pixels in those rows, before the opening, so a hair-thin character
+    counts while a stray line crossing the band at a slant does not."""
+    a = np.asarray(grey, dtype=np.int16)
+    height, width = a.shape
+    if height < 16 or width < 16:
+        return None
+    border = np.concatenate((a[0], a[-1], a[:, 0], a[:, -1]))
+    ink = np.abs(a - int(np.median(border))) > BAND_INK_DELTA
+    mask = Image.fromarray((ink * 255).astype(np.uint8))
+    opened = mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
+    box = opened.getbbox()
+    # hair-thin characters vanish in the opening with the lines: the rows left would not be
+    # theirs, so such a picture is not cut
+    if box is None or np.count_nonzero(np.asarray(opened)) < BAND_KEPT_INK * ink.sum():
+        return None
+    top, bottom = box[1], box[3]
+    band = bottom - top
+    if band >= BAND_MAX_SHARE * height:
+        return None
+    margin = max(2, round(BAND_MARGIN * band))
+    top, bottom = max(0, top - margin), min(height, bottom + margin)
+    # a column of a character holds a few pixels of ink in the band, however thin the
+    # stroke; a stray line crossing it at a slant holds one or two
+    cols = np.flatnonzero(ink[top:bottom].sum(axis=0) >= BAND_COLUMN_INK)
+    if cols.size == 0:
+        return None
+    left = max(0, int(cols[0]) - margin)
+    right = min(width, int(cols[-1]) + 1 + margin)
+    return left, top, right, bottom
+
+
+def grey64(img: Image.Image, stretch: float = 1.0, grey: str = "luminance",
+           crop: bool = False) -> np.ndarray:
     """PIL image -> (64, W) uint8 grey, aspect ratio kept (times ``stretch`` in width),
-    transparency flattened onto white, colour turned grey by ``grey`` (GREY_MODES).
-    Training (training/finetune.py) reads images through this function."""
+    transparency flattened onto white, colour turned grey by ``grey`` (GREY_MODES); with
+    ``crop``, small text on a large canvas is cut to its band first (text_band), so it
+    reaches the network larger. Training (training/finetune.py) reads images through this
+    function."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         flat.alpha_composite(rgba)
         img = flat
-    width, height = img.size
-    target_w = max(MIN_INPUT_WIDTH,
-                   min(MAX_INPUT_WIDTH, round(width * stretch * INPUT_HEIGHT / height)))
     if grey == "darkest" and (len(img.getbands()) > 1 or img.mode == "P"):
         r, g, b = img.convert("RGB").split()
         flat_grey = ImageChops.darker(ImageChops.darker(r, g), b)
@@ -68,6 +114,11 @@ def grey64(img: Image.Image, stretch: float = 1.0, grey: str = "luminance") -> n
         flat_grey = img.convert("L")
     else:
         raise ValueError(f"unknown grey mode {grey!r}")
+    if crop and (box := text_band(flat_grey)) is not None:
+        flat_grey = flat_grey.crop(box)
+    width, height = flat_grey.size
+    target_w = max(MIN_INPUT_WIDTH,
+                   min(MAX_INPUT_WIDTH, round(width * stretch * INPUT_HEIGHT / height)))
     gray = flat_grey.resize((target_w, INPUT_HEIGHT), Image.Resampling.LANCZOS)
     return np.asarray(gray, dtype=np.uint8)
 
@@ -111,11 +162,13 @@ class FinetunedEngine:
         self.grey = str(meta.get("grey", "luminance"))
         if self.grey not in GREY_MODES:
             raise ValueError(f"{META_FILE}: unknown grey mode {self.grey!r}")
+        self.crop = bool(meta.get("crop", False))
 
     def logits(self, image: bytes | Image.Image, stretch: float = 1.0) -> np.ndarray:
         """Raw model output for one image: (T, classes)."""
         img = open_image(image) if isinstance(image, bytes) else image
-        out = self._session.run(None, {self._input: to_input(grey64(img, stretch, self.grey))})[0]
+        grey = grey64(img, stretch, self.grey, self.crop)
+        out = self._session.run(None, {self._input: to_input(grey)})[0]
         return out.reshape(out.shape[0], -1)
 
     def finish(self, text: str, raw: float, spec: ImageSpec,
