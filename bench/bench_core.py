@@ -29,7 +29,10 @@ What it does, all on 127.0.0.1, in a temporary directory:
    solves/s and end-to-end latency.
 5. prints a summary (machine, load, figures) and writes it as JSON to ``bench/results/``.
 
-``--polls-only`` stops after step 3.
+``--polls-only`` stops after step 3. ``--real N`` reads, in step 4, N images of each
+labelled real scheme's held-out split (training/datasets.py; ``$CAPD_DATASETS`` or the
+``shared/datasets`` folder beside the checkout) instead of drawn captchas, sent as a
+client would, without task options: what capd's users send, rather than one font.
 
 Subprocesses are stopped on exit, including Ctrl-C, SIGTERM and errors. Figures from a
 shared machine are noisy; the floor/capd ratio, measured side by side, is the one to watch.
@@ -152,6 +155,21 @@ def make_captchas(count: int, seed: int) -> list[Captcha]:
     while len(texts) < count:
         texts["".join(rng.choices(CAPTCHA_ALPHABET, k=rng.randint(4, 6)))] = None
     return [Captcha(text, captcha_png(text)) for text in texts]
+
+
+def real_captchas(per_scheme: int) -> list[Captcha]:
+    """``per_scheme`` images of each labelled scheme's held-out split, in the split's
+    (fixed, shuffled) order, with their labels."""
+    from training import datasets
+
+    if not os.path.isdir(os.path.join(datasets.datasets_root(), datasets.SCHEMES[0])):
+        raise BenchError(f"--real: no labelled captchas under {datasets.datasets_root()}"
+                         " (set CAPD_DATASETS)")
+    out = []
+    for scheme in datasets.SCHEMES:
+        for path, label in datasets.split(scheme)[1][:per_scheme]:
+            out.append(Captcha(label, Path(path).read_bytes()))
+    return out
 
 
 def is_correct(answer: str, expected: str) -> bool:
@@ -760,7 +778,8 @@ def print_summary(report: dict[str, Any]) -> None:
     lb = light["breakdown"]
     lines += [
         "",
-        f"ImageToText, {cfg['images']} distinct captchas (seed {cfg['seed']}):",
+        f"ImageToText, {cfg['images']} distinct captchas"
+        f" ({cfg.get('captchas', 'drawn, seed ' + str(cfg['seed']))}):",
         f"  bare recogniser ({cfg.get('ocr_engine', 'ddddocr')}, in-process, 1 thread):"
         f" p50 {bare['p50_ms']:.2f} ms,"
         f" p99 {bare['p99_ms']:.2f} ms, mean {bare['mean_ms']:.2f} ms,"
@@ -833,6 +852,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the OCR engine capd serves and the bare run reads with (default: auto,"
                         " capd's default)")
     p.add_argument("--seed", type=int, default=1, help="captcha text seed (default 1)")
+    p.add_argument("--real", type=int, default=0, metavar="N",
+                   help="ImageToText on N held-out real captchas of each labelled scheme"
+                        " instead of --images drawn ones")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
     p.add_argument("--polls-only", action="store_true",
                    help="measure getTaskResult throughput only (skip the ImageToText phases)")
@@ -840,7 +862,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also poll a capd imported from the source tree DIR, same rounds")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.duration < 1 or args.images < 1 or args.passes < 1 \
-            or args.clients < 1 or args.tput_duration <= 0:
+            or args.clients < 1 or args.tput_duration <= 0 or args.real < 0:
         p.error("counts and durations must be positive")
     return args
 
@@ -869,7 +891,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
     log(f"capd serving on {capd_url} (pid {capd.pid})")
 
     # one solved task for the poll benchmark
-    captchas = make_captchas(args.images, args.seed)
+    captchas = real_captchas(args.real) if args.real else make_captchas(args.images, args.seed)
     with httpx.Client(base_url=capd_url, timeout=30, trust_env=False) as client:
         for captcha in captchas:
             first = solve_one(client, key, captcha, 0.01)
@@ -933,7 +955,9 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
     return {
         "machine": machine,
         "config": {"ocr_engine": args.ocr_engine, "rounds": args.rounds,
-                   "duration_s": args.duration, "images": args.images,
+                   "duration_s": args.duration, "images": len(captchas),
+                   "captchas": (f"real held-out, {args.real} per scheme" if args.real
+                                else f"drawn, seed {args.seed}"),
                    "passes": args.passes, "clients": args.clients,
                    "tput_duration_s": args.tput_duration, "seed": args.seed,
                    "wrk_version": wrk_version(wrk), "capd_env": capd_env,
