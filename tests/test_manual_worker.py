@@ -44,11 +44,15 @@ class Example:
 
     def __init__(self, url: str, token: str, types: list[str], *extra: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPD_")}
+        # Ctrl-C as a terminal delivers it: a suite started in the background by a
+        # non-interactive shell (`cmd &`) runs with SIGINT ignored, every child inherits
+        # that, and the example rightly leaves an ignored SIGINT ignored
         self.proc = subprocess.Popen(
             [sys.executable, str(EXAMPLE), "--url", url, "--token", token,
              "--types", ",".join(types), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, bufsize=1, env=env, cwd=REPO)
+            text=True, bufsize=1, env=env, cwd=REPO,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._queues: dict[str, queue.Queue[str | None]] = {
