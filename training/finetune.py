@@ -468,7 +468,8 @@ def main() -> None:
         # the front never changes, so its outputs are kept on disk for --resume
         cache_path = os.path.join(os.path.dirname(args.out) or ".", "front_cache.pt")
         key = {"seed": SEED, "synth": len(synth), "cache_aug": args.cache_aug,
-               "counts": {k: len(v) for k, v in fit.items()}}
+               "counts": {k: len(v) for k, v in fit.items()}, "grey": args.grey,
+               "crop": args.crop}
         if os.path.exists(cache_path):
             saved = torch.load(cache_path, map_location="cpu", weights_only=False)
             if saved["key"] == key:

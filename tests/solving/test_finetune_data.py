@@ -86,20 +86,32 @@ def run_main(monkeypatch: pytest.MonkeyPatch, *argv: str) -> None:
     finetune.main()
 
 
-def test_tiny_run_from_a_pack_saves_its_weights(tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("crop", [False, True])
+def test_tiny_run_from_a_pack_saves_its_weights(tmp_path, monkeypatch, capsys,
+                                                crop: bool) -> None:
     pytest.importorskip("ddddocr")
     pack = tmp_path / "pack.npz"
-    finetune.write_pack(str(pack), tiny_groups())
+    finetune.write_pack(str(pack), tiny_groups(), crop=crop)
     weights = tmp_path / "w.pt"
     run_main(monkeypatch, "--pack", str(pack), "--freeze", "none", "--workers", "1",
              "--batch", "2", "--budget-min", "0.02", "--val-per-scheme", "1",
              "--synth", "1", "--imitate", "1", "--imitate-kinds", "generic",
-             "--out", str(tmp_path / "ck.pt"), "--weights-out", str(weights))
+             "--out", str(tmp_path / "ck.pt"), "--weights-out", str(weights),
+             *(["--crop"] if crop else []))
     out = capsys.readouterr().out
     assert "7 schemes, 1 synthetic, 1 imitations" in out and "DONE step" in out
     saved = torch.load(weights, map_location="cpu", weights_only=False)
     assert saved["charset"] == finetune.CHARSET and saved["step"] >= 1
-    assert saved["grey"] == "luminance" and saved["crop"] is False
+    assert saved["grey"] == "luminance" and saved["crop"] is crop
+    # the export records how the model reads, for the engine (finetuned.json)
+    import warnings
+
+    from training.export_finetuned import export_float
+
+    with warnings.catch_warnings():  # the exporter's own notes (TorchScript exporter, LSTM)
+        warnings.simplefilter("ignore")
+        meta = export_float(str(weights), str(tmp_path / "w.onnx"))
+    assert meta["grey"] == "luminance" and meta["crop"] is crop
     assert all(v.dtype == torch.float16 for v in saved["model"].values()
                if v.is_floating_point())
     # the weights alone start a new run (--init)

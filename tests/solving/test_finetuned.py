@@ -206,6 +206,12 @@ def test_the_engine_reads_with_its_models_grey_mode_and_cut(engine: FinetunedEng
     modes = record_greys(monkeypatch, finetuned_engine, crops)
     engine.read(captcha_png("k7pm3"), ImageSpec())
     assert modes and set(modes) == {engine.grey} and set(crops) == {engine.crop}
+    # a model trained on cut pictures is read on cut pictures
+    cut = FinetunedEngine()
+    cut.crop = True
+    crops.clear()
+    cut.read(captcha_png("k7pm3"), ImageSpec())
+    assert crops and set(crops) == {True}
 
 
 @pytest.mark.parametrize("data", [b"\x00" * 300, b"GIF89a" + b"\x00" * 200])
