@@ -62,7 +62,8 @@ def ddddocr_base() -> tuple[bytes, list[str], str]:
 def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int,
                engine_name: str, threads: int, lr: float, freeze: str = "none",
                base: str = "finetuned", grey: str | None = None,
-               n_unlabelled: int = 0) -> dict[str, Any]:
+               n_unlabelled: int = 0, stretch: float | None = None,
+               seed: int | None = None) -> dict[str, Any]:
     """Train and score one scheme in this process (see the module docstring)."""
     from capd.modules import train as training
     from capd.modules.engine import ModuleEngine
@@ -101,7 +102,9 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                              lambda line: print(f"  [{scheme}] {line}", flush=True),
                              base=ddddocr_base() if base == "ddddocr" else None,
                              threads=threads, keep_best=False, lr=lr, freeze=freeze,
-                             grey=grey, unlabelled=spare or None, on_pseudo=on_pseudo)
+                             grey=grey, unlabelled=spare or None, on_pseudo=on_pseudo,
+                             stretch=stretch,
+                             seed=training.SPLIT_SEED if seed is None else seed)
     wall_s = time.monotonic() - started
     stored = unpack(outcome.data)
     module = ModuleEngine(stored)
@@ -117,7 +120,9 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
             "minutes": minutes,
             "module": round(acc_module, 4), "general": round(acc_general, 4),
             "lengths": stored.manifest.get("lengths"), "module_any_length": round(acc_any, 4),
-            "grey": outcome.manifest["grey"], "unlabelled": len(spare),
+            "grey": outcome.manifest["grey"], "stretch": outcome.manifest["stretch"],
+            "seed": seed,
+            "unlabelled": len(spare),
             "pseudo_labelled": outcome.manifest["pseudo_labelled"],
             "pseudo_right": [round(x, 4) for x in pseudo_right],
             "base": round(acc_base, 4), "engine": engine_name, "lr": lr, "freeze": freeze,
@@ -153,6 +158,12 @@ def main() -> None:
     ap.add_argument("--unlabelled", type=int, default=0,
                     help="also this many further images of the train split, without their"
                          " labels, for the module to label itself (default 0)")
+    ap.add_argument("--stretch", type=float, default=None,
+                    help="the module reads images this many times wider (default: the"
+                         " training's own choice, train.auto_stretch)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="training's random seed (batches, augmentation; default: the"
+                         " training's own), to measure run-to-run spread")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
     if not args.datasets or not os.path.isdir(args.datasets):
@@ -160,7 +171,7 @@ def main() -> None:
     if args.one:
         row = one_scheme(args.datasets, args.one, args.minutes, args.train, args.held,
                          args.engine, args.threads, args.lr, args.freeze, args.base,
-                         args.grey, args.unlabelled)
+                         args.grey, args.unlabelled, args.stretch, args.seed)
         print("RESULT " + json.dumps(row), flush=True)
         return
     schemes = [s for s in args.schemes.split(",") if s] or sorted(
@@ -174,6 +185,8 @@ def main() -> None:
                "--threads", str(args.threads), "--lr", str(args.lr),
                "--freeze", args.freeze, "--base", args.base,
                "--unlabelled", str(args.unlabelled),
+               *(["--stretch", str(args.stretch)] if args.stretch else []),
+               *(["--seed", str(args.seed)] if args.seed is not None else []),
                *(["--grey", args.grey] if args.grey else [])]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None

@@ -14,7 +14,15 @@ from typing import Any
 
 from capd.config import Settings
 from capd.constants import MODULE_MIN_SAMPLES, MODULE_TRAIN_MINUTES
-from capd.modules.library import Library, ModuleError, atomic_write, check_name, default_dir
+from capd.modules.library import (
+    MAX_STRETCH,
+    MIN_STRETCH,
+    Library,
+    ModuleError,
+    atomic_write,
+    check_name,
+    default_dir,
+)
 
 INSTALL_HINT = ("capd module train needs PyTorch and onnx, which capd does not install by"
                 " default: pip install 'capd[modules]'")
@@ -60,6 +68,9 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     t.add_argument("--freeze", choices=("none", "front"), default="none",
                    help="none (default): every layer trains; front: the first layers keep"
                         " the base's weights (each step ~2.5x cheaper, modules less exact)")
+    t.add_argument("--stretch", type=float, default=None, metavar="X",
+                   help="read images X times wider than their aspect ratio (default: wide"
+                        " enough for 5 output frames per label character, at most 2)")
     t.add_argument("--engine", help="general engine to compare with (default: ocr_engine)")
     t.add_argument("--min-samples", type=int, default=MODULE_MIN_SAMPLES,
                    help=argparse.SUPPRESS)
@@ -92,6 +103,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     check_name(args.name)
     if not 0 < args.minutes <= 24 * 60:
         raise ModuleCliError("--minutes must be more than 0 and at most 1440")
+    if args.stretch is not None and not MIN_STRETCH <= args.stretch <= MAX_STRETCH:
+        raise ModuleCliError(f"--stretch must be within {MIN_STRETCH:g}-{MAX_STRETCH:g}")
     try:
         import onnx  # noqa: F401  (read by the loader of the base's weights)
 
@@ -99,12 +112,16 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     except ImportError:
         raise ModuleCliError(INSTALL_HINT) from None
     library = library_of(settings)
-    base, grey = None, None
+    base, grey, stretch = None, None, args.stretch
     if args.base:
         entry = library.entry(args.base)
         base_module = library.load(entry)
         base = training.base_from_module(base_module, entry.version)
+        # the base's way of reading (grey, width) unless told otherwise: its weights
+        # learnt images that way
         grey = str(base_module.manifest.get("grey", "luminance"))
+        if stretch is None:
+            stretch = float(base_module.manifest.get("stretch", 1.0))
     grey = args.grey or grey
 
     def progress(line: str) -> None:
@@ -134,7 +151,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     try:
         outcome = training.train(args.name, samples, args.minutes, progress, base=base,
                                  general=general, threads=args.threads,
-                                 freeze=args.freeze, grey=grey, unlabelled=unlabelled)
+                                 freeze=args.freeze, grey=grey, unlabelled=unlabelled,
+                                 stretch=stretch)
     except training.DataError as exc:
         raise ModuleCliError(str(exc)) from None
     entry = library.save(outcome.data)
@@ -181,6 +199,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
           f" (general engine {m.get('general_engine', '-')}: {_num(m.get('general_accuracy'))})")
     print(f"  charset      {''.join(m['charset'])}")
     print(f"  grey         {m.get('grey', 'luminance')}")
+    print(f"  width        {m.get('stretch', 1.0):g}x the image's aspect ratio")
     if m.get("unlabelled"):
         print(f"  unlabelled   {m['unlabelled']} images, {m.get('pseudo_labelled', 0)} labelled"
               " by the module and trained on")

@@ -40,7 +40,8 @@ class ModuleEngine(CtcEngine):
     ``finetuned`` engine does. With ``lengths`` ([shortest, longest]: the lengths of its
     training labels) it answers in those lengths (post.ctc_best_path_chars: the likeliest
     reading of an allowed length when the likeliest reading is not one), within the
-    task's own bounds (``bounded``)."""
+    task's own bounds (``bounded``). With ``stretch``, every image is read that many
+    times wider (the width it was trained at; a second look stretches it further)."""
 
     def __init__(self, module: Module) -> None:
         cal = module.manifest.get("calibration")
@@ -60,6 +61,7 @@ class ModuleEngine(CtcEngine):
         self._second_below = float(look["below"]) if look else 0.0
         self._second_stretch = float(look["stretch"]) if look else 1.0
         self._grey = str(module.manifest.get("grey", "luminance"))
+        self._stretch = float(module.manifest.get("stretch", 1.0))  # checked on load
         letters = [c for c in module.charset if c.isalpha()]
         # a charset with letters in one case only (most schemes): a case-insensitive task
         # is decoded in that case and lower-cased, since there is no partner to fold with
@@ -67,7 +69,7 @@ class ModuleEngine(CtcEngine):
                                             or all(c.islower() for c in letters))
 
     def frames(self, img: Image.Image, stretch: float = 1.0) -> np.ndarray:
-        grey = grey64(img, stretch, self._grey)
+        grey = grey64(img, self._stretch * stretch, self._grey)
         out = self._session.run(None, {self._input: to_input(grey)})[0]
         logits: np.ndarray = out.reshape(out.shape[0], -1)
         if logits.shape[1] != self._classes:

@@ -2,7 +2,7 @@
 
 A module file is a zip archive holding exactly two members, both data:
 
-- ``manifest.json``: ``{"format": "capd-module", "format_version": 1, "name", "charset",
+- ``manifest.json``: ``{"format": "capd-module", "format_version": 1 or 2, "name", "charset",
   "model_sha256", ...}`` plus what training measured (samples, accuracy, the general
   engine's accuracy on the same held-out images, the confidence calibration);
 - ``model.onnx``: the network, run by ONNX Runtime (never unpickled, never imported).
@@ -40,7 +40,10 @@ from capd.constants import MAX_TASK_DEPTH, MODULE_MAX_FILE_BYTES, MODULES_DIR_NA
 from capd.solving.ocr.finetuned_engine import GREY_MODES
 
 FORMAT = "capd-module"
-FORMAT_VERSION = 1
+# the newest format this capd reads; pack writes the oldest that reads a module right:
+# 2 for a module read wider than its images (manifest ``stretch``), which a reader of
+# format 1 would read at the wrong width, else 1
+FORMAT_VERSION = 2
 SUFFIX = ".capdmodule"
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
@@ -48,6 +51,8 @@ MODEL = "model.onnx"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RESERVED_NAMES = frozenset({"universal"})  # what a task without a module reads with
 MAX_LABEL_LENGTH = 64  # the longest answer a manifest's ``lengths`` may name
+# a manifest's ``stretch`` (the width factor a module reads images at) lies in this range
+MIN_STRETCH, MAX_STRETCH = 0.5, 3.0
 _VERSION_RE = re.compile(r"^([1-9][0-9]{0,8})\.capdmodule$")
 # manifest field -> the types it may hold (required fields; others are kept as given)
 _REQUIRED: dict[str, tuple[type, ...]] = {
@@ -89,7 +94,8 @@ class Module:
 def pack(manifest: dict[str, Any], model: bytes) -> bytes:
     """A module file's bytes: the manifest (with the model's checksum and the format
     marker set) and the model."""
-    meta = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
+    version = 1 if manifest.get("stretch", 1.0) == 1.0 else 2
+    meta = {**manifest, "format": FORMAT, "format_version": version,
             "model_sha256": hashlib.sha256(model).hexdigest()}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -155,6 +161,11 @@ def unpack(data: bytes, origin: str = "module file") -> Module:
         raise ModuleError(f"{origin}: manifest lengths is malformed")
     if manifest.get("grey", "luminance") not in GREY_MODES:
         raise ModuleError(f"{origin}: manifest grey must be one of {', '.join(GREY_MODES)}")
+    stretch = manifest.get("stretch", 1.0)
+    if not isinstance(stretch, int | float) or isinstance(stretch, bool) \
+            or not MIN_STRETCH <= stretch <= MAX_STRETCH:
+        raise ModuleError(f"{origin}: manifest stretch must be a number within"
+                          f" {MIN_STRETCH:g}-{MAX_STRETCH:g}")
     _depth(manifest, origin)
     return Module(manifest, model)
 

@@ -21,6 +21,12 @@ on them: a step costs ~2.5x less, but on Securimage captchas (500 images, 8 minu
 the module reached 0.677 that way against 0.773 with every layer training. Either way:
 CTC, AdamW and a warm-up + cosine schedule over the wall-clock budget.
 
+Width: the network makes one output frame per 8 columns of a 64-pixel-high image, and
+crowded characters merge where a label gets few frames each. So every image is read
+``stretch`` times wider than its aspect ratio (``auto_stretch``: enough for
+MIN_FRAMES_PER_CHAR frames a character on the median training image, 1 where it has
+them), in training and when the module serves (manifest ``stretch``).
+
 Unlabelled images (optional, ``read_unlabelled``: a folder of the scheme's captchas
 without labels, which a site's users can collect by the thousand): at 40% and again at
 70% of the training budget the network reads them twice, as they are and 1.25 times
@@ -72,7 +78,14 @@ from capd.constants import (  # noqa: E402
 )
 from capd.domain.tasks import ImageSpec  # noqa: E402
 from capd.modules.engine import ModuleEngine  # noqa: E402
-from capd.modules.library import MAX_LABEL_LENGTH, Module, pack, unpack  # noqa: E402
+from capd.modules.library import (  # noqa: E402
+    MAX_LABEL_LENGTH,
+    MAX_STRETCH,
+    MIN_STRETCH,
+    Module,
+    pack,
+    unpack,
+)
 from capd.modules.net import FRONT_BLOCKS, DdddNet, load_onnx_weights  # noqa: E402
 from capd.solving.ocr.base import Recogniser, UnreadableImage, open_image  # noqa: E402
 from capd.solving.ocr.finetuned_engine import (  # noqa: E402
@@ -101,6 +114,13 @@ MAX_VARIANTS = 12  # cached variants per training image (the first is the image 
 PSEUDO_ROUNDS = (0.4, 0.7)
 PSEUDO_MIN_CONFIDENCE = 0.9
 PSEUDO_SHARE = 0.5
+# the width a module reads at (``stretch``), by default: wide enough that the median
+# training image gets MIN_FRAMES_PER_CHAR output frames (one per 8 columns at 64 pixels
+# high) per character of its label, never narrower than the image's own aspect ratio and
+# at most MAX_AUTO_STRETCH times wider (Securimage's 200 x 80 captchas of 6 characters get
+# 3.3 frames a character as they are, and read 1.5 times wider)
+MIN_FRAMES_PER_CHAR = 5.0
+MAX_AUTO_STRETCH = 2.0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 Progress = Callable[[str], None]
 
@@ -210,6 +230,14 @@ def split(samples: list[Sample], held_share: float = MODULE_HELD_OUT_SHARE
     random.Random(SPLIT_SEED).shuffle(ordered)
     held = max(1, round(len(ordered) * held_share))
     return ordered[:-held], ordered[-held:]
+
+
+def auto_stretch(samples: list[Sample]) -> float:
+    """The width factor a module trained on ``samples`` reads at by default (see
+    MIN_FRAMES_PER_CHAR), from their unstretched greys and their labels' lengths."""
+    per_char = sorted(s.grey.shape[1] / 8 / len(s.text) for s in samples)
+    median = per_char[len(per_char) // 2]
+    return round(min(MAX_AUTO_STRETCH, max(1.0, MIN_FRAMES_PER_CHAR / median)), 2)
 
 
 def charset_of(texts: list[str]) -> list[str]:
@@ -480,7 +508,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
           seed: int = SPLIT_SEED, clock: Callable[[], float] = time.monotonic,
           keep_best: bool = True, lr: float = 5e-4, freeze: str = "none",
           grey: str | None = None, unlabelled: list[bytes] | None = None,
-          on_pseudo: Callable[[list[tuple[int, str]]], None] | None = None) -> Outcome:
+          on_pseudo: Callable[[list[tuple[int, str]]], None] | None = None,
+          stretch: float | None = None) -> Outcome:
     """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
     clock (see the module docstring). ``general`` is (engine name, engine) scored on the
     same held-out images for comparison; ``progress`` receives one line at a time.
@@ -493,7 +522,11 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     so that step 0 sees images as the base learnt them; the manifest records it.
     ``unlabelled``: images of the scheme without labels (``read_unlabelled``), labelled by
     the network itself as it trains (PSEUDO_ROUNDS; ``freeze="none"`` only);
-    ``on_pseudo`` receives each round's (index into ``unlabelled``, text) pairs."""
+    ``on_pseudo`` receives each round's (index into ``unlabelled``, text) pairs.
+    ``stretch``: the module reads every image this many times wider than its aspect ratio
+    at 64 pixels high (more output frames per character for crowded text), in training and
+    when it serves; by default ``auto_stretch`` of the training images. The manifest
+    records it."""
     if unlabelled and freeze != "none":
         raise ValueError("unlabelled images need freeze='none'")
     if freeze not in ("front", "none"):
@@ -502,8 +535,13 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         grey = general_grey() if base is None else "luminance"
     if grey not in GREY_MODES:
         raise ValueError(f"grey must be one of {GREY_MODES}, not {grey!r}")
-    if grey != "luminance":  # read_dataset made them grey by luminance
-        samples = [replace(s, grey=grey64(open_image(s.image), grey=grey)) for s in samples]
+    if stretch is None:
+        stretch = auto_stretch(split(samples)[0])
+    if not MIN_STRETCH <= stretch <= MAX_STRETCH:
+        raise ValueError(f"stretch must be within {MIN_STRETCH:g}-{MAX_STRETCH:g}")
+    if grey != "luminance" or stretch != 1.0:  # read_dataset: by luminance, unstretched
+        samples = [replace(s, grey=grey64(open_image(s.image), stretch, grey=grey))
+                   for s in samples]
     started = clock()
     budget = minutes * 60.0
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
@@ -517,6 +555,9 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     net = base_network(base_model, base_charset, charset, base_label)
     progress(f"{len(samples)} labelled images: {len(fit)} to train on, {len(held)} held out;"
              f" {len(charset)} symbols; base {base_label}; budget {minutes:g} min")
+    if stretch != 1.0:
+        progress(f"reading images {stretch:g} times wider than their aspect ratio"
+                 " (more output frames a character)")
 
     cached: list[list[torch.Tensor]] = [[] for _ in fit]
     if freeze == "front":
@@ -551,8 +592,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         progress(f"{len(unlabelled) - len(origin)} of the {len(unlabelled)} unlabelled images"
                  " are labelled images too: left out")
     opened = [open_image(unlabelled[i]) for i in origin] if unlabelled else []
-    spare = [grey64(img, grey=grey) for img in opened]
-    spare_wide = [grey64(img, SECOND_LOOK_STRETCH, grey=grey) for img in opened]
+    spare = [grey64(img, stretch, grey=grey) for img in opened]
+    spare_wide = [grey64(img, stretch * SECOND_LOOK_STRETCH, grey=grey) for img in opened]
     lengths = (min(len(t) for t in targets), max(len(t) for t in targets))
     rounds = list(PSEUDO_ROUNDS) if spare else []
     pseudo: list[tuple[int, list[int]]] = []
@@ -633,7 +674,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         "case_sensitive": spec.case_sensitive, "numeric": spec.numeric,
         "samples": len(samples), "train_samples": len(fit), "held_out": len(held),
         "base": base_label, "freeze": freeze, "steps": step, "train_seconds": round(train_s, 1),
-        "grey": grey, "unlabelled": len(spare), "pseudo_labelled": len(pseudo),
+        "grey": grey, "stretch": stretch, "unlabelled": len(spare), "pseudo_labelled": len(pseudo),
         "created_at": time.time(),
     }
     with tempfile.TemporaryDirectory(prefix="capd-module-") as tmp:

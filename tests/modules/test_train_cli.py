@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from capd.cli import main
-from capd.modules.library import Library
+from capd.modules.library import Library, pack, unpack
 from tests.processes import capd_env
 
 pytestmark = pytest.mark.slow
@@ -134,7 +134,9 @@ def test_train_from_a_stored_module_as_base(tmp_path: Path, dataset: Callable[..
                                             capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("CAPD_MODULES_DIR", str(tmp_path / "lib"))
     monkeypatch.setenv("CAPD_OCR_ENGINE", "ddddocr")
-    Library(tmp_path / "lib").save(module_file)
+    # the base reads 1.7 times wider than its images (not what the width rule would pick)
+    base = unpack(module_file)
+    Library(tmp_path / "lib").save(pack({**base.manifest, "stretch": 1.7}, base.model))
     code = main(["module", "train", "tiny", "--data", str(dataset()), "--minutes", "0.05",
                  "--base", "tiny", "--threads", "1"])
     out = capsys.readouterr().out
@@ -142,14 +144,17 @@ def test_train_from_a_stored_module_as_base(tmp_path: Path, dataset: Callable[..
     assert "base module tiny v1" in out
     lib = Library(tmp_path / "lib")
     assert [e.version for e in lib.versions("tiny")] == [1, 2]
-    # a module trained from another takes its way of turning colour grey, unless told
+    # a module trained from another takes its way of turning colour grey and its width,
+    # unless told
     base_grey = lib.load(lib.versions("tiny")[0]).manifest["grey"]
-    assert lib.load(lib.versions("tiny")[1]).manifest["grey"] == base_grey
+    second = lib.load(lib.versions("tiny")[1]).manifest
+    assert second["grey"] == base_grey and second["stretch"] == 1.7
     other = "luminance" if base_grey == "darkest" else "darkest"
     code = main(["module", "train", "tiny", "--data", str(dataset()), "--minutes", "0.05",
-                 "--base", "tiny", "--threads", "1", "--grey", other])
+                 "--base", "tiny", "--threads", "1", "--grey", other, "--stretch", "1.2"])
     assert code == 0
-    assert lib.load(lib.versions("tiny")[2]).manifest["grey"] == other
+    third = lib.load(lib.versions("tiny")[2]).manifest
+    assert third["grey"] == other and third["stretch"] == 1.2
 
 
 def test_train_from_an_unknown_base_is_one_line(tmp_path: Path, dataset: Callable[..., Path],
