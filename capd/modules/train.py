@@ -86,7 +86,7 @@ from capd.modules.library import (  # noqa: E402
     pack,
     unpack,
 )
-from capd.modules.net import FRONT_BLOCKS, DdddNet, load_onnx_weights  # noqa: E402
+from capd.modules.net import FRONT_BLOCKS, STRIDE, DdddNet, load_onnx_weights  # noqa: E402
 from capd.solving.ocr.base import Recogniser, UnreadableImage, open_image  # noqa: E402
 from capd.solving.ocr.finetuned_engine import (  # noqa: E402
     GREY_MODES,
@@ -235,7 +235,7 @@ def split(samples: list[Sample], held_share: float = MODULE_HELD_OUT_SHARE
 def auto_stretch(samples: list[Sample]) -> float:
     """The width factor a module trained on ``samples`` reads at by default (see
     MIN_FRAMES_PER_CHAR), from their unstretched greys and their labels' lengths."""
-    per_char = sorted(s.grey.shape[1] / 8 / len(s.text) for s in samples)
+    per_char = sorted(s.grey.shape[1] / STRIDE / len(s.text) for s in samples)
     median = per_char[len(per_char) // 2]
     return round(min(MAX_AUTO_STRETCH, max(1.0, MIN_FRAMES_PER_CHAR / median)), 2)
 
