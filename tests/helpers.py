@@ -271,10 +271,11 @@ def record_stretches(monkeypatch: Any, obj: Any, method: str) -> list[float]:
     return calls
 
 
-def record_greys(monkeypatch: Any, module: Any, crops: list[bool] | None = None
-                 ) -> list[str]:
+def record_greys(monkeypatch: Any, module: Any, crops: list[bool] | None = None,
+                 stretches: list[float] | None = None) -> list[str]:
     """Wrap ``module.grey64`` so that each call's grey mode is recorded: how an engine
-    turned an image's colour grey (and, into ``crops``, whether it cut the text's band)."""
+    turned an image's colour grey (and, into ``crops``, whether it cut the text's band;
+    into ``stretches``, how much wider than its aspect ratio it made the image)."""
     modes: list[str] = []
     real = module.grey64
 
@@ -283,6 +284,8 @@ def record_greys(monkeypatch: Any, module: Any, crops: list[bool] | None = None
         modes.append(grey)
         if crops is not None:
             crops.append(crop)
+        if stretches is not None:
+            stretches.append(stretch)
         return real(img, stretch, grey, crop)
 
     monkeypatch.setattr(module, "grey64", spy)

@@ -18,7 +18,7 @@ from capd.domain.tasks import ImageSpec
 from capd.modules import engine as module_engine
 from capd.modules.engine import ModuleEngine
 from capd.modules.library import Library, ModuleError, unpack
-from tests.helpers import captcha_png
+from tests.helpers import captcha_png, record_greys
 from tests.modules.conftest import TINY_MINUTES, make_dataset, repacked
 
 
@@ -55,14 +55,7 @@ def _widths_read(monkeypatch: pytest.MonkeyPatch, manifest: dict[str, Any],
                  module_file: bytes) -> list[float]:
     """The stretch of every image the engine made for one reading, with this manifest."""
     stretches: list[float] = []
-    real = module_engine.grey64
-
-    def spy(img: Any, stretch: float = 1.0, grey: str = "luminance",
-            crop: bool = False) -> Any:
-        stretches.append(stretch)
-        return real(img, stretch, grey, crop)
-
-    monkeypatch.setattr(module_engine, "grey64", spy)
+    record_greys(monkeypatch, module_engine, stretches=stretches)
     module = unpack(module_file)
     ModuleEngine(dataclasses.replace(module, manifest=manifest)).read(
         captcha_png("4821"), ImageSpec(numeric=1))
