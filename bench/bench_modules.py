@@ -3,7 +3,7 @@
     nice -n 10 python -m bench.bench_modules --datasets DIR [--minutes 15] [--train 500]
         [--held 300] [--engine auto] [--schemes a,b] [--threads 2] [--freeze none|front]
         [--base finetuned|ddddocr] [--grey luminance|darkest] [--unlabelled N]
-        [--json out.json]
+        [--keep DIR] [--json out.json]
 
 DIR holds one folder per scheme, each with ``labels.csv`` (``file,text``) and its
 images (``$CAPD_DATASETS`` when --datasets is not given). For each scheme, in a child
@@ -63,7 +63,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                engine_name: str, threads: int, lr: float, freeze: str = "none",
                base: str = "finetuned", grey: str | None = None,
                n_unlabelled: int = 0, stretch: float | None = None,
-               seed: int | None = None) -> dict[str, Any]:
+               seed: int | None = None, keep: str = "") -> dict[str, Any]:
     """Train and score one scheme in this process (see the module docstring)."""
     from capd.modules import train as training
     from capd.modules.engine import ModuleEngine
@@ -106,6 +106,9 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                              stretch=stretch,
                              seed=training.SPLIT_SEED if seed is None else seed)
     wall_s = time.monotonic() - started
+    if keep:  # the module file, to score it again later without training it again
+        os.makedirs(keep, exist_ok=True)
+        Path(keep, f"{scheme}.capdmodule").write_bytes(outcome.data)
     stored = unpack(outcome.data)
     module = ModuleEngine(stored)
     spec = training.scoring_spec([s.text for s in fit])
@@ -164,6 +167,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None,
                     help="training's random seed (batches, augmentation; default: the"
                          " training's own), to measure run-to-run spread")
+    ap.add_argument("--keep", default="",
+                    help="write each trained module to this folder (SCHEME.capdmodule;"
+                         " capd module import reads it)")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
     if not args.datasets or not os.path.isdir(args.datasets):
@@ -171,7 +177,7 @@ def main() -> None:
     if args.one:
         row = one_scheme(args.datasets, args.one, args.minutes, args.train, args.held,
                          args.engine, args.threads, args.lr, args.freeze, args.base,
-                         args.grey, args.unlabelled, args.stretch, args.seed)
+                         args.grey, args.unlabelled, args.stretch, args.seed, args.keep)
         print("RESULT " + json.dumps(row), flush=True)
         return
     schemes = [s for s in args.schemes.split(",") if s] or sorted(
@@ -187,6 +193,7 @@ def main() -> None:
                "--unlabelled", str(args.unlabelled),
                *(["--stretch", str(args.stretch)] if args.stretch else []),
                *(["--seed", str(args.seed)] if args.seed is not None else []),
+               *(["--keep", args.keep] if args.keep else []),
                *(["--grey", args.grey] if args.grey else [])]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None

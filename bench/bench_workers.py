@@ -78,6 +78,7 @@ from bench.bench_core import (
     solve_one,
     wait_healthy,
 )
+from capd.config import Settings
 from capd.store.secrets import secret_digest
 
 TOKEN_TYPE = "TurnstileTaskProxyless"
@@ -509,7 +510,8 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
                                     args.client_kinds)
     captchas = make_captchas(args.images, args.seed)
     image = bench_image_paths(procs, workdir, captchas, args.rounds, args.poll_ms / 1e3)
-    bare = bench_bare(captchas, args.passes)
+    # the servers above run on the default engine, so the bare reading uses it too
+    bare = bench_bare(captchas, args.passes, Settings().ocr_engine)
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return {"machine": machine,
             "config": {"tasks": args.tasks, "concurrency": args.levels,
