@@ -71,6 +71,10 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     t.add_argument("--stretch", type=float, default=None, metavar="X",
                    help="read images X times wider than their aspect ratio (default: wide"
                         " enough for 5 output frames per label character, at most 2)")
+    t.add_argument("--tone", action=argparse.BooleanOptionalAction, default=None,
+                   help="learn a grey-level curve in front of the network, which can lighten"
+                        " lines drawn in their own grey across the text (default: on; a"
+                        " --base module's curve stays with its weights)")
     t.add_argument("--engine", help="general engine to compare with (default: ocr_engine)")
     t.add_argument("--min-samples", type=int, default=MODULE_MIN_SAMPLES,
                    help=argparse.SUPPRESS)
@@ -152,7 +156,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
         outcome = training.train(args.name, samples, args.minutes, progress, base=base,
                                  general=general, threads=args.threads,
                                  freeze=args.freeze, grey=grey, unlabelled=unlabelled,
-                                 stretch=stretch)
+                                 stretch=stretch,
+                                 tone=training.MODULE_TONE if args.tone is None else args.tone)
     except training.DataError as exc:
         raise ModuleCliError(str(exc)) from None
     entry = library.save(outcome.data)
@@ -200,6 +205,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
     print(f"  charset      {''.join(m['charset'])}")
     print(f"  grey         {m.get('grey', 'luminance')}")
     print(f"  width        {m.get('stretch', 1.0):g}x the image's aspect ratio")
+    print("  tone curve   " + ("learnt" if m.get("tone") else "none"))
     if m.get("unlabelled"):
         print(f"  unlabelled   {m['unlabelled']} images, {m.get('pseudo_labelled', 0)} labelled"
               " by the module and trained on")

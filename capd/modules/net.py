@@ -40,6 +40,7 @@ from torch import nn
 HEIGHT = 64
 STRIDE = 8  # input columns per output frame
 FRONT_BLOCKS = 6  # body blocks up to the 48-channel stage's output (the "front")
+TONE_KNOTS = "tone.knots"  # the ONNX initializer of a learnt grey curve (Tone)
 
 
 class Residual(nn.Module):
@@ -66,11 +67,32 @@ class Down(nn.Module):
         return self.project(nn.functional.silu(self.expand(x)))
 
 
+class Tone(nn.Module):
+    """A learnt grey-level curve applied to every pixel before the first convolution:
+    piecewise linear over ``knots`` equal steps of [0, 1], starting as the identity. A
+    convolution cannot lighten one grey level while keeping a darker and a lighter one
+    (Securimage draws its text at one grey and the lines across it at a darker one); a
+    curve can."""
+
+    def __init__(self, knots: int = 64) -> None:
+        super().__init__()
+        self.steps = knots
+        self.knots = nn.Parameter(torch.linspace(0.0, 1.0, knots + 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.clamp(0.0, 1.0) * self.steps
+        i = t.floor().clamp(max=self.steps - 1)
+        f = t - i
+        k = i.long()
+        return self.knots[k] * (1 - f) + self.knots[k + 1] * f
+
+
 class DdddNet(nn.Module):
     """The CNN + BiLSTM + linear CTC head of ddddocr's default model."""
 
     def __init__(self, n_classes: int = 8210) -> None:
         super().__init__()
+        self.tone: Tone | None = None  # a module's learnt grey curve (train --tone)
         self.stem = nn.Conv2d(1, 24, 3, stride=2, padding=1)
         self.body = nn.Sequential(
             Residual(24, 24), Residual(24, 24),
@@ -95,8 +117,11 @@ class DdddNet(nn.Module):
         cols = x.permute(3, 0, 1, 2).reshape(w, n, c * h)
         return self.head(self.lstm(cols)[0])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 64, W) grey in [0, 1] -> (W/8, N, classes) logits."""
+    def forward(self, x: torch.Tensor, tone: bool = True) -> torch.Tensor:
+        """(N, 1, 64, W) grey in [0, 1] -> (W/8, N, classes) logits; ``tone=False``: the
+        input has been through the tone curve already (training augments after it)."""
+        if tone and self.tone is not None:
+            x = self.tone(x)
         return self.back(self.front(x))
 
 
@@ -153,6 +178,13 @@ def load_onnx_weights(net: DdddNet, path: str | IO[bytes] | None = None) -> None
             other = produced_by[other].input[0].removesuffix("_quantized")
         return init[other].astype(np.float32)
 
+    knots = init.get(TONE_KNOTS)
+    if knots is not None:  # a module with a learnt grey curve (Tone)
+        if knots.ndim != 1 or len(knots) < 2:
+            raise ValueError(f"{TONE_KNOTS}: shape {knots.shape}")
+        net.tone = Tone(len(knots) - 1)
+        with torch.no_grad():
+            net.tone.knots.copy_(torch.from_numpy(knots.astype(np.float32)))
     if not any(n.op_type == "ConvInteger" for n in nodes):
         _load_float(net, nodes, init)
         return

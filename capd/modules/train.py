@@ -27,6 +27,13 @@ crowded characters merge where a label gets few frames each. So every image is r
 MIN_FRAMES_PER_CHAR frames a character on the median training image, 1 where it has
 them), in training and when the module serves (manifest ``stretch``).
 
+Tone: a learnt grey-level curve (``net.Tone``, piecewise linear, starting as the
+identity) in front of the first convolution, part of the exported graph. Securimage draws
+its text in one grey and the lines across it in a darker one; a convolution cannot
+lighten the one grey and keep the darker and lighter ones, a curve can. It trains with the
+network (every layer training only), at TONE_LR_SCALE times its learning rate, before the
+augmentation; on Securimage it was worth about 2 points (docs/modules.md).
+
 Unlabelled images (optional, ``read_unlabelled``: a folder of the scheme's captchas
 without labels, which a site's users can collect by the thousand): at 40% and again at
 70% of the training budget the network reads them twice, as they are and 1.25 times
@@ -86,7 +93,14 @@ from capd.modules.library import (  # noqa: E402
     pack,
     unpack,
 )
-from capd.modules.net import FRONT_BLOCKS, STRIDE, DdddNet, load_onnx_weights  # noqa: E402
+from capd.modules.net import (  # noqa: E402
+    FRONT_BLOCKS,
+    STRIDE,
+    TONE_KNOTS,
+    DdddNet,
+    Tone,
+    load_onnx_weights,
+)
 from capd.solving.ocr.base import Recogniser, UnreadableImage, open_image  # noqa: E402
 from capd.solving.ocr.finetuned_engine import (  # noqa: E402
     GREY_MODES,
@@ -121,6 +135,8 @@ PSEUDO_SHARE = 0.5
 # 3.3 frames a character as they are, and read 1.5 times wider)
 MIN_FRAMES_PER_CHAR = 5.0
 MAX_AUTO_STRETCH = 2.0
+TONE_LR_SCALE = 20.0  # the tone curve's learning rate against the network's
+MODULE_TONE = True  # capd module train learns a tone curve unless told --no-tone
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 Progress = Callable[[str], None]
 
@@ -509,7 +525,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
           keep_best: bool = True, lr: float = 5e-4, freeze: str = "none",
           grey: str | None = None, unlabelled: list[bytes] | None = None,
           on_pseudo: Callable[[list[tuple[int, str]]], None] | None = None,
-          stretch: float | None = None) -> Outcome:
+          stretch: float | None = None, tone: bool | None = None) -> Outcome:
     """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
     clock (see the module docstring). ``general`` is (engine name, engine) scored on the
     same held-out images for comparison; ``progress`` receives one line at a time.
@@ -526,7 +542,10 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     ``stretch``: the module reads every image this many times wider than its aspect ratio
     at 64 pixels high (more output frames per character for crowded text), in training and
     when it serves; by default ``auto_stretch`` of the training images. The manifest
-    records it."""
+    records it. ``tone``: learn a grey-level curve in front of the network (net.Tone,
+    trained at TONE_LR_SCALE times the learning rate, applied before the augmentation;
+    default MODULE_TONE); a base that has one keeps it. The manifest records whether the
+    module has one."""
     if unlabelled and freeze != "none":
         raise ValueError("unlabelled images need freeze='none'")
     if freeze not in ("front", "none"):
@@ -553,6 +572,11 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     spec = scoring_spec([s.text for s in samples])
     base_model, base_charset, base_label = base or general_base()
     net = base_network(base_model, base_charset, charset, base_label)
+    if tone is None:
+        tone = MODULE_TONE
+    # (a base module's own curve stays with its weights; a frozen front learns none)
+    if tone and net.tone is None and freeze == "none":
+        net.tone = Tone()
     progress(f"{len(samples)} labelled images: {len(fit)} to train on, {len(held)} held out;"
              f" {len(charset)} symbols; base {base_label}; budget {minutes:g} min")
     if stretch != 1.0:
@@ -561,7 +585,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
 
     cached: list[list[torch.Tensor]] = [[] for _ in fit]
     if freeze == "front":
-        for p in [*net.stem.parameters(), *net.body[:FRONT_BLOCKS].parameters()]:
+        frozen = [*net.stem.parameters(), *net.body[:FRONT_BLOCKS].parameters()]
+        for p in [*frozen, *(net.tone.parameters() if net.tone is not None else [])]:
             p.requires_grad_(False)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, s in enumerate(fit):  # same-size images run through the front together
@@ -576,6 +601,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
                         chunk = group[at:at + 32]
                         x = torch.from_numpy(np.stack([fit[i].grey for i in chunk]))
                         x = x.float().div(255.0)[:, None]
+                        if net.tone is not None:  # a base's curve (frozen with the front)
+                            x = net.tone(x)
                         if variant:
                             x = augment(x, gen)
                         for i, feat in zip(chunk, net.front(x).half(), strict=True):
@@ -599,7 +626,11 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     pseudo: list[tuple[int, list[int]]] = []
 
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    tone_params = list(net.tone.parameters()) if net.tone is not None else []
+    rest = [p for p in params if all(p is not q for q in tone_params)]
+    opt = torch.optim.AdamW([{"params": rest, "scale": 1.0},
+                             {"params": tone_params, "scale": TONE_LR_SCALE,
+                              "weight_decay": 0.0}], lr=lr, weight_decay=1e-4)
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
     batch = min(32, len(fit))
     warm, peak_lr = 0.05, lr
@@ -618,7 +649,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         frac = min(frac, 1.0)
         lr = peak_lr * warmup_cosine(frac, warm, 0.03)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["scale"]
         if rounds and frac >= rounds[0]:
             rounds.pop(0)
             pseudo = pseudo_label(net, spare, lengths, wide=spare_wide)
@@ -640,7 +671,9 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
                     i, label = pseudo[rng.randrange(len(pseudo))]
                     greys[j], labels[j] = spare[i], label
             x, frames = pixel_batch(greys, rng)
-            logp = net(augment(x, gen)).log_softmax(2)
+            if net.tone is not None:  # the curve first, then the augmentation
+                x = net.tone(x)
+            logp = net(augment(x, gen), tone=False).log_softmax(2)
         flat = [c for label in labels for c in label]
         loss = ctc(logp, torch.tensor(flat, dtype=torch.long),
                    torch.tensor(frames, dtype=torch.long),
@@ -660,6 +693,9 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     train_s = clock() - started
     end_acc = held_accuracy(net, held, charset, spec)
     progress(f"held-out accuracy after training: {end_acc:.3f}")
+    if net.tone is not None:
+        curve = net.tone.knots.detach().clamp(0, 1).mul(255).round().int().tolist()
+        progress("learnt tone curve (grey 0, 4, 8, ... 256 ->): " + " ".join(map(str, curve)))
     if keep_best and end_acc < start_acc:
         # too few steps (a short budget, a busy machine) can leave the network worse
         # than where it started: the base's weights are the better module then
@@ -674,7 +710,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         "case_sensitive": spec.case_sensitive, "numeric": spec.numeric,
         "samples": len(samples), "train_samples": len(fit), "held_out": len(held),
         "base": base_label, "freeze": freeze, "steps": step, "train_seconds": round(train_s, 1),
-        "grey": grey, "stretch": stretch, "unlabelled": len(spare), "pseudo_labelled": len(pseudo),
+        "grey": grey, "stretch": stretch, "tone": net.tone is not None,
+        "unlabelled": len(spare), "pseudo_labelled": len(pseudo),
         "created_at": time.time(),
     }
     with tempfile.TemporaryDirectory(prefix="capd-module-") as tmp:
@@ -751,8 +788,13 @@ def _export(net: DdddNet, fp32_path: str, int8_path: str) -> tuple[bytes, bytes]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process, on every run
+    import onnx
+
+    # a learnt grey curve (Tone) stays float: its Gathers would be quantised too
+    keep_float = [n.name for n in onnx.load(fp32_path).graph.node if TONE_KNOTS in n.input]
     try:
-        quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QUInt8)
+        quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QUInt8,
+                         nodes_to_exclude=keep_float)
     finally:
         root.setLevel(level)
     return Path(fp32_path).read_bytes(), Path(int8_path).read_bytes()

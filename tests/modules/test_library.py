@@ -44,6 +44,8 @@ def test_import_then_list_show_export_round_trip(module_file: bytes, tmp_path: P
     assert (f"second look  {look['stretch']:g}x wider" if look else "second look  no") in out
     assert f"grey         {unpack(module_file).manifest['grey']}" in out
     assert f"width        {unpack(module_file).manifest['stretch']:g}x the image's" in out
+    assert unpack(module_file).manifest["tone"] is True  # training's default
+    assert "tone curve   learnt" in out
     exported = tmp_path / "out.capdmodule"
     code, out, _ = cli(capsys, "export", "tiny", str(exported))
     assert code == 0
