@@ -97,3 +97,22 @@ def test_training_learns_a_curve_unless_told_not_to(tmp_path: Path) -> None:
     again = train.train("again", samples, TINY_MINUTES, lambda _: None, threads=1, base=base,
                         tone=False)
     assert again.manifest["tone"] is True
+
+
+def test_the_cli_trains_without_a_curve_when_told(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from capd.cli import main
+    from capd.modules.library import Library
+
+    monkeypatch.setenv("CAPD_MODULES_DIR", str(tmp_path / "lib"))
+    monkeypatch.setenv("CAPD_OCR_ENGINE", "ddddocr")
+    make_dataset(tmp_path / "data", n=24, seed=6)
+    code = main(["module", "train", "shop", "--data", str(tmp_path / "data"), "--minutes",
+                 str(TINY_MINUTES), "--threads", "1", "--no-tone"])
+    assert code == 0
+    lib = Library(tmp_path / "lib")
+    assert lib.load(lib.entry("shop")).manifest["tone"] is False
+    capsys.readouterr()
+    assert main(["module", "show", "shop"]) == 0
+    assert "tone curve   none" in capsys.readouterr().out
