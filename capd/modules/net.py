@@ -15,6 +15,7 @@ Biases are stored in float32 and used as they are. onnx2torch cannot convert the
 The network, as read from the graph (BatchNorm already folded into the convolutions):
 
     input (N, 1, 64, W) grey in [0, 1]
+    (tone  a module's learnt grey-level curve, Tone, when it has one)
     stem   conv3x3 1->24 stride 2, SiLU                                 32 x W/2
     2 x    residual [conv3x3 24->24, SiLU, conv1x1 24->24]
     down   conv3x3 24->96 stride 2, SiLU, conv1x1 96->48                16 x W/4
@@ -69,15 +70,15 @@ class Down(nn.Module):
 
 class Tone(nn.Module):
     """A learnt grey-level curve applied to every pixel before the first convolution:
-    piecewise linear over ``knots`` equal steps of [0, 1], starting as the identity. A
+    piecewise linear over ``steps`` equal steps of [0, 1], starting as the identity. A
     convolution cannot lighten one grey level while keeping a darker and a lighter one
     (Securimage draws its text at one grey and the lines across it at a darker one); a
     curve can."""
 
-    def __init__(self, knots: int = 64) -> None:
+    def __init__(self, steps: int = 64) -> None:
         super().__init__()
-        self.steps = knots
-        self.knots = nn.Parameter(torch.linspace(0.0, 1.0, knots + 1))
+        self.steps = steps
+        self.knots = nn.Parameter(torch.linspace(0.0, 1.0, steps + 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.clamp(0.0, 1.0) * self.steps
