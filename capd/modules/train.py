@@ -32,7 +32,7 @@ identity) in front of the first convolution, part of the exported graph. Securim
 its text in one grey and the lines across it in a darker one; a convolution cannot
 lighten the one grey and keep the darker and lighter ones, a curve can. It trains with the
 network (every layer training only), at TONE_LR_SCALE times its learning rate, before the
-augmentation; on Securimage it gained 0.6-2.3 points in four comparisons (docs/modules.md).
+augmentation; on Securimage it gained 0.6-3.0 points in five comparisons (docs/modules.md).
 
 Unlabelled images (optional, ``read_unlabelled``: a folder of the scheme's captchas
 without labels, which a site's users can collect by the thousand): at 40% and again at
