@@ -156,8 +156,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
         outcome = training.train(args.name, samples, args.minutes, progress, base=base,
                                  general=general, threads=args.threads,
                                  freeze=args.freeze, grey=grey, unlabelled=unlabelled,
-                                 stretch=stretch,
-                                 tone=training.MODULE_TONE if args.tone is None else args.tone)
+                                 stretch=stretch, tone=args.tone)
     except training.DataError as exc:
         raise ModuleCliError(str(exc)) from None
     entry = library.save(outcome.data)
