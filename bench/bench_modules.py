@@ -3,7 +3,8 @@
     nice -n 10 python -m bench.bench_modules --datasets DIR [--minutes 15] [--train 500]
         [--held 300] [--engine auto] [--schemes a,b] [--threads 2] [--freeze none|front]
         [--base finetuned|ddddocr] [--grey luminance|darkest] [--unlabelled N]
-        [--stretch X] [--seed N] [--[no-]tone] [--keep DIR] [--json out.json]
+        [--stretch X] [--seed N] [--[no-]tone] [--[no-]lines] [--[no-]average]
+        [--keep DIR] [--json out.json]
 
 DIR holds one folder per scheme, each with ``labels.csv`` (``file,text``) and its
 images (``$CAPD_DATASETS`` when --datasets is not given). For each scheme, in a child
@@ -63,8 +64,8 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                engine_name: str, threads: int, lr: float, freeze: str = "none",
                base: str = "finetuned", grey: str | None = None,
                n_unlabelled: int = 0, stretch: float | None = None,
-               seed: int | None = None, keep: str = "", tone: bool | None = None
-               ) -> dict[str, Any]:
+               seed: int | None = None, keep: str = "", tone: bool | None = None,
+               lines: bool | None = None, average: bool | None = None) -> dict[str, Any]:
     """Train and score one scheme in this process (see the module docstring)."""
     from capd.modules import train as training
     from capd.modules.engine import ModuleEngine
@@ -104,7 +105,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                              base=ddddocr_base() if base == "ddddocr" else None,
                              threads=threads, keep_best=False, lr=lr, freeze=freeze,
                              grey=grey, unlabelled=spare or None, on_pseudo=on_pseudo,
-                             stretch=stretch, tone=tone,
+                             stretch=stretch, tone=tone, lines=lines, average=average,
                              seed=training.SPLIT_SEED if seed is None else seed)
     wall_s = time.monotonic() - started
     if keep:  # the module file, to score it again later without training it again
@@ -125,7 +126,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
             "module": round(acc_module, 4), "general": round(acc_general, 4),
             "lengths": stored.manifest.get("lengths"), "module_any_length": round(acc_any, 4),
             "grey": outcome.manifest["grey"], "stretch": outcome.manifest["stretch"],
-            "tone": outcome.manifest["tone"],
+            "tone": outcome.manifest["tone"], "lines": lines, "average": average,
             "seed": seed,
             "unlabelled": len(spare),
             "pseudo_labelled": outcome.manifest["pseudo_labelled"],
@@ -175,6 +176,12 @@ def main() -> None:
     ap.add_argument("--tone", action=argparse.BooleanOptionalAction, default=None,
                     help="whether the module learns a grey-level curve (default: as capd"
                          " module train does)")
+    ap.add_argument("--lines", action=argparse.BooleanOptionalAction, default=None,
+                    help="whether training draws strike-through strokes over its images"
+                         " (default: as capd module train does)")
+    ap.add_argument("--average", action=argparse.BooleanOptionalAction, default=None,
+                    help="whether training ends with a moving average of its weights"
+                         " (default: as capd module train does)")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
     if not args.datasets or not os.path.isdir(args.datasets):
@@ -183,7 +190,7 @@ def main() -> None:
         row = one_scheme(args.datasets, args.one, args.minutes, args.train, args.held,
                          args.engine, args.threads, args.lr, args.freeze, args.base,
                          args.grey, args.unlabelled, args.stretch, args.seed, args.keep,
-                         args.tone)
+                         args.tone, args.lines, args.average)
         print("RESULT " + json.dumps(row), flush=True)
         return
     schemes = [s for s in args.schemes.split(",") if s] or sorted(
@@ -201,6 +208,9 @@ def main() -> None:
                *(["--seed", str(args.seed)] if args.seed is not None else []),
                *(["--keep", args.keep] if args.keep else []),
                *([] if args.tone is None else ["--tone" if args.tone else "--no-tone"]),
+               *([] if args.lines is None else ["--lines" if args.lines else "--no-lines"]),
+               *([] if args.average is None else
+                 ["--average" if args.average else "--no-average"]),
                *(["--grey", args.grey] if args.grey else [])]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None

@@ -75,6 +75,13 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                    help="learn a grey-level curve in front of the network, which can lighten"
                         " lines drawn in their own grey across the text (default: on; a"
                         " --base module's curve stays with its weights)")
+    t.add_argument("--lines", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw strike-through strokes in each image's own dark grey over half"
+                        " of the training images (default: off)")
+    t.add_argument("--average", action=argparse.BooleanOptionalAction, default=None,
+                   help="end with a moving average of the weights over the second half of"
+                        " training when it reads the held-out images at least as well"
+                        " (default: off)")
     t.add_argument("--engine", help="general engine to compare with (default: ocr_engine)")
     t.add_argument("--min-samples", type=int, default=MODULE_MIN_SAMPLES,
                    help=argparse.SUPPRESS)
@@ -156,7 +163,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
         outcome = training.train(args.name, samples, args.minutes, progress, base=base,
                                  general=general, threads=args.threads,
                                  freeze=args.freeze, grey=grey, unlabelled=unlabelled,
-                                 stretch=stretch, tone=args.tone)
+                                 stretch=stretch, tone=args.tone, lines=args.lines,
+                                 average=args.average)
     except training.DataError as exc:
         raise ModuleCliError(str(exc)) from None
     entry = library.save(outcome.data)
@@ -205,6 +213,11 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
     print(f"  grey         {m.get('grey', 'luminance')}")
     print(f"  width        {m.get('stretch', 1.0):g}x the image's aspect ratio")
     print("  tone curve   " + ("learnt" if m.get("tone") else "none"))
+    extras = [what for field, what in (("strokes", "strike-through strokes drawn"),
+                                       ("averaged", "ends with the weights' moving average"))
+              if m.get(field)]
+    if extras:
+        print("  training     " + "; ".join(extras))
     if m.get("unlabelled"):
         print(f"  unlabelled   {m['unlabelled']} images, {m.get('pseudo_labelled', 0)} labelled"
               " by the module and trained on")

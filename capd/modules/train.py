@@ -34,6 +34,13 @@ lighten the one grey and keep the darker and lighter ones, a curve can. It train
 network (every layer training only), at TONE_LR_SCALE times its learning rate, before the
 augmentation; on Securimage it gained 0.6-3.0 points in five comparisons (docs/modules.md).
 
+Strokes and an average (both optional, off by default: measured, the gains are within
+run-to-run spread; docs/modules.md): ``lines`` draws a strike-through stroke or two in
+each image's own dark grey over half of the training images (``strike_lines``), so that
+characters the scheme's lines did not cross in the labelled images are seen crossed;
+``average`` keeps a moving average of the weights over the second half of the budget and
+ends with it when it reads the held-out images at least as well as the last weights.
+
 Unlabelled images (optional, ``read_unlabelled``: a folder of the scheme's captchas
 without labels, which a site's users can collect by the thousand): at 40% and again at
 70% of the training budget the network reads them twice, as they are and 1.25 times
@@ -137,6 +144,17 @@ MIN_FRAMES_PER_CHAR = 5.0
 MAX_AUTO_STRETCH = 2.0
 TONE_LR_SCALE = 20.0  # the tone curve's learning rate against the network's
 MODULE_TONE = True  # capd module train learns a tone curve unless told --no-tone
+# strike-through strokes drawn over training images (``strike_lines``): the share of
+# images that get one, and the grey quantile of each image they are drawn in
+LINES_SHARE = 0.5
+LINES_QUANTILE = 0.02
+MODULE_LINES = False  # capd module train draws them when told --lines
+# an exponential moving average of the weights from AVERAGE_FROM of the budget on
+# (decay AVERAGE_DECAY a step); kept at the end when it reads the held-out images at
+# least as well as the last weights
+AVERAGE_FROM = 0.5
+AVERAGE_DECAY = 0.99
+MODULE_AVERAGE = False
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 Progress = Callable[[str], None]
 
@@ -356,6 +374,35 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(0.0, 1.0)
 
 
+def strike_lines(x: torch.Tensor, gen: torch.Generator, share: float = LINES_SHARE
+                 ) -> torch.Tensor:
+    """Strokes across a (N, 1, 64, W) batch in [0, 1], drawn before the tone curve: on
+    ``share`` of the images one stroke, on half of those a second; each a gentle wave
+    (a slope, a sine of 40-200 columns' period and up to 6 rows' height) 1.5-4.5 pixels
+    thick, in the image's own dark grey (its LINES_QUANTILE quantile), so that a line
+    of the scheme's colour crosses characters it did not cross in the labelled image."""
+    n, _, h, w = x.shape
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, 1, generator=gen)
+
+    grey = torch.quantile(x.flatten(1), LINES_QUANTILE, dim=1).view(n, 1, 1, 1)
+    cols = torch.arange(w, dtype=torch.float32).view(1, w)
+    rows = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+    on = torch.rand(n, 1, generator=gen) < share
+    for stroke in range(2):
+        if stroke:
+            on = on & (torch.rand(n, 1, generator=gen) < 0.5)
+        centre = u(8.0, h - 8.0) + u(-20.0, 20.0) * (cols / w - 0.5)
+        wave = u(0.0, 6.0) * torch.sin(2 * math.pi * cols / u(40.0, 200.0) + u(0.0, 6.3))
+        ys = (centre + wave).view(n, 1, w)
+        half = u(0.75, 2.25).view(n, 1, 1)
+        mask = ((half + 0.5 - (rows - ys).abs()).clamp(0.0, 1.0) * on.view(n, 1, 1).float())
+        mask = mask[:, None]
+        x = x * (1 - mask) + grey * mask
+    return x
+
+
 def feature_batch(feats_in: list[torch.Tensor], rng: random.Random
                   ) -> tuple[torch.Tensor, list[int]]:
     """Cached front outputs (C, 16, W/4) -> a (N, C, 16, Wmax) float batch, each one's
@@ -525,7 +572,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
           keep_best: bool = True, lr: float = 5e-4, freeze: str = "none",
           grey: str | None = None, unlabelled: list[bytes] | None = None,
           on_pseudo: Callable[[list[tuple[int, str]]], None] | None = None,
-          stretch: float | None = None, tone: bool | None = None) -> Outcome:
+          stretch: float | None = None, tone: bool | None = None,
+          lines: bool | None = None, average: bool | None = None) -> Outcome:
     """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
     clock (see the module docstring). ``general`` is (engine name, engine) scored on the
     same held-out images for comparison; ``progress`` receives one line at a time.
@@ -545,7 +593,10 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     records it. ``tone``: learn a grey-level curve in front of the network (net.Tone,
     trained at TONE_LR_SCALE times the learning rate, applied before the augmentation;
     default MODULE_TONE); a base that has one keeps it. The manifest records whether the
-    module has one."""
+    module has one. ``lines``: draw strike-through strokes over the training images
+    (``strike_lines``; every layer training only; default MODULE_LINES). ``average``:
+    keep a moving average of the weights over the second half of training and end with
+    it when it reads the held-out images at least as well (default MODULE_AVERAGE)."""
     if unlabelled and freeze != "none":
         raise ValueError("unlabelled images need freeze='none'")
     if freeze not in ("front", "none"):
@@ -574,6 +625,10 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     net = base_network(base_model, base_charset, charset, base_label)
     if tone is None:
         tone = MODULE_TONE
+    if lines is None:
+        lines = MODULE_LINES
+    if average is None:
+        average = MODULE_AVERAGE
     # (a base module's own curve stays with its weights; a frozen front learns none)
     if tone and net.tone is None and freeze == "none":
         net.tone = Tone()
@@ -641,6 +696,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     start_weights = {k: v.clone() for k, v in net.state_dict().items()}
     progress(f"held-out accuracy before training (the base, {len(charset)} symbols):"
              f" {start_acc:.3f}")
+    averaged: list[torch.Tensor] = []
+    average_kept = False
     net.train()
     while True:
         frac = (clock() - train_start) / train_budget
@@ -671,6 +728,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
                     i, label = pseudo[rng.randrange(len(pseudo))]
                     greys[j], labels[j] = spare[i], label
             x, frames = pixel_batch(greys, rng)
+            if lines:  # strokes in the image's own grey, which the curve then sees
+                x = strike_lines(x, gen)
             if net.tone is not None:  # the curve first, then the augmentation
                 x = net.tone(x)
             logp = net(augment(x, gen), tone=False).log_softmax(2)
@@ -683,6 +742,13 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
         step += 1
+        if average and frac >= AVERAGE_FROM:
+            with torch.no_grad():
+                if not averaged:
+                    averaged = [p.detach().clone() for p in params]
+                else:
+                    torch._foreach_lerp_(averaged, [p.detach() for p in params],
+                                         1.0 - AVERAGE_DECAY)
         value = float(loss.item())
         ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value
         now = clock()
@@ -693,6 +759,21 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     train_s = clock() - started
     end_acc = held_accuracy(net, held, charset, spec)
     progress(f"held-out accuracy after training: {end_acc:.3f}")
+    if averaged:
+        last = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, a in zip(params, averaged, strict=True):
+                p.copy_(a)
+        avg_acc = held_accuracy(net, held, charset, spec)
+        kept = avg_acc >= end_acc
+        progress(f"held-out accuracy of the weights' moving average: {avg_acc:.3f}"
+                 f" ({'kept' if kept else 'left out'})")
+        if kept:
+            end_acc, average_kept = avg_acc, True
+        else:
+            with torch.no_grad():
+                for p, w in zip(params, last, strict=True):
+                    p.copy_(w)
     if net.tone is not None:
         curve = net.tone.knots.detach().clamp(0, 1).mul(255).round().int().tolist()
         progress("learnt tone curve (grey 0, 4, 8, ... 256 ->): " + " ".join(map(str, curve)))
@@ -711,6 +792,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         "samples": len(samples), "train_samples": len(fit), "held_out": len(held),
         "base": base_label, "freeze": freeze, "steps": step, "train_seconds": round(train_s, 1),
         "grey": grey, "stretch": stretch, "tone": net.tone is not None,
+        "strokes": lines, "averaged": average_kept,
         "unlabelled": len(spare), "pseudo_labelled": len(pseudo),
         "created_at": time.time(),
     }
