@@ -4,7 +4,7 @@
         [--held 300] [--engine auto] [--schemes a,b] [--threads 2] [--freeze none|front]
         [--base finetuned|ddddocr] [--grey luminance|darkest] [--unlabelled N]
         [--stretch X] [--seed N] [--[no-]tone] [--[no-]lines] [--[no-]average]
-        [--keep DIR] [--json out.json]
+        [--[no-]bf16] [--keep DIR] [--json out.json]
 
 DIR holds one folder per scheme, each with ``labels.csv`` (``file,text``) and its
 images (``$CAPD_DATASETS`` when --datasets is not given). For each scheme, in a child
@@ -65,7 +65,8 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                base: str = "finetuned", grey: str | None = None,
                n_unlabelled: int = 0, stretch: float | None = None,
                seed: int | None = None, keep: str = "", tone: bool | None = None,
-               lines: bool | None = None, average: bool | None = None) -> dict[str, Any]:
+               lines: bool | None = None, average: bool | None = None,
+               bf16: bool | None = None) -> dict[str, Any]:
     """Train and score one scheme in this process (see the module docstring)."""
     from capd.modules import train as training
     from capd.modules.engine import ModuleEngine
@@ -106,6 +107,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                              threads=threads, keep_best=False, lr=lr, freeze=freeze,
                              grey=grey, unlabelled=spare or None, on_pseudo=on_pseudo,
                              stretch=stretch, tone=tone, lines=lines, average=average,
+                             bf16=bf16,
                              seed=training.SPLIT_SEED if seed is None else seed)
     wall_s = time.monotonic() - started
     if keep:  # the module file, to score it again later without training it again
@@ -127,6 +129,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
             "lengths": stored.manifest.get("lengths"), "module_any_length": round(acc_any, 4),
             "grey": outcome.manifest["grey"], "stretch": outcome.manifest["stretch"],
             "tone": outcome.manifest["tone"], "lines": lines, "average": average,
+            "precision": outcome.manifest["precision"],
             "seed": seed,
             "unlabelled": len(spare),
             "pseudo_labelled": outcome.manifest["pseudo_labelled"],
@@ -182,6 +185,9 @@ def main() -> None:
     ap.add_argument("--average", action=argparse.BooleanOptionalAction, default=None,
                     help="whether training ends with a moving average of its weights"
                          " (default: as capd module train does)")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="whether training steps run in bfloat16 (default: as capd module"
+                         " train does, where the CPU has bfloat16 matrix hardware)")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
     if not args.datasets or not os.path.isdir(args.datasets):
@@ -190,7 +196,7 @@ def main() -> None:
         row = one_scheme(args.datasets, args.one, args.minutes, args.train, args.held,
                          args.engine, args.threads, args.lr, args.freeze, args.base,
                          args.grey, args.unlabelled, args.stretch, args.seed, args.keep,
-                         args.tone, args.lines, args.average)
+                         args.tone, args.lines, args.average, args.bf16)
         print("RESULT " + json.dumps(row), flush=True)
         return
     schemes = [s for s in args.schemes.split(",") if s] or sorted(
@@ -211,6 +217,7 @@ def main() -> None:
                *([] if args.lines is None else ["--lines" if args.lines else "--no-lines"]),
                *([] if args.average is None else
                  ["--average" if args.average else "--no-average"]),
+               *([] if args.bf16 is None else ["--bf16" if args.bf16 else "--no-bf16"]),
                *(["--grey", args.grey] if args.grey else [])]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None

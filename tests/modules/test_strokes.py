@@ -1,6 +1,7 @@
 """Training's strike-through strokes (``train.strike_lines``) and its moving average of
 the weights: strokes are drawn in the image's own dark grey and nowhere else change it,
-a share of zero draws none, and training with either records what it did."""
+a share of zero draws none, training with either records what it did, and the CLI
+draws strokes unless told --no-lines."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def test_training_with_strokes_and_an_average_says_so(tmp_path: Path) -> None:
     assert plain.manifest["strokes"] is False and plain.manifest["averaged"] is False
 
 
-def test_the_cli_draws_strokes_when_told_and_show_says_so(
+def test_the_cli_draws_strokes_by_default_and_show_says_so(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     from capd.cli import main
@@ -79,8 +80,15 @@ def test_the_cli_draws_strokes_when_told_and_show_says_so(
     monkeypatch.setenv("CAPD_OCR_ENGINE", "ddddocr")
     make_dataset(tmp_path / "data", n=24, seed=9)
     assert main(["module", "train", "shop", "--data", str(tmp_path / "data"), "--minutes",
-                 str(TINY_MINUTES), "--threads", "1", "--lines", "--no-average"]) == 0
+                 str(TINY_MINUTES), "--threads", "1"]) == 0
+    assert main(["module", "train", "plain", "--data", str(tmp_path / "data"), "--minutes",
+                 str(TINY_MINUTES), "--threads", "1", "--no-lines", "--no-bf16"]) == 0
     capsys.readouterr()
     assert main(["module", "show", "shop"]) == 0
     out = capsys.readouterr().out
-    assert "training     strike-through strokes drawn\n" in out
+    training = [line for line in out.splitlines() if line.startswith("  training ")]
+    assert len(training) == 1 and "strike-through strokes drawn" in training[0]
+    assert "moving average" not in training[0]
+    capsys.readouterr()
+    assert main(["module", "show", "plain"]) == 0
+    assert "  training " not in capsys.readouterr().out
