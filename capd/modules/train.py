@@ -34,7 +34,7 @@ lighten the one grey and keep the darker and lighter ones, a curve can. It train
 network (every layer training only), at TONE_LR_SCALE times its learning rate, before the
 augmentation; on Securimage it gained 0.6-3.0 points in five comparisons (docs/modules.md).
 
-Strokes (on by default: on Securimage +1.0 point over six seeds, nothing lost on two
+Strokes (on by default: on Securimage +0.8 points over six seeds, nothing lost on two
 other schemes; docs/modules.md): ``lines`` draws a strike-through stroke or two in each
 image's own dark grey over half of the training images (``strike_lines``), so that
 characters the scheme's lines did not cross in the labelled images are seen crossed.
