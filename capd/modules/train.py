@@ -651,6 +651,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         tone = MODULE_TONE
     if lines is None:
         lines = MODULE_LINES
+    lines = lines and freeze == "none"  # a frozen front trains on cached features
     if average is None:
         average = MODULE_AVERAGE
     if bf16 is None:

@@ -45,6 +45,7 @@ def test_default_training_trains_the_stem_too(dataset: Callable[..., Path]) -> N
     module = unpack(outcome.data)
     assert module.manifest["freeze"] == "none"
     assert module.manifest["steps"] > 0
+    assert module.manifest["strokes"] is True  # drawn by default
     assert not torch.equal(stem_of(module.model, module.charset), base_stem())
 
 
@@ -53,6 +54,7 @@ def test_freeze_front_keeps_the_base_stem(dataset: Callable[..., Path]) -> None:
                           lambda _: None, threads=1, keep_best=False, freeze="front")
     module = unpack(outcome.data)
     assert module.manifest["freeze"] == "front"
+    assert module.manifest["strokes"] is False  # strokes need pixels, not cached features
     assert torch.equal(stem_of(module.model, module.charset), base_stem())
 
 
