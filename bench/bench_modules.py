@@ -60,6 +60,15 @@ def ddddocr_base() -> tuple[bytes, list[str], str]:
     return Path(default_onnx_path()).read_bytes(), list(CHARSET_OLD[1:]), "ddddocr"
 
 
+# training's on/off choices the bench passes on as --X / --no-X: train()'s keyword -> what
+SWITCHES = {
+    "tone": "the module learns a grey-level curve",
+    "lines": "training draws strike-through strokes over its images",
+    "average": "training ends with a moving average of its weights",
+    "bf16": "training steps run in bfloat16",
+}
+
+
 def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int,
                engine_name: str, threads: int, lr: float, freeze: str = "none",
                base: str = "finetuned", grey: str | None = None,
@@ -128,7 +137,8 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
             "module": round(acc_module, 4), "general": round(acc_general, 4),
             "lengths": stored.manifest.get("lengths"), "module_any_length": round(acc_any, 4),
             "grey": outcome.manifest["grey"], "stretch": outcome.manifest["stretch"],
-            "tone": outcome.manifest["tone"], "lines": lines, "average": average,
+            "tone": outcome.manifest["tone"], "lines": outcome.manifest["strokes"],
+            "averaged": outcome.manifest["averaged"],
             "precision": outcome.manifest["precision"],
             "seed": seed,
             "unlabelled": len(spare),
@@ -176,18 +186,9 @@ def main() -> None:
     ap.add_argument("--keep", default="",
                     help="write each trained module to this folder (SCHEME.capdmodule;"
                          " capd module import reads it)")
-    ap.add_argument("--tone", action=argparse.BooleanOptionalAction, default=None,
-                    help="whether the module learns a grey-level curve (default: as capd"
-                         " module train does)")
-    ap.add_argument("--lines", action=argparse.BooleanOptionalAction, default=None,
-                    help="whether training draws strike-through strokes over its images"
-                         " (default: as capd module train does)")
-    ap.add_argument("--average", action=argparse.BooleanOptionalAction, default=None,
-                    help="whether training ends with a moving average of its weights"
-                         " (default: as capd module train does)")
-    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                    help="whether training steps run in bfloat16 (default: as capd module"
-                         " train does, where the CPU has bfloat16 matrix hardware)")
+    for switch, what in SWITCHES.items():  # each --X / --no-X, default: as training does
+        ap.add_argument(f"--{switch}", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"whether {what} (default: as capd module train does)")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
     if not args.datasets or not os.path.isdir(args.datasets):
@@ -196,7 +197,7 @@ def main() -> None:
         row = one_scheme(args.datasets, args.one, args.minutes, args.train, args.held,
                          args.engine, args.threads, args.lr, args.freeze, args.base,
                          args.grey, args.unlabelled, args.stretch, args.seed, args.keep,
-                         args.tone, args.lines, args.average, args.bf16)
+                         **{switch: getattr(args, switch) for switch in SWITCHES})
         print("RESULT " + json.dumps(row), flush=True)
         return
     schemes = [s for s in args.schemes.split(",") if s] or sorted(
@@ -213,11 +214,8 @@ def main() -> None:
                *(["--stretch", str(args.stretch)] if args.stretch else []),
                *(["--seed", str(args.seed)] if args.seed is not None else []),
                *(["--keep", args.keep] if args.keep else []),
-               *([] if args.tone is None else ["--tone" if args.tone else "--no-tone"]),
-               *([] if args.lines is None else ["--lines" if args.lines else "--no-lines"]),
-               *([] if args.average is None else
-                 ["--average" if args.average else "--no-average"]),
-               *([] if args.bf16 is None else ["--bf16" if args.bf16 else "--no-bf16"]),
+               *(f"--{'' if getattr(args, switch) else 'no-'}{switch}" for switch in SWITCHES
+                 if getattr(args, switch) is not None),
                *(["--grey", args.grey] if args.grey else [])]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None

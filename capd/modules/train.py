@@ -158,6 +158,8 @@ MODULE_LINES = True  # capd module train draws them unless told --no-lines
 AVERAGE_FROM = 0.5
 AVERAGE_DECAY = 0.99
 MODULE_AVERAGE = False
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+Progress = Callable[[str], None]
 
 
 def cpu_has_bf16_matrix() -> bool:
@@ -174,8 +176,6 @@ def cpu_has_bf16_matrix() -> bool:
         return "amx_bf16" in Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-Progress = Callable[[str], None]
 
 
 class DataError(Exception):
