@@ -229,9 +229,13 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
               " by the module and trained on")
     print(f"  weights      {m.get('weights', '-')}, base {m.get('base', '-')},"
           f" {m.get('steps', '-')} steps in {m.get('train_seconds', '-')}s")
-    look = m.get("second_look")
-    print("  second look  " + (f"{look['stretch']:g}x wider below raw confidence"
+    look, vote = m.get("second_look"), m.get("vote")
+    print("  second look  " + ("superseded by the vote" if look and vote else
+                               f"{look['stretch']:g}x wider below raw confidence"
                                f" {look['below']:g}" if look else "no"))
+    print("  vote         " + ("widths " + ", ".join(f"{s:g}" for s in vote["stretches"])
+                               + f" below raw confidence {vote['below']:g}"
+                               if vote else "no"))
     lengths = m.get("lengths")
     print("  answers      " + (f"{lengths[0]}-{lengths[1]} characters, as in training"
                                if lengths else "any length"))

@@ -25,7 +25,7 @@ from capd.modules.library import Entry, Library, Module, ModuleError
 from capd.solving.ocr.base import Reading, Recogniser, open_image
 from capd.solving.ocr.finetuned_engine import grey64, to_input
 from capd.solving.ocr.onnx_engine import Calibration, CtcEngine, onnx_session
-from capd.solving.ocr.post import decode_with_second_look
+from capd.solving.ocr.post import decode_by_vote, decode_with_second_look
 
 log = logging.getLogger("capd.modules")
 _ALIASES = {"*": "×"}
@@ -37,7 +37,10 @@ class ModuleEngine(CtcEngine):
     confidence when the manifest has a calibration, and, when the manifest has a
     ``second_look``, a second reading of the image stretched wider when the first one's
     raw confidence is below its trigger (the more confident reading is kept), as the
-    ``finetuned`` engine does. With ``lengths`` ([shortest, longest]: the lengths of its
+    ``finetuned`` engine does. A ``vote`` ({"below", "stretches"}) supersedes it: an
+    unsure first reading is read again at each of several widths and the answer most of
+    them give wins (post.decode_by_vote); a capd older than the vote reads such a module
+    with its second look. With ``lengths`` ([shortest, longest]: the lengths of its
     training labels) it answers in those lengths (post.ctc_best_path_chars: the likeliest
     reading of an allowed length when the likeliest reading is not one), within the
     task's own bounds (``bounded``). With ``stretch``, every image is read that many
@@ -60,6 +63,9 @@ class ModuleEngine(CtcEngine):
         look = module.manifest.get("second_look")
         self._second_below = float(look["below"]) if look else 0.0
         self._second_stretch = float(look["stretch"]) if look else 1.0
+        vote = module.manifest.get("vote")  # checked on load; it supersedes second_look
+        self._vote_below = float(vote["below"]) if vote else 0.0
+        self._vote_stretches = [float(s) for s in vote["stretches"]] if vote else []
         self._grey = str(module.manifest.get("grey", "luminance"))
         self._stretch = float(module.manifest.get("stretch", 1.0))  # checked on load
         letters = [c for c in module.charset if c.isalpha()]
@@ -87,9 +93,14 @@ class ModuleEngine(CtcEngine):
         if self._lengths is not None:  # (no bound applies to arithmetic: length_bounds)
             spec = bounded(spec, *self._lengths)
         img = open_image(image)
-        text, chars = decode_with_second_look(
-            self._decoder, lambda stretch: self.frames(img, stretch), spec,
-            self._second_below, self._second_stretch)
+        if self._vote_stretches:
+            text, chars = decode_by_vote(
+                self._decoder, lambda stretch: self.frames(img, stretch), spec,
+                self._vote_below, self._vote_stretches)
+        else:
+            text, chars = decode_with_second_look(
+                self._decoder, lambda stretch: self.frames(img, stretch), spec,
+                self._second_below, self._second_stretch)
         return self.finish(text, chars, spec)
 
 

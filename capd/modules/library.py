@@ -51,6 +51,7 @@ MODEL = "model.onnx"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RESERVED_NAMES = frozenset({"universal"})  # what a task without a module reads with
 MAX_LABEL_LENGTH = 64  # the longest answer a manifest's ``lengths`` may name
+MAX_VOTE_WIDTHS = 8  # the most widths a manifest's ``vote`` may read an image at again
 # a manifest's ``stretch`` (the width factor a module reads images at) lies in this range
 MIN_STRETCH, MAX_STRETCH = 0.5, 3.0
 _VERSION_RE = re.compile(r"^([1-9][0-9]{0,8})\.capdmodule$")
@@ -156,6 +157,9 @@ def unpack(data: bytes, origin: str = "module file") -> Module:
     look = manifest.get("second_look")
     if look is not None and not _valid_second_look(look):
         raise ModuleError(f"{origin}: manifest second_look is malformed")
+    vote = manifest.get("vote")
+    if vote is not None and not _valid_vote(vote):
+        raise ModuleError(f"{origin}: manifest vote is malformed")
     lengths = manifest.get("lengths")
     if lengths is not None and not _valid_lengths(lengths):
         raise ModuleError(f"{origin}: manifest lengths is malformed")
@@ -187,6 +191,20 @@ def _valid_second_look(look: Any) -> bool:
             or isinstance(below, bool) or isinstance(stretch, bool):
         return False
     return 0.0 <= below <= 1.0 and 1.0 < stretch <= 3.0
+
+
+def _valid_vote(vote: Any) -> bool:
+    """{"below": raw confidence in [0, 1], "stretches": 1 to MAX_VOTE_WIDTHS width
+    factors, each within 0.5-3}."""
+    if not isinstance(vote, dict):
+        return False
+    below, stretches = vote.get("below"), vote.get("stretches")
+    if not isinstance(below, int | float) or isinstance(below, bool) \
+            or not isinstance(stretches, list) or not 1 <= len(stretches) <= MAX_VOTE_WIDTHS:
+        return False
+    return 0.0 <= below <= 1.0 and all(
+        isinstance(s, int | float) and not isinstance(s, bool) and 0.5 <= s <= 3.0
+        for s in stretches)
 
 
 def _valid_lengths(lengths: Any) -> bool:

@@ -57,10 +57,12 @@ quantisation, kept when it loses at most ``MAX_INT8_DROP`` or one image of the f
 file's held-out accuracy (one image is below what a small held-out set resolves); a
 confidence calibration (isotonic, conservative) is fitted on the held-out readings and
 goes into the manifest. When training ends below the base's held-out accuracy (too few
-steps on a busy machine can do that), the base's weights are kept instead. Two reading
-rules are then tried on the held-out images and kept when they do not lose there: the
-second look (an unsure reading read again wider) and the length rule (answers as long as
-the training labels: manifest ``lengths``, see capd.modules.engine).
+steps on a busy machine can do that), the base's weights are kept instead. Three reading
+rules are then tried on the held-out images, each kept when it does not lose there: the
+second look (an unsure reading read again wider), the vote (an unsure reading read again
+at several widths, the answer most of them give winning: manifest ``vote``) and the
+length rule (answers as long as the training labels: manifest ``lengths``, see
+capd.modules.engine).
 """
 
 from __future__ import annotations
@@ -158,6 +160,11 @@ MODULE_LINES = True  # capd module train draws them unless told --no-lines
 AVERAGE_FROM = 0.5
 AVERAGE_DECAY = 0.99
 MODULE_AVERAGE = False
+# an unsure reading (raw confidence below VOTE_BELOW) is read again at these width factors
+# and the answer most widths give wins (post.decode_by_vote); measured on Securimage
+# modules: +1.1 points, a tenth to a fifth of the images read again (docs/modules.md)
+VOTE_BELOW = 0.95
+VOTE_STRETCHES = (0.8, 0.9, 1.1, 1.25, 1.4)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 Progress = Callable[[str], None]
 
@@ -860,6 +867,10 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     look = {"below": round(Calibration(xs, ys).raw_reaching(SECOND_LOOK_AT), 6),
             "stretch": SECOND_LOOK_STRETCH}
     keep_if_no_loss("second_look", look, "a second look at unsure readings")
+    # a vote of several widths on unsure readings (it supersedes the second look where
+    # kept; a capd older than it reads the module with the second look)
+    keep_if_no_loss("vote", {"below": VOTE_BELOW, "stretches": list(VOTE_STRETCHES)},
+                    f"a vote of {len(VOTE_STRETCHES) + 1} widths on unsure readings")
     # answers as long as the training labels: a reading of another length (a character
     # dropped where two crowd, noise read as one) is replaced by the likeliest reading of
     # a length seen in training

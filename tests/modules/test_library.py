@@ -41,7 +41,11 @@ def test_import_then_list_show_export_round_trip(module_file: bytes, tmp_path: P
     code, out, _ = cli(capsys, "show", "tiny")
     assert "version      1 (stored: 1)" in out and "24 (19 trained on, 5 held out)" in out
     look = unpack(module_file).manifest.get("second_look")
-    assert (f"second look  {look['stretch']:g}x wider" if look else "second look  no") in out
+    vote = unpack(module_file).manifest.get("vote")
+    assert ("second look  superseded by the vote" if look and vote else
+            f"second look  {look['stretch']:g}x wider" if look else "second look  no") in out
+    assert (f"vote         widths {', '.join(f'{s:g}' for s in vote['stretches'])}"
+            if vote else "vote         no") in out
     assert f"grey         {unpack(module_file).manifest['grey']}" in out
     assert f"width        {unpack(module_file).manifest['stretch']:g}x the image's" in out
     assert unpack(module_file).manifest["tone"] is True  # training's default

@@ -18,6 +18,7 @@ from tests.modules.conftest import repacked, reported, train_tiny
 
 def _with_look(module: Module, look: Any) -> Module:
     manifest = dict(module.manifest)
+    manifest.pop("vote", None)  # (which would supersede it)
     if look is None:
         manifest.pop("second_look", None)
     else:
@@ -39,19 +40,31 @@ def test_the_trigger_decides_the_second_reading(module_file: bytes, look: Any,
     assert calls == expected
 
 
-def test_training_keeps_the_second_look_only_when_it_does_not_lose(tmp_path: Path) -> None:
+def test_training_keeps_the_second_look_and_the_vote_only_when_they_do_not_lose(
+        tmp_path: Path) -> None:
+    from capd.modules.train import VOTE_BELOW, VOTE_STRETCHES
+
     lines, outcome = train_tiny(tmp_path / "data", "looks", seed=4)
     said, with_look = reported(lines, "held-out accuracy with a second look")
+    said_vote, with_vote = reported(lines, "held-out accuracy with a vote of 6 widths")
     single = float(next(ln for ln in lines if ln.startswith("held-out accuracy float32"))
                    .split("int8 ")[1].split(":")[0])
     manifest = outcome.manifest
     if "kept" in said:
         assert manifest["second_look"]["stretch"] > 1.0
-        # (the length rule, fitted after it, may only raise the accuracy)
-        assert manifest["accuracy"] >= with_look - 1e-3
+        assert with_look >= single - 1e-3
     else:
         assert "second_look" not in manifest
-    assert manifest["accuracy"] >= min(single, with_look) - 1e-3
+    best = max(single, with_look) if "kept" in said else single
+    if "kept" in said_vote:
+        assert manifest["vote"] == {"below": VOTE_BELOW, "stretches": list(VOTE_STRETCHES)}
+        assert with_vote >= best - 1e-3
+        best = with_vote
+    else:
+        assert "vote" not in manifest
+        assert with_vote < best
+    # (the length rule, fitted last, may only raise the accuracy)
+    assert manifest["accuracy"] >= best - 1e-3
 
 
 @pytest.mark.parametrize("look", [

@@ -65,7 +65,7 @@ def _widths_read(monkeypatch: pytest.MonkeyPatch, manifest: dict[str, Any],
 def test_the_engine_reads_at_the_manifests_width(module_file: bytes,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     base = {k: v for k, v in unpack(module_file).manifest.items()
-            if k not in ("stretch", "second_look")}
+            if k not in ("stretch", "second_look", "vote")}
     assert _widths_read(monkeypatch, base, module_file) == [1.0]  # an older module
     assert _widths_read(monkeypatch, {**base, "stretch": 1.5}, module_file) == [1.5]
     # a second look stretches the module's own width further

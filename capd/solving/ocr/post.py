@@ -6,6 +6,7 @@ import re
 import string
 from collections.abc import Callable, Sequence
 from difflib import SequenceMatcher
+from typing import Any
 
 import numpy as np
 
@@ -249,3 +250,36 @@ def decode_with_second_look(decoder: MaskedDecoder, frames_at: Callable[[float],
         if again and float(np.prod(chars_again)) > raw:
             return again, chars_again
     return text, chars
+
+
+def decode_by_vote(decoder: MaskedDecoder, frames_at: Callable[[float], np.ndarray],
+                   spec: ImageSpec, below: float, stretches: Sequence[float]
+                   ) -> tuple[str, tuple[float, ...]]:
+    """The text and per-character probabilities of ``frames_at(1.0)``; when their
+    product is below ``below``, the image is read again at each width factor in
+    ``stretches`` and the text most readings agree on wins (between equally many, the
+    one read most confidently). Its probabilities are those of its most confident
+    reading, scaled so that their product is multiplied by the share of readings that
+    agree: an answer half the widths gave is less sure than one they all gave. Narrower
+    and wider images put the frame boundaries elsewhere, so a character a strike-through
+    line or a crowded neighbour hides at one width is often plain at another (custom
+    modules' vote)."""
+    text, chars = decoder.decode_chars(frames_at(1.0), spec)
+    if (float(np.prod(chars)) if text else 0.0) >= below:
+        return text, chars
+    readings = [(text, chars)] + [decoder.decode_chars(frames_at(s), spec) for s in stretches]
+    votes: dict[str, list[Any]] = {}  # text -> [readings, best product, its chars]
+    for t, c in readings:
+        if not t:
+            continue
+        raw = float(np.prod(c))
+        held = votes.setdefault(t, [0, -1.0, c])
+        held[0] += 1
+        if raw > held[1]:
+            held[1], held[2] = raw, c
+    if not votes:
+        return text, chars
+    winner = max(votes, key=lambda t: (votes[t][0], votes[t][1]))
+    count, _, best = votes[winner]
+    share = (count / len(readings)) ** (1.0 / len(best))
+    return winner, tuple(float(p) * share for p in best)
