@@ -33,7 +33,10 @@ their labels (``capd module train --unlabelled``: the module labels those it rea
 
 Prints one line per scheme while it runs and a table at the end: held-out accuracy of
 the module and of the general engine, the training time and the child process's peak
-resident memory (training, export and evaluation included).
+resident memory (training, export and evaluation included). The per-scheme line and the
+JSON rows also give the module's accuracy answering any length and without its vote
+(``vote``: whether training kept one), and the mean time it took to read an image with
+and without the vote (wall clock, so compare them only within one quiet run).
 """
 
 from __future__ import annotations
@@ -125,17 +128,27 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
     stored = unpack(outcome.data)
     module = ModuleEngine(stored)
     spec = training.scoring_spec([s.text for s in fit])
+    read_started = time.perf_counter()
     acc_module, _ = training.score(module, held, spec)
+    module_ms = (time.perf_counter() - read_started) * 1000 / len(held)
     # the same module answering in any length (without the length rule training kept)
     any_length = {k: v for k, v in stored.manifest.items() if k != "lengths"}
     acc_any, _ = training.score(ModuleEngine(dataclasses.replace(stored, manifest=any_length)),
                                 held, spec)
+    # and without the vote training kept (with its second look, as an older capd reads it)
+    no_vote = {k: v for k, v in stored.manifest.items() if k != "vote"}
+    read_started = time.perf_counter()
+    acc_no_vote, _ = training.score(ModuleEngine(dataclasses.replace(stored, manifest=no_vote)),
+                                    held, spec)
+    no_vote_ms = (time.perf_counter() - read_started) * 1000 / len(held)
     acc_general, _ = training.score(load_recogniser(engine_name), held, spec)
     acc_base, _ = training.score(load_recogniser(base), held, spec)  # where it started
     return {"scheme": scheme, "base_engine": base, "train": len(fit), "held": len(held),
             "minutes": minutes,
             "module": round(acc_module, 4), "general": round(acc_general, 4),
             "lengths": stored.manifest.get("lengths"), "module_any_length": round(acc_any, 4),
+            "vote": "vote" in stored.manifest, "module_without_vote": round(acc_no_vote, 4),
+            "module_ms": round(module_ms, 1), "module_without_vote_ms": round(no_vote_ms, 1),
             "grey": outcome.manifest["grey"], "stretch": outcome.manifest["stretch"],
             "tone": outcome.manifest["tone"], "lines": outcome.manifest["strokes"],
             "averaged": outcome.manifest["averaged"],
@@ -224,7 +237,10 @@ def main() -> None:
                 rows.append(json.loads(line[len("RESULT "):]))
                 r = rows[-1]
                 print(f"{scheme}: module {r['module']:.3f} (answering any length:"
-                      f" {r['module_any_length']:.3f}), general {r['general']:.3f},"
+                      f" {r['module_any_length']:.3f}; without the vote:"
+                      f" {r['module_without_vote']:.3f}; {r['module_ms']:.1f} ms an image"
+                      f" against {r['module_without_vote_ms']:.1f}),"
+                      f" general {r['general']:.3f},"
                       f" peak {r['peak_mb']} MB", flush=True)
             else:
                 print(line, end="", flush=True)
