@@ -162,7 +162,7 @@ AVERAGE_DECAY = 0.99
 MODULE_AVERAGE = False
 # an unsure reading (raw confidence below VOTE_BELOW) is read again at these width factors
 # and the answer most widths give wins (post.decode_by_vote); measured on Securimage
-# modules: +0.8 points over ten, a tenth to a fifth of the images read again
+# modules: +0.7 points over twelve, a tenth to a fifth of the images read again
 # (docs/modules.md)
 VOTE_BELOW = 0.95
 VOTE_STRETCHES = (0.8, 0.9, 1.1, 1.25, 1.4)
