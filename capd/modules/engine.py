@@ -93,14 +93,16 @@ class ModuleEngine(CtcEngine):
         if self._lengths is not None:  # (no bound applies to arithmetic: length_bounds)
             spec = bounded(spec, *self._lengths)
         img = open_image(image)
+
+        def frames_at(stretch: float) -> np.ndarray:
+            return self.frames(img, stretch)
+
         if self._vote_stretches:
-            text, chars = decode_by_vote(
-                self._decoder, lambda stretch: self.frames(img, stretch), spec,
-                self._vote_below, self._vote_stretches)
+            text, chars = decode_by_vote(self._decoder, frames_at, spec, self._vote_below,
+                                         self._vote_stretches)
         else:
-            text, chars = decode_with_second_look(
-                self._decoder, lambda stretch: self.frames(img, stretch), spec,
-                self._second_below, self._second_stretch)
+            text, chars = decode_with_second_look(self._decoder, frames_at, spec,
+                                                  self._second_below, self._second_stretch)
         return self.finish(text, chars, spec)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import string
+from collections import Counter
 from collections.abc import Callable, Sequence
 from difflib import SequenceMatcher
-from typing import Any
 
 import numpy as np
 
@@ -268,18 +268,11 @@ def decode_by_vote(decoder: MaskedDecoder, frames_at: Callable[[float], np.ndarr
     if (float(np.prod(chars)) if text else 0.0) >= below:
         return text, chars
     readings = [(text, chars)] + [decoder.decode_chars(frames_at(s), spec) for s in stretches]
-    votes: dict[str, list[Any]] = {}  # text -> [readings, best product, its chars]
-    for t, c in readings:
-        if not t:
-            continue
-        raw = float(np.prod(c))
-        held = votes.setdefault(t, [0, -1.0, c])
-        held[0] += 1
-        if raw > held[1]:
-            held[1], held[2] = raw, c
-    if not votes:
+    scored = [(t, c, float(np.prod(c))) for t, c in readings if t]
+    if not scored:
         return text, chars
-    winner = max(votes, key=lambda t: (votes[t][0], votes[t][1]))
-    count, _, best = votes[winner]
-    share = (count / len(readings)) ** (1.0 / len(best))
+    counts = Counter(t for t, _, _ in scored)
+    # the surest reading of the text most readings give (between equally many, the surer)
+    winner, best, _ = max(scored, key=lambda r: (counts[r[0]], r[2]))
+    share = (counts[winner] / len(readings)) ** (1.0 / len(best))
     return winner, tuple(float(p) * share for p in best)
