@@ -78,7 +78,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                n_unlabelled: int = 0, stretch: float | None = None,
                seed: int | None = None, keep: str = "", tone: bool | None = None,
                lines: bool | None = None, average: bool | None = None,
-               bf16: bool | None = None) -> dict[str, Any]:
+               bf16: bool | None = None, members: int | None = None) -> dict[str, Any]:
     """Train and score one scheme in this process (see the module docstring)."""
     from capd.modules import train as training
     from capd.modules.engine import ModuleEngine
@@ -119,7 +119,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                              threads=threads, keep_best=False, lr=lr, freeze=freeze,
                              grey=grey, unlabelled=spare or None, on_pseudo=on_pseudo,
                              stretch=stretch, tone=tone, lines=lines, average=average,
-                             bf16=bf16,
+                             bf16=bf16, members=members,
                              seed=training.SPLIT_SEED if seed is None else seed)
     wall_s = time.monotonic() - started
     if keep:  # the module file, to score it again later without training it again
@@ -160,6 +160,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
             "base": round(acc_base, 4), "engine": engine_name, "lr": lr, "freeze": freeze,
             "train_wall_s": round(wall_s),
             "steps": outcome.manifest["steps"], "weights": outcome.manifest["weights"],
+            "members": outcome.manifest.get("members", 1),
             "model_mb": round(len(outcome.data) / 1e6, 1),
             "peak_mb": round(training.peak_memory_mb())}
 
@@ -196,6 +197,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None,
                     help="training's random seed (batches, augmentation; default: the"
                          " training's own), to measure run-to-run spread")
+    ap.add_argument("--members", type=int, default=None,
+                    help="networks a module trains one after the other and reads with"
+                         " together (default: as capd module train does)")
     ap.add_argument("--keep", default="",
                     help="write each trained module to this folder (SCHEME.capdmodule;"
                          " capd module import reads it)")
@@ -210,6 +214,7 @@ def main() -> None:
         row = one_scheme(args.datasets, args.one, args.minutes, args.train, args.held,
                          args.engine, args.threads, args.lr, args.freeze, args.base,
                          args.grey, args.unlabelled, args.stretch, args.seed, args.keep,
+                         members=args.members,
                          **{switch: getattr(args, switch) for switch in SWITCHES})
         print("RESULT " + json.dumps(row), flush=True)
         return
@@ -227,6 +232,7 @@ def main() -> None:
                *(["--stretch", str(args.stretch)] if args.stretch else []),
                *(["--seed", str(args.seed)] if args.seed is not None else []),
                *(["--keep", args.keep] if args.keep else []),
+               *(["--members", str(args.members)] if args.members else []),
                *(f"--{'' if getattr(args, switch) else 'no-'}{switch}" for switch in SWITCHES
                  if getattr(args, switch) is not None),
                *(["--grey", args.grey] if args.grey else [])]

@@ -15,6 +15,7 @@ from typing import Any
 from capd.config import Settings
 from capd.constants import MODULE_MIN_SAMPLES, MODULE_TRAIN_MINUTES
 from capd.modules.library import (
+    MAX_MEMBERS,
     MAX_STRETCH,
     MIN_STRETCH,
     Library,
@@ -86,6 +87,10 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                    help="run training steps in bfloat16, about twice as many steps in the"
                         " budget (default: on where the CPU multiplies bfloat16 matrices in"
                         " hardware, Intel AMX)")
+    t.add_argument("--members", type=int, default=None, metavar="N",
+                   help="train N networks one after the other, each for an equal share of"
+                        " the budget, and read with all of them (default: 2 from --minutes"
+                        " 30 on, else 1)")
     t.add_argument("--engine", help="general engine to compare with (default: ocr_engine)")
     t.add_argument("--min-samples", type=int, default=MODULE_MIN_SAMPLES,
                    help=argparse.SUPPRESS)
@@ -120,6 +125,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
         raise ModuleCliError("--minutes must be more than 0 and at most 1440")
     if args.stretch is not None and not MIN_STRETCH <= args.stretch <= MAX_STRETCH:
         raise ModuleCliError(f"--stretch must be within {MIN_STRETCH:g}-{MAX_STRETCH:g}")
+    if args.members is not None and not 1 <= args.members <= MAX_MEMBERS:
+        raise ModuleCliError(f"--members must be within 1-{MAX_MEMBERS}")
     try:
         import onnx  # noqa: F401  (read by the loader of the base's weights)
 
@@ -168,7 +175,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
                                  general=general, threads=args.threads,
                                  freeze=args.freeze, grey=grey, unlabelled=unlabelled,
                                  stretch=stretch, tone=args.tone, lines=args.lines,
-                                 average=args.average, bf16=args.bf16)
+                                 average=args.average, bf16=args.bf16,
+                                 members=args.members)
     except training.DataError as exc:
         raise ModuleCliError(str(exc)) from None
     entry = library.save(outcome.data)
@@ -229,6 +237,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
               " by the module and trained on")
     print(f"  weights      {m.get('weights', '-')}, base {m.get('base', '-')},"
           f" {m.get('steps', '-')} steps in {m.get('train_seconds', '-')}s")
+    if m.get("members", 1) > 1:
+        print(f"  networks     {m['members']}, read together (steps each:"
+              f" {', '.join(str(n) for n in m.get('member_steps', []))})")
     look, vote = m.get("second_look"), m.get("vote")
     print("  second look  " + ("superseded by the vote" if look and vote else
                                f"{look['stretch']:g}x wider below raw confidence"

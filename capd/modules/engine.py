@@ -25,7 +25,7 @@ from capd.modules.library import Entry, Library, Module, ModuleError
 from capd.solving.ocr.base import Reading, Recogniser, open_image
 from capd.solving.ocr.finetuned_engine import grey64, to_input
 from capd.solving.ocr.onnx_engine import Calibration, CtcEngine, onnx_session
-from capd.solving.ocr.post import decode_by_vote, decode_with_second_look
+from capd.solving.ocr.post import decode_by_members, decode_by_vote, decode_with_second_look
 
 log = logging.getLogger("capd.modules")
 _ALIASES = {"*": "×"}
@@ -44,7 +44,12 @@ class ModuleEngine(CtcEngine):
     training labels) it answers in those lengths (post.ctc_best_path_chars: the likeliest
     reading of an allowed length when the likeliest reading is not one), within the
     task's own bounds (``bounded``). With ``stretch``, every image is read that many
-    times wider (the width it was trained at; a second look stretches it further)."""
+    times wider (the width it was trained at; a second look stretches it further).
+    A module of several networks (``members``, trained one after the other) has one
+    output per network in its ONNX file; it reads with all of them
+    (post.decode_by_members: when they disagree or are unsure, every network reads at
+    every width of the vote and the answer most readings give wins). A capd older than
+    members reads such a file's first output only, as a module of one network."""
 
     def __init__(self, module: Module) -> None:
         cal = module.manifest.get("calibration")
@@ -57,6 +62,7 @@ class ModuleEngine(CtcEngine):
             raise ModuleError(f"module {module.name}: its model does not load: {exc}"
                               ) from None
         self._input = self._session.get_inputs()[0].name
+        self._members = len(self._session.get_outputs())
         self._classes = len(module.charset) + 1
         lengths = module.manifest.get("lengths")  # [shortest, longest], checked on load
         self._lengths = (int(lengths[0]), int(lengths[1])) if lengths else None
@@ -75,13 +81,20 @@ class ModuleEngine(CtcEngine):
                                             or all(c.islower() for c in letters))
 
     def frames(self, img: Image.Image, stretch: float = 1.0) -> np.ndarray:
+        """The (first) network's (frames, classes) logits at this width factor."""
+        return self.member_frames(img, stretch)[0]
+
+    def member_frames(self, img: Image.Image, stretch: float = 1.0) -> list[np.ndarray]:
+        """Every network's (frames, classes) logits at this width factor."""
         grey = grey64(img, self._stretch * stretch, self._grey)
-        out = self._session.run(None, {self._input: to_input(grey)})[0]
-        logits: np.ndarray = out.reshape(out.shape[0], -1)
-        if logits.shape[1] != self._classes:
-            raise ModuleError(f"{self.name}: the model has {logits.shape[1]} outputs,"
-                              f" the charset {self._classes}")
-        return logits
+        out = []
+        for member in self._session.run(None, {self._input: to_input(grey)}):
+            logits: np.ndarray = member.reshape(member.shape[0], -1)
+            if logits.shape[1] != self._classes:
+                raise ModuleError(f"{self.name}: the model has {logits.shape[1]} outputs,"
+                                  f" the charset {self._classes}")
+            out.append(logits)
+        return out
 
     def read(self, image: bytes, spec: ImageSpec) -> Reading:
         if self._one_case and not spec.case_sensitive:
@@ -97,7 +110,11 @@ class ModuleEngine(CtcEngine):
         def frames_at(stretch: float) -> np.ndarray:
             return self.frames(img, stretch)
 
-        if self._vote_stretches:
+        if self._members > 1:  # (without a vote: the networks' readings at width 1.0)
+            text, chars = decode_by_members(
+                self._decoder, lambda stretch: self.member_frames(img, stretch), spec,
+                self._vote_below if self._vote_stretches else 1.0, self._vote_stretches)
+        elif self._vote_stretches:
             text, chars = decode_by_vote(self._decoder, frames_at, spec, self._vote_below,
                                          self._vote_stretches)
         else:

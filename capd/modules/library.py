@@ -54,6 +54,7 @@ MAX_LABEL_LENGTH = 64  # the longest answer a manifest's ``lengths`` may name
 MAX_VOTE_WIDTHS = 8  # the most widths a manifest's ``vote`` may read an image at again
 # a manifest's ``stretch`` (the width factor a module reads images at) lies in this range
 MIN_STRETCH, MAX_STRETCH = 0.5, 3.0
+MAX_MEMBERS = 4  # the most networks ``capd module train --members`` trains for one module
 _VERSION_RE = re.compile(r"^([1-9][0-9]{0,8})\.capdmodule$")
 # manifest field -> the types it may hold (required fields; others are kept as given)
 _REQUIRED: dict[str, tuple[type, ...]] = {

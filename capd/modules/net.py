@@ -126,6 +126,20 @@ class DdddNet(nn.Module):
         return self.back(self.front(x))
 
 
+class Ensemble(nn.Module):
+    """Several DdddNets over the same charset in one graph: each member's (T, N,
+    classes) logits, one output each, in order (a module's ``members``; the engine
+    combines their readings, post.decode_by_members). Their frames are not averaged:
+    networks trained apart place a character's peak on different frames."""
+
+    def __init__(self, members: list[DdddNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(m(x) for m in self.members)
+
+
 def default_onnx_path() -> str:
     """The file DdddOcr() loads by default (ddddocr 1.6: common_old.onnx)."""
     return str(resources.files("ddddocr").joinpath("common_old.onnx"))
@@ -140,7 +154,8 @@ def _ifco_to_ifgo(w: np.ndarray, hidden: int) -> np.ndarray:
 def load_onnx_weights(net: DdddNet, path: str | IO[bytes] | None = None) -> None:
     """Fill ``net`` with the weights of an ONNX file of this network: int8 (dequantised;
     ddddocr's own file by default) or float32 (what a module's export keeps when int8
-    reads worse). Raises ValueError when the file's shapes differ."""
+    reads worse). A file of several such networks (an Ensemble: a module trained with
+    members) gives its first one's. Raises ValueError when the file's shapes differ."""
     import onnx
     from onnx import numpy_helper
 
@@ -179,7 +194,11 @@ def load_onnx_weights(net: DdddNet, path: str | IO[bytes] | None = None) -> None
             other = produced_by[other].input[0].removesuffix("_quantized")
         return init[other].astype(np.float32)
 
-    knots = init.get(TONE_KNOTS)
+    # an Ensemble (a module's members) gives its first network, whose curve is
+    # "members.0.tone.knots"
+    nodes = _first_member(model, produced_by)
+    curves = sorted(name for name in init if name.endswith(TONE_KNOTS))
+    knots = init[curves[0]] if curves else None
     if knots is not None:  # a module with a learnt grey curve (Tone)
         if knots.ndim != 1 or len(knots) < 2:
             raise ValueError(f"{TONE_KNOTS}: shape {knots.shape}")
@@ -226,6 +245,20 @@ def load_onnx_weights(net: DdddNet, path: str | IO[bytes] | None = None) -> None
             raise ValueError(f"output layer {w_fc.T.shape} vs {tuple(net.head.weight.shape)}")
         net.head.weight.copy_(torch.from_numpy(w_fc.T.copy()))
         net.head.bias.copy_(torch.from_numpy(bias_after(mm.output[0])))
+
+
+def _first_member(model: Any, produced_by: dict[str, Any]) -> list[Any]:
+    """The nodes the graph's first output is computed from: every node of a single
+    network's graph, the first network's of an Ensemble's (whose members have one output
+    each; node order alone does not tell, the quantiser interleaves them)."""
+    keep: set[int] = set()
+    todo = [model.graph.output[0].name]
+    while todo:
+        node = produced_by.get(todo.pop())
+        if node is not None and id(node) not in keep:
+            keep.add(id(node))
+            todo.extend(node.input)
+    return [n for n in model.graph.node if id(n) in keep]
 
 
 def _load_float(net: DdddNet, nodes: list[Any], init: dict[str, np.ndarray]) -> None:

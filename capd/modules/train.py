@@ -52,6 +52,14 @@ at a length the labels have, become training images labelled with that reading, 
 up half of every batch from then on (self-training). They are never held out or scored
 on, and one that is also among the labelled images is left out.
 
+Networks (``members``; by default two from a budget of MEMBERS_FROM_MINUTES on, else
+one): each trains from the base for an equal share of the budget, one after the other,
+with batches and augmentation of its own; a later one starts from the unlabelled images
+as the ones before it labelled them, and its own rounds keep the images they all read
+alike. The module holds them all in one ONNX graph, one output each (net.Ensemble), and
+reads with all of them (capd.modules.engine). One network has learnt 500 Securimage
+images by 15 minutes; two of 15 minutes each read 1-1.5 points more (docs/modules.md).
+
 Export: ONNX (opset 17, dynamic batch and width), then ONNX Runtime's dynamic int8
 quantisation, kept when it loses at most ``MAX_INT8_DROP`` or one image of the float
 file's held-out accuracy (one image is below what a small held-out set resolves); a
@@ -110,6 +118,7 @@ from capd.modules.net import (  # noqa: E402
     STRIDE,
     TONE_KNOTS,
     DdddNet,
+    Ensemble,
     Tone,
     load_onnx_weights,
 )
@@ -166,6 +175,13 @@ MODULE_AVERAGE = False
 # (docs/modules.md)
 VOTE_BELOW = 0.95
 VOTE_STRETCHES = (0.8, 0.9, 1.1, 1.25, 1.4)
+# networks a module trains one after the other, each for an equal share of the budget;
+# it reads with all of them (net.Ensemble, post.decode_by_members). By default one, and
+# two from a budget of MEMBERS_FROM_MINUTES: one network learns 500 Securimage images in
+# 15 minutes and more steps do not help it, while two of 15 minutes each read 0.977 and
+# 0.980 where one read 0.963 and 0.967; two of 7.5 minutes each gained nothing
+# (docs/modules.md)
+MEMBERS_FROM_MINUTES = 30.0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 Progress = Callable[[str], None]
 
@@ -184,6 +200,12 @@ def cpu_has_bf16_matrix() -> bool:
         return "amx_bf16" in Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
+
+
+def default_members(minutes: float) -> int:
+    """How many networks a budget of ``minutes`` trains by default: two from
+    MEMBERS_FROM_MINUTES on, else one."""
+    return 2 if minutes >= MEMBERS_FROM_MINUTES else 1
 
 
 class DataError(Exception):
@@ -525,7 +547,7 @@ def score(engine: Recogniser, held: list[Sample], spec: ImageSpec
     return sum(ok for _, ok in pairs) / len(held), pairs
 
 
-def held_accuracy(net: DdddNet, held: list[Sample], charset: list[str], spec: ImageSpec
+def held_accuracy(net: nn.Module, held: list[Sample], charset: list[str], spec: ImageSpec
                   ) -> float:
     """Exact accuracy of the PyTorch network on the held-out images (greedy CTC over the
     module's charset; case folded when the spec ignores case)."""
@@ -549,7 +571,7 @@ def greedy_reading(probs: torch.Tensor) -> tuple[list[int], float]:
     return read, math.prod(peaks)
 
 
-def read_greys(net: DdddNet, greys: list[np.ndarray]) -> list[tuple[list[int], float]]:
+def read_greys(net: nn.Module, greys: list[np.ndarray]) -> list[tuple[list[int], float]]:
     """The network's greedy reading (greedy_reading) of every image, in order."""
     was_training = net.training
     net.eval()
@@ -569,21 +591,27 @@ def read_greys(net: DdddNet, greys: list[np.ndarray]) -> list[tuple[list[int], f
     return out
 
 
-def pseudo_label(net: DdddNet, greys: list[np.ndarray], lengths: tuple[int, int],
-                 min_confidence: float | None = None,
+def pseudo_label(net: nn.Module | list[nn.Module], greys: list[np.ndarray],
+                 lengths: tuple[int, int], min_confidence: float | None = None,
                  wide: list[np.ndarray] | None = None) -> list[tuple[int, list[int]]]:
     """(index, label as column indices) of each unlabelled image the network reads with
     at least ``min_confidence`` (default PSEUDO_MIN_CONFIDENCE) at a length within
     ``lengths`` (inclusive); with ``wide`` (the same images stretched wider), only those
-    it reads the same way in both."""
+    it reads the same way in both. Given several networks, only the images every one of
+    them reads so, the same way."""
     if min_confidence is None:
         min_confidence = PSEUDO_MIN_CONFIDENCE
-    readings = read_greys(net, greys)
-    again = read_greys(net, wide) if wide is not None else readings
-    return [(i, label) for i, ((label, conf), (label2, _)) in enumerate(
-                zip(readings, again, strict=True))
-            if lengths[0] <= len(label) <= lengths[1] and conf >= min_confidence
-            and label == label2]
+    kept: dict[int, list[int]] | None = None
+    for one in net if isinstance(net, list) else [net]:
+        readings = read_greys(one, greys)
+        again = read_greys(one, wide) if wide is not None else readings
+        mine = {i: label for i, ((label, conf), (label2, _)) in enumerate(
+                    zip(readings, again, strict=True))
+                if lengths[0] <= len(label) <= lengths[1] and conf >= min_confidence
+                and label == label2}
+        kept = mine if kept is None else {i: label for i, label in kept.items()
+                                          if mine.get(i) == label}
+    return sorted((kept or {}).items())
 
 
 def peak_memory_mb() -> float:
@@ -601,7 +629,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
           on_pseudo: Callable[[list[tuple[int, str]]], None] | None = None,
           stretch: float | None = None, tone: bool | None = None,
           lines: bool | None = None, average: bool | None = None,
-          bf16: bool | None = None) -> Outcome:
+          bf16: bool | None = None, members: int | None = None) -> Outcome:
     """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
     clock (see the module docstring). ``general`` is (engine name, engine) scored on the
     same held-out images for comparison; ``progress`` receives one line at a time.
@@ -628,7 +656,12 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     ``bf16``: run the training steps' forward pass in bfloat16 (torch.autocast; the
     weights, the tone curve, the loss and every held-out reading stay float32); by
     default where the CPU does bfloat16 matrices in hardware (``cpu_has_bf16_matrix``).
-    The manifest records it (``precision``)."""
+    The manifest records it (``precision``). ``members``: how many networks to train,
+    one after the other, each from the base for an equal share of what is left of the
+    budget, into one ONNX file with an output per network (net.Ensemble), which the
+    engine reads with all of them (post.decode_by_members; default ``default_members``;
+    one with a frozen front). Each later network starts with the unlabelled images labelled
+    by those before it."""
     if unlabelled and freeze != "none":
         raise ValueError("unlabelled images need freeze='none'")
     if freeze not in ("front", "none"):
@@ -664,6 +697,12 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         average = MODULE_AVERAGE
     if bf16 is None:
         bf16 = cpu_has_bf16_matrix()
+    if members is None:
+        members = default_members(minutes)
+    if members < 1:
+        raise ValueError("members must be at least 1")
+    if freeze == "front":  # the cached features are the first network's
+        members = 1
     # (a base module's own curve stays with its weights; a frozen front learns none)
     if tone and net.tone is None and freeze == "none":
         net.tone = Tone()
@@ -714,133 +753,171 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     spare = [grey64(img, stretch, grey=grey) for img in opened]
     spare_wide = [grey64(img, stretch * SECOND_LOOK_STRETCH, grey=grey) for img in opened]
     lengths = (min(len(t) for t in targets), max(len(t) for t in targets))
-    rounds = list(PSEUDO_ROUNDS) if spare else []
-    pseudo: list[tuple[int, list[int]]] = []
-
-    params = [p for p in net.parameters() if p.requires_grad]
-    tone_params = list(net.tone.parameters()) if net.tone is not None else []
-    rest = [p for p in params if all(p is not q for q in tone_params)]
-    opt = torch.optim.AdamW([{"params": rest, "scale": 1.0},
-                             {"params": tone_params, "scale": TONE_LR_SCALE,
-                              "weight_decay": 0.0}], lr=lr, weight_decay=1e-4)
-    ctc = nn.CTCLoss(blank=0, zero_infinity=True)
     batch = min(32, len(fit))
-    warm, peak_lr = 0.05, lr
-    train_start = clock()
-    train_budget = max(1.0, budget - (train_start - started))
-    step, ema, last_print = 0, float("nan"), train_start
     start_acc = held_accuracy(net, held, charset, spec)
     start_weights = {k: v.clone() for k, v in net.state_dict().items()}
     progress(f"held-out accuracy before training (the base, {len(charset)} symbols):"
              f" {start_acc:.3f}")
-    averaged: list[torch.Tensor] = []
-    average_kept = False
-    net.train()
-    while True:
-        frac = (clock() - train_start) / train_budget
-        if frac >= 1.0 and step > 0:
-            break
-        frac = min(frac, 1.0)
-        lr = peak_lr * warmup_cosine(frac, warm, 0.03)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["scale"]
-        if rounds and frac >= rounds[0]:
-            rounds.pop(0)
-            pseudo = pseudo_label(net, spare, lengths, wide=spare_wide)
-            progress(f"read the {len(spare)} unlabelled images: {len(pseudo)} read surely"
-                     f" enough (>= {PSEUDO_MIN_CONFIDENCE:g}, the same at"
-                     f" {SECOND_LOOK_STRETCH:g}x the width) to train on as labelled")
-            if on_pseudo is not None:
-                on_pseudo([(origin[i], "".join(charset[k - 1] for k in label))
-                           for i, label in pseudo])
-        picks = [rng.randrange(len(fit)) for _ in range(batch)]
-        labels = [targets[k] for k in picks]
-        if freeze == "front":
-            feats, frames = feature_batch([rng.choice(cached[k]) for k in picks], rng)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = net.back(feats)
-            logp = out.float().log_softmax(2)
-        else:
-            greys = [fit[k].grey for k in picks]
-            if pseudo:
-                for j in range(round(batch * PSEUDO_SHARE)):
-                    i, label = pseudo[rng.randrange(len(pseudo))]
-                    greys[j], labels[j] = spare[i], label
-            x, frames = pixel_batch(greys, rng)
-            if lines:  # strokes in the image's own grey, which the curve then sees
-                x = strike_lines(x, gen)
-            if net.tone is not None:  # the curve first, then the augmentation
-                x = net.tone(x)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = net(augment(x, gen), tone=False)
-            logp = out.float().log_softmax(2)
-        flat = [c for label in labels for c in label]
-        loss = ctc(logp, torch.tensor(flat, dtype=torch.long),
-                   torch.tensor(frames, dtype=torch.long),
-                   torch.tensor([len(label) for label in labels], dtype=torch.long))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        step += 1
-        if average and frac >= AVERAGE_FROM:
+    if members > 1:
+        progress(f"training {members} networks one after the other, each from the base,"
+                 " for an equal share of the budget; the module reads with the mean of"
+                 " their readings")
+
+    def fit_one(net: DdddNet, rng: random.Random, gen: torch.Generator,
+                teachers: list[DdddNet], member_budget: float
+                ) -> tuple[int, bool, int, float]:
+        """Train ``net`` for ``member_budget`` seconds: (steps, whether its weights'
+        moving average was kept, images its last pseudo-label round kept, its held-out
+        accuracy). Networks trained before it (``teachers``) label the unlabelled images
+        at its start, and with it at its later rounds (the images they all read alike)."""
+        rounds = ([0.0] if teachers else []) + list(PSEUDO_ROUNDS) if spare else []
+        pseudo: list[tuple[int, list[int]]] = []
+        params = [p for p in net.parameters() if p.requires_grad]
+        tone_params = list(net.tone.parameters()) if net.tone is not None else []
+        rest = [p for p in params if all(p is not q for q in tone_params)]
+        opt = torch.optim.AdamW([{"params": rest, "scale": 1.0},
+                                 {"params": tone_params, "scale": TONE_LR_SCALE,
+                                  "weight_decay": 0.0}], lr=lr, weight_decay=1e-4)
+        ctc = nn.CTCLoss(blank=0, zero_infinity=True)
+        warm, peak_lr = 0.05, lr
+        train_start = clock()
+        step, ema, last_print = 0, float("nan"), train_start
+        averaged: list[torch.Tensor] = []
+        average_kept = False
+        net.train()
+        while True:
+            frac = (clock() - train_start) / member_budget
+            if frac >= 1.0 and step > 0:
+                break
+            frac = min(frac, 1.0)
+            rate = peak_lr * warmup_cosine(frac, warm, 0.03)
+            for g in opt.param_groups:
+                g["lr"] = rate * g["scale"]
+            if rounds and frac >= rounds[0]:
+                rounds.pop(0)
+                readers: list[nn.Module] = [*teachers, net] if step else [*teachers]
+                pseudo = pseudo_label(readers, spare, lengths, wide=spare_wide)
+                by = (f" (the networks trained before{', with this one' if step else ''})"
+                      if teachers else "")
+                progress(f"read the {len(spare)} unlabelled images{by}: {len(pseudo)} read"
+                         f" surely enough (>= {PSEUDO_MIN_CONFIDENCE:g}, the same at"
+                         f" {SECOND_LOOK_STRETCH:g}x the width) to train on as labelled")
+                if on_pseudo is not None:
+                    on_pseudo([(origin[i], "".join(charset[k - 1] for k in label))
+                               for i, label in pseudo])
+            picks = [rng.randrange(len(fit)) for _ in range(batch)]
+            labels = [targets[k] for k in picks]
+            if freeze == "front":
+                feats, frames = feature_batch([rng.choice(cached[k]) for k in picks], rng)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = net.back(feats)
+                logp = out.float().log_softmax(2)
+            else:
+                greys = [fit[k].grey for k in picks]
+                if pseudo:
+                    for j in range(round(batch * PSEUDO_SHARE)):
+                        i, label = pseudo[rng.randrange(len(pseudo))]
+                        greys[j], labels[j] = spare[i], label
+                x, frames = pixel_batch(greys, rng)
+                if lines:  # strokes in the image's own grey, which the curve then sees
+                    x = strike_lines(x, gen)
+                if net.tone is not None:  # the curve first, then the augmentation
+                    x = net.tone(x)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = net(augment(x, gen), tone=False)
+                logp = out.float().log_softmax(2)
+            flat = [c for label in labels for c in label]
+            loss = ctc(logp, torch.tensor(flat, dtype=torch.long),
+                       torch.tensor(frames, dtype=torch.long),
+                       torch.tensor([len(label) for label in labels], dtype=torch.long))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            step += 1
+            if average and frac >= AVERAGE_FROM:
+                with torch.no_grad():
+                    if not averaged:
+                        averaged = [p.detach().clone() for p in params]
+                    else:
+                        torch._foreach_lerp_(averaged, [p.detach() for p in params],
+                                             1.0 - AVERAGE_DECAY)
+            value = float(loss.item())
+            ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value
+            now = clock()
+            if now - last_print >= MODULE_PROGRESS_EVERY_S:
+                last_print = now
+                progress(f"step {step}: loss {ema:.3f}, lr {rate:.1e},"
+                         f" {now - started:.0f}s of {budget:.0f}s")
+        end_acc = held_accuracy(net, held, charset, spec)
+        progress(f"held-out accuracy after training: {end_acc:.3f}")
+        if averaged:
+            last = [p.detach().clone() for p in params]
             with torch.no_grad():
-                if not averaged:
-                    averaged = [p.detach().clone() for p in params]
-                else:
-                    torch._foreach_lerp_(averaged, [p.detach() for p in params],
-                                         1.0 - AVERAGE_DECAY)
-        value = float(loss.item())
-        ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value
-        now = clock()
-        if now - last_print >= MODULE_PROGRESS_EVERY_S:
-            last_print = now
-            progress(f"step {step}: loss {ema:.3f}, lr {lr:.1e},"
-                     f" {now - started:.0f}s of {budget:.0f}s")
+                for p, a in zip(params, averaged, strict=True):
+                    p.copy_(a)
+            avg_acc = held_accuracy(net, held, charset, spec)
+            average_kept = avg_acc >= end_acc
+            progress(f"held-out accuracy of the weights' moving average: {avg_acc:.3f}"
+                     f" ({'kept' if average_kept else 'left out'})")
+            if not average_kept:
+                with torch.no_grad():
+                    for p, w in zip(params, last, strict=True):
+                        p.copy_(w)
+        if net.tone is not None:
+            curve = net.tone.knots.detach().clamp(0, 1).mul(255).round().int().tolist()
+            progress("learnt tone curve (grey 0, 4, 8, ... 256 ->): "
+                     + " ".join(map(str, curve)))
+        return step, average_kept, len(pseudo), end_acc
+
+    nets: list[DdddNet] = []
+    member_steps: list[int] = []
+    average_kept, pseudo_kept, end_acc = False, 0, 0.0
+    for k in range(members):
+        if k:  # a further network: from the base again, its own batches and augmentation
+            member = base_network(base_model, base_charset, charset, base_label)
+            if tone and member.tone is None:
+                member.tone = Tone()
+            member_rng, member_gen = random.Random(seed + k), torch.Generator().manual_seed(
+                seed + k)
+            progress(f"network {k + 1} of {members}")
+        else:
+            member, member_rng, member_gen = net, rng, gen
+        member_budget = max(1.0, (budget - (clock() - started)) / (members - k))
+        steps_k, kept_k, pseudo_kept, acc_k = fit_one(member, member_rng, member_gen, nets,
+                                                      member_budget)
+        end_acc = max(end_acc, acc_k)  # (what the networks read together: on export)
+        member_steps.append(steps_k)
+        average_kept = average_kept or kept_k
+        nets.append(member)
+    trained: nn.Module = nets[0] if len(nets) == 1 else Ensemble(nets)
     train_s = clock() - started
-    end_acc = held_accuracy(net, held, charset, spec)
-    progress(f"held-out accuracy after training: {end_acc:.3f}")
-    if averaged:
-        last = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, a in zip(params, averaged, strict=True):
-                p.copy_(a)
-        avg_acc = held_accuracy(net, held, charset, spec)
-        kept = avg_acc >= end_acc
-        progress(f"held-out accuracy of the weights' moving average: {avg_acc:.3f}"
-                 f" ({'kept' if kept else 'left out'})")
-        if kept:
-            end_acc, average_kept = avg_acc, True
-        else:
-            with torch.no_grad():
-                for p, w in zip(params, last, strict=True):
-                    p.copy_(w)
-    if net.tone is not None:
-        curve = net.tone.knots.detach().clamp(0, 1).mul(255).round().int().tolist()
-        progress("learnt tone curve (grey 0, 4, 8, ... 256 ->): " + " ".join(map(str, curve)))
     if keep_best and end_acc < start_acc:
         # too few steps (a short budget, a busy machine) can leave the network worse
         # than where it started: the base's weights are the better module then
         progress("training did not beat the base on the held-out images: keeping the"
                  " base's weights")
         net.load_state_dict(start_weights)
+        trained, nets = net, [net]
+    step = sum(member_steps)
     progress(f"trained {step} steps ({step * batch} images) in {train_s:.0f}s; exporting")
 
-    net.eval()
+    trained.eval()
     manifest: dict[str, Any] = {
         "name": name, "charset": charset, "input_height": 64,
         "case_sensitive": spec.case_sensitive, "numeric": spec.numeric,
         "samples": len(samples), "train_samples": len(fit), "held_out": len(held),
         "base": base_label, "freeze": freeze, "steps": step, "train_seconds": round(train_s, 1),
         "grey": grey, "stretch": stretch, "tone": net.tone is not None,
-        "strokes": lines, "averaged": average_kept,
+        "strokes": lines, "averaged": average_kept, "members": len(nets),
+        "member_steps": member_steps[:len(nets)],
         "precision": "bfloat16" if bf16 else "float32",
-        "unlabelled": len(spare), "pseudo_labelled": len(pseudo),
+        "unlabelled": len(spare), "pseudo_labelled": pseudo_kept,
         "created_at": time.time(),
     }
     with tempfile.TemporaryDirectory(prefix="capd-module-") as tmp:
         fp32_path, int8_path = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
-        fp32, int8 = _export(net, fp32_path, int8_path)
+        fp32, int8 = _export(trained, fp32_path, int8_path)
     acc_f, pairs_f = score(ModuleEngine(Module(manifest, fp32)), held, spec)
     acc_q, pairs_q = score(ModuleEngine(Module(manifest, int8)), held, spec)
     use_int8 = acc_q >= acc_f - max(MAX_INT8_DROP, 1.0 / len(held))
@@ -864,10 +941,11 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
             xs, ys = fit_isotonic(pairs)
 
     # a second look at unsure readings (the image read again, wider), its trigger from the
-    # calibration of single readings
-    look = {"below": round(Calibration(xs, ys).raw_reaching(SECOND_LOOK_AT), 6),
-            "stretch": SECOND_LOOK_STRETCH}
-    keep_if_no_loss("second_look", look, "a second look at unsure readings")
+    # calibration of single readings (not for several networks, which read otherwise)
+    if len(nets) == 1:
+        look = {"below": round(Calibration(xs, ys).raw_reaching(SECOND_LOOK_AT), 6),
+                "stretch": SECOND_LOOK_STRETCH}
+        keep_if_no_loss("second_look", look, "a second look at unsure readings")
     # a vote of several widths on unsure readings (it supersedes the second look where
     # kept; a capd older than it reads the module with the second look)
     keep_if_no_loss("vote", {"below": VOTE_BELOW, "stretches": list(VOTE_STRETCHES)},
@@ -895,7 +973,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     return Outcome(data, unpack(data).manifest)
 
 
-def _export(net: DdddNet, fp32_path: str, int8_path: str) -> tuple[bytes, bytes]:
+def _export(net: nn.Module, fp32_path: str, int8_path: str) -> tuple[bytes, bytes]:
     """The float32 ONNX file and its dynamically quantised int8 version."""
     import logging
     import warnings
@@ -908,18 +986,25 @@ def _export(net: DdddNet, fp32_path: str, int8_path: str) -> tuple[bytes, bytes]
         # checks, and the TorchScript exporter's deprecation (the same exporter as
         # training/export_finetuned.py, whose files the engines are known to run)
         warnings.simplefilter("ignore")
+        # one output per network: "logits" (the first, all a capd older than members
+        # reads), then "logits_1", ...
+        count = len(net.members) if isinstance(net, Ensemble) else 1
+        outputs = ["logits", *(f"logits_{k}" for k in range(1, count))]
         torch.onnx.export(net, (torch.rand(1, 1, 64, 160),), fp32_path,
-                          input_names=["image"], output_names=["logits"],
+                          input_names=["image"], output_names=outputs,
                           dynamic_axes={"image": {0: "batch", 3: "width"},
-                                        "logits": {0: "frames", 1: "batch"}},
+                                        **{name: {0: "frames", 1: "batch"}
+                                           for name in outputs}},
                           opset_version=17, dynamo=False)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process, on every run
     import onnx
 
-    # a learnt grey curve (Tone) stays float: its Gathers would be quantised too
-    keep_float = [n.name for n in onnx.load(fp32_path).graph.node if TONE_KNOTS in n.input]
+    # a learnt grey curve (Tone; an Ensemble's members' "members.K.tone.knots") stays
+    # float: its Gathers would be quantised too
+    keep_float = [n.name for n in onnx.load(fp32_path).graph.node
+                  if any(name.endswith(TONE_KNOTS) for name in n.input)]
     try:
         quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QUInt8,
                          nodes_to_exclude=keep_float)

@@ -50,6 +50,10 @@ def test_import_then_list_show_export_round_trip(module_file: bytes, tmp_path: P
     assert f"width        {unpack(module_file).manifest['stretch']:g}x the image's" in out
     assert unpack(module_file).manifest["tone"] is True  # training's default
     assert "tone curve   learnt" in out
+    manifest = unpack(module_file).manifest
+    steps = ", ".join(str(n) for n in manifest.get("member_steps", []))
+    assert (f"networks     {manifest['members']}, read together (steps each: {steps})"
+            in out) if manifest["members"] > 1 else "networks" not in out
     exported = tmp_path / "out.capdmodule"
     code, out, _ = cli(capsys, "export", "tiny", str(exported))
     assert code == 0

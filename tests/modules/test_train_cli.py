@@ -163,3 +163,13 @@ def test_train_from_an_unknown_base_is_one_line(tmp_path: Path, dataset: Callabl
     monkeypatch.setenv("CAPD_MODULES_DIR", str(tmp_path / "lib"))
     code = main(["module", "train", "shop", "--data", str(dataset()), "--base", "nothing"])
     _assert_refused(tmp_path, code, capsys.readouterr().err, "no module named 'nothing'")
+
+
+@pytest.mark.parametrize("members", ["0", "5"])
+def test_train_refuses_members_out_of_range(tmp_path: Path, dataset: Callable[..., Path],
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str],
+                                            members: str) -> None:
+    monkeypatch.setenv("CAPD_MODULES_DIR", str(tmp_path / "lib"))
+    code = main(["module", "train", "shop", "--data", str(dataset()), "--members", members])
+    _assert_refused(tmp_path, code, capsys.readouterr().err, "--members must be within 1-4")

@@ -263,14 +263,30 @@ def decode_by_vote(decoder: MaskedDecoder, frames_at: Callable[[float], np.ndarr
     agree: an answer half the widths gave is less sure than one they all gave. Narrower
     and wider images put the frame boundaries elsewhere, so a character a strike-through
     line or a crowded neighbour hides at one width is often plain at another (custom
-    modules' vote)."""
-    text, chars = decoder.decode_chars(frames_at(1.0), spec)
-    if (float(np.prod(chars)) if text else 0.0) >= below:
-        return text, chars
-    readings = [(text, chars)] + [decoder.decode_chars(frames_at(s), spec) for s in stretches]
+    modules' vote). One network's case of ``decode_by_members``."""
+    return decode_by_members(decoder, lambda stretch: [frames_at(stretch)], spec, below,
+                             stretches)
+
+
+def decode_by_members(decoder: MaskedDecoder,
+                      frames_at: Callable[[float], Sequence[np.ndarray]], spec: ImageSpec,
+                      below: float, stretches: Sequence[float]
+                      ) -> tuple[str, tuple[float, ...]]:
+    """decode_by_vote over several networks (a module's members): ``frames_at`` gives
+    each network's frames at a width. When every network reads the same text at width
+    1.0 with a confidence of at least ``below``, that text wins, with the least sure
+    network's probabilities; otherwise every network reads the image again at each of
+    ``stretches``, and the text most of all these readings give wins as in
+    decode_by_vote. Networks trained apart miss different characters."""
+    first = [decoder.decode_chars(frames, spec) for frames in frames_at(1.0)]
+    sure = [float(np.prod(c)) if t else 0.0 for t, c in first]
+    if len({t for t, _ in first}) == 1 and min(sure) >= below:
+        return first[sure.index(min(sure))]
+    readings = first + [decoder.decode_chars(frames, spec)
+                        for s in stretches for frames in frames_at(s)]
     scored = [(t, c, float(np.prod(c))) for t, c in readings if t]
     if not scored:
-        return text, chars
+        return first[0]
     counts = Counter(t for t, _, _ in scored)
     # the surest reading of the text most readings give (between equally many, the surer)
     winner, best, _ = max(scored, key=lambda r: (counts[r[0]], r[2]))
