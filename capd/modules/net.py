@@ -194,10 +194,11 @@ def load_onnx_weights(net: DdddNet, path: str | IO[bytes] | None = None) -> None
             other = produced_by[other].input[0].removesuffix("_quantized")
         return init[other].astype(np.float32)
 
-    # an Ensemble (a module's members) gives its first network, whose curve is
-    # "members.0.tone.knots"
+    # an Ensemble (a module's members) gives its first network, and that one's curve
+    # ("members.0.tone.knots")
     nodes = _first_member(model, produced_by)
-    curves = sorted(name for name in init if name.endswith(TONE_KNOTS))
+    curves = [name for n in nodes for name in n.input
+              if name.endswith(TONE_KNOTS) and name in init]
     knots = init[curves[0]] if curves else None
     if knots is not None:  # a module with a learnt grey curve (Tone)
         if knots.ndim != 1 or len(knots) < 2:

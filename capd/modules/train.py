@@ -58,7 +58,8 @@ with batches and augmentation of its own; a later one starts from the unlabelled
 as the ones before it labelled them, and its own rounds keep the images they all read
 alike. The module holds them all in one ONNX graph, one output each (net.Ensemble), and
 reads with all of them (capd.modules.engine). One network has learnt 500 Securimage
-images by 15 minutes; two of 15 minutes each read 1-1.5 points more (docs/modules.md).
+images by 15 minutes; two of 15 minutes each read 1.0 point more on average over four
+seeds (docs/modules.md).
 
 Export: ONNX (opset 17, dynamic batch and width), then ONNX Runtime's dynamic int8
 quantisation, kept when it loses at most ``MAX_INT8_DROP`` or one image of the float
@@ -178,9 +179,9 @@ VOTE_STRETCHES = (0.8, 0.9, 1.1, 1.25, 1.4)
 # networks a module trains one after the other, each for an equal share of the budget;
 # it reads with all of them (net.Ensemble, post.decode_by_members). By default one, and
 # two from a budget of MEMBERS_FROM_MINUTES: one network learns 500 Securimage images in
-# 15 minutes and more steps do not help it, while two of 15 minutes each read 0.977 and
-# 0.980 where one read 0.963 and 0.967; two of 7.5 minutes each gained nothing
-# (docs/modules.md)
+# 15 minutes and more steps do not help it, while two of 15 minutes each read 0.978 on
+# average where one read 0.968 (four seeds, none lost); two of 7.5 minutes each gained
+# nothing (docs/modules.md)
 MEMBERS_FROM_MINUTES = 30.0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 Progress = Callable[[str], None]
@@ -760,8 +761,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
              f" {start_acc:.3f}")
     if members > 1:
         progress(f"training {members} networks one after the other, each from the base,"
-                 " for an equal share of the budget; the module reads with the mean of"
-                 " their readings")
+                 " for an equal share of the budget; the module reads with all of them")
 
     def fit_one(net: DdddNet, rng: random.Random, gen: torch.Generator,
                 teachers: list[DdddNet], member_budget: float

@@ -1,6 +1,6 @@
-"""Modules of several networks (``members``): trained one after the other, read as the
-mean of their probabilities from one ONNX file, and usable as the base of a further
-module (the first network's weights)."""
+"""Modules of several networks (``members``): trained one after the other, one ONNX
+file with an output per network, read with all of them (post.decode_by_members), and
+usable as the base of a further module (the first network's weights)."""
 
 from __future__ import annotations
 
