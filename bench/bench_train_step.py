@@ -1,4 +1,5 @@
-"""One module-training step in float32 against bfloat16, side by side.
+"""One module-training step in float32 and bfloat16, each with the standard and the
+channels-last memory layout, side by side; and reading a batch in each.
 
     nice -n 10 python -m bench.bench_train_step [--threads 1] [--width 360] [--batch 32]
         [--rounds 5]
@@ -6,17 +7,23 @@
 What ``capd module train`` does each step (capd.modules.train): the general network with
 a tone curve and a 36-symbol output layer, forward on a random (batch, 1, 64, width)
 batch, CTC loss, backward, AdamW. Securimage images read 1.5 times wider are about 360
-columns. The two precisions alternate round by round, so a busy machine slows both
-alike; it prints each round's seconds a step and the medians. bfloat16 is fast only
-where the CPU multiplies bfloat16 matrices in hardware (``train.cpu_has_bf16_matrix``,
-Intel AMX); elsewhere it is emulated, and training stays float32 by default.
+columns. Reading: the same batch through the network in eval mode, as training reads its
+unlabelled images (train.read_greys). The four ways alternate round by round, so a busy
+machine slows them alike; it prints each round's seconds a step and the medians.
+bfloat16 is fast only where the CPU multiplies bfloat16 matrices in hardware
+(``train.cpu_has_bf16_matrix``, Intel AMX); elsewhere it is emulated, and training stays
+float32 by default. Training runs channels-last in either precision.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
+
+WAYS = (("float32", False, False), ("float32, channels-last", False, True),
+        ("bfloat16", True, False), ("bfloat16, channels-last", True, True))
 
 
 def main() -> None:
@@ -24,13 +31,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--width", type=int, default=360)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=5, help="rounds of 3 steps a precision")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of 3 steps a way")
     args = ap.parse_args()
 
     import torch
     from torch import nn
 
     from capd.modules import train
+    from capd.modules.net import set_channels_last
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
@@ -38,36 +46,57 @@ def main() -> None:
     net = train.base_network(model, charset, list("0123456789abcdefghijklmnopqrstuvwxyz"),
                              label)
     net.tone = train.Tone()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    nets = {False: net, True: copy.deepcopy(net)}
+    set_channels_last(nets[True])
+    opts = {cl: torch.optim.AdamW(n.parameters(), lr=1e-5) for cl, n in nets.items()}
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
     x = torch.rand(args.batch, 1, 64, args.width)
     targets = torch.randint(1, 37, (args.batch * 6,))
 
-    def step(bf16: bool) -> None:
+    def step(bf16: bool, cl: bool) -> None:
+        net = nets[cl]
+        net.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = net(x)
         logp = out.float().log_softmax(2)
         loss = ctc(logp, targets, torch.full((args.batch,), logp.shape[0]),
                    torch.full((args.batch,), 6))
-        opt.zero_grad(set_to_none=True)
+        opts[cl].zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        opts[cl].step()
 
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for bf16 in (False, True):  # warm-up: first calls pick kernels
-        step(bf16)
+    def read(bf16: bool, cl: bool) -> None:
+        net = nets[cl]
+        net.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            net(x).float().softmax(-1)
+
+    steps: dict[str, list[float]] = {name: [] for name, _, _ in WAYS}
+    reads: dict[str, list[float]] = {name: [] for name, _, _ in WAYS}
+    for _, bf16, cl in WAYS:  # warm-up: first calls pick kernels
+        step(bf16, cl)
+        read(bf16, cl)
     for r in range(args.rounds):
-        for bf16 in (False, True):
+        for name, bf16, cl in WAYS:
             t = time.perf_counter()
             for _ in range(3):
-                step(bf16)
-            times[bf16].append((time.perf_counter() - t) / 3)
-        print(f"round {r + 1}: float32 {times[False][-1]:.3f} s/step,"
-              f" bfloat16 {times[True][-1]:.3f} s/step", flush=True)
-    f32, b16 = statistics.median(times[False]), statistics.median(times[True])
-    print(f"threads {args.threads}, batch {args.batch} x 64 x {args.width}: median float32"
-          f" {f32:.3f} s/step, bfloat16 {b16:.3f} s/step ({f32 / b16:.2f}x);"
-          f" bf16 matrix hardware: {train.cpu_has_bf16_matrix()}")
+                step(bf16, cl)
+            steps[name].append((time.perf_counter() - t) / 3)
+            t = time.perf_counter()
+            for _ in range(3):
+                read(bf16, cl)
+            reads[name].append((time.perf_counter() - t) / 3)
+        print(f"round {r + 1}: " + ", ".join(
+            f"{name} {steps[name][-1]:.3f} s/step {reads[name][-1]:.3f} s/read"
+            for name, _, _ in WAYS), flush=True)
+    first = WAYS[0][0]
+    s0, r0 = statistics.median(steps[first]), statistics.median(reads[first])
+    print(f"threads {args.threads}, batch {args.batch} x 64 x {args.width}, median of"
+          f" {args.rounds} rounds; bf16 matrix hardware: {train.cpu_has_bf16_matrix()}")
+    for name, _, _ in WAYS:
+        s, rd = statistics.median(steps[name]), statistics.median(reads[name])
+        print(f"  {name:24s} step {s:.3f} s ({s0 / s:.2f}x)   read {rd:.3f} s"
+              f" ({r0 / rd:.2f}x)")
 
 
 if __name__ == "__main__":

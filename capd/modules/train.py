@@ -42,7 +42,11 @@ An average (off by default: no gain measured): ``average`` keeps a moving averag
 the weights over the second half of the budget and ends with it when it reads the
 held-out images at least as well as the last weights.
 bfloat16 (on by default where the CPU has bfloat16 matrix hardware, Intel AMX): each
-step's forward pass runs under torch.autocast, about 2x the steps in a budget.
+step's forward pass runs under torch.autocast, about 2x the steps in a budget, and so do
+the readings of the unlabelled images (below). While a network trains its convolutions
+run channels-last (the memory layout oneDNN prefers): a bfloat16 step 2.1x, a float32
+one 1.4x faster on one core (bench/bench_train_step.py), reading 1.65x faster in either;
+a whole 15-minute run made 1.3-1.6x the steps.
 
 Unlabelled images (optional, ``read_unlabelled``: a folder of the scheme's captchas
 without labels, which a site's users can collect by the thousand): at 40% and again at
@@ -59,7 +63,7 @@ as the ones before it labelled them, and its own rounds keep the images they all
 alike. The module holds them all in one ONNX graph, one output each (net.Ensemble), and
 reads with all of them (capd.modules.engine). One network has learnt 500 Securimage
 images by 15 minutes; two of 15 minutes each read 1.0 point more on average over four
-seeds (docs/modules.md).
+seeds, and since channels-last steps so do two in 15 minutes together (docs/modules.md).
 
 Export: ONNX (opset 17, dynamic batch and width), then ONNX Runtime's dynamic int8
 quantisation, kept when it loses at most ``MAX_INT8_DROP`` or one image of the float
@@ -86,7 +90,7 @@ import random
 import resource
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -122,6 +126,7 @@ from capd.modules.net import (  # noqa: E402
     Ensemble,
     Tone,
     load_onnx_weights,
+    set_channels_last,
 )
 from capd.solving.ocr.base import Recogniser, UnreadableImage, open_image  # noqa: E402
 from capd.solving.ocr.finetuned_engine import (  # noqa: E402
@@ -179,10 +184,11 @@ VOTE_STRETCHES = (0.8, 0.9, 1.1, 1.25, 1.4)
 # networks a module trains one after the other, each for an equal share of the budget;
 # it reads with all of them (net.Ensemble, post.decode_by_members). By default one, and
 # two from a budget of MEMBERS_FROM_MINUTES: one network learns 500 Securimage images in
-# 15 minutes and more steps do not help it, while two of 15 minutes each read 0.978 on
-# average where one read 0.968 (four seeds, none lost); two of 7.5 minutes each gained
-# nothing (docs/modules.md)
-MEMBERS_FROM_MINUTES = 30.0
+# 15 minutes and more steps do not help it, while two read 0.978 on average where one
+# read 0.968 (same seeds). Two in 15 minutes gained nothing at first (~300 steps each);
+# with channels-last steps and the unlabelled images read in bfloat16 each gets ~560
+# steps there and the pair reads as two of 15 minutes each did (docs/modules.md)
+MEMBERS_FROM_MINUTES = 15.0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 Progress = Callable[[str], None]
 
@@ -572,8 +578,10 @@ def greedy_reading(probs: torch.Tensor) -> tuple[list[int], float]:
     return read, math.prod(peaks)
 
 
-def read_greys(net: nn.Module, greys: list[np.ndarray]) -> list[tuple[list[int], float]]:
-    """The network's greedy reading (greedy_reading) of every image, in order."""
+def read_greys(net: nn.Module, greys: list[np.ndarray], bf16: bool = False
+               ) -> list[tuple[list[int], float]]:
+    """The network's greedy reading (greedy_reading) of every image, in order;
+    ``bf16``: the network runs in bfloat16 (torch.autocast), the softmax in float32."""
     was_training = net.training
     net.eval()
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -585,27 +593,33 @@ def read_greys(net: nn.Module, greys: list[np.ndarray]) -> list[tuple[list[int],
             for at in range(0, len(group), 32):
                 chunk = group[at:at + 32]
                 x = torch.from_numpy(np.stack([greys[i] for i in chunk])).float().div(255.0)
-                probs = net(x[:, None]).softmax(-1)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = net(x[:, None])
+                probs = logits.float().softmax(-1)
                 for j, i in enumerate(chunk):
                     out[i] = greedy_reading(probs[:, j])
     net.train(was_training)
     return out
 
 
-def pseudo_label(net: nn.Module | list[nn.Module], greys: list[np.ndarray],
+def pseudo_label(net: nn.Module | Sequence[nn.Module], greys: list[np.ndarray],
                  lengths: tuple[int, int], min_confidence: float | None = None,
-                 wide: list[np.ndarray] | None = None) -> list[tuple[int, list[int]]]:
+                 wide: list[np.ndarray] | None = None,
+                 agree_with: dict[int, list[int]] | None = None, bf16: bool = False
+                 ) -> list[tuple[int, list[int]]]:
     """(index, label as column indices) of each unlabelled image the network reads with
     at least ``min_confidence`` (default PSEUDO_MIN_CONFIDENCE) at a length within
     ``lengths`` (inclusive); with ``wide`` (the same images stretched wider), only those
     it reads the same way in both. Given several networks, only the images every one of
-    them reads so, the same way."""
+    them reads so, the same way; ``agree_with``: the readings of networks read before
+    (an earlier call's result as a dict), which the images kept must match too.
+    ``bf16``: read in bfloat16 (read_greys)."""
     if min_confidence is None:
         min_confidence = PSEUDO_MIN_CONFIDENCE
-    kept: dict[int, list[int]] | None = None
-    for one in net if isinstance(net, list) else [net]:
-        readings = read_greys(one, greys)
-        again = read_greys(one, wide) if wide is not None else readings
+    kept = agree_with
+    for one in [net] if isinstance(net, nn.Module) else net:
+        readings = read_greys(one, greys, bf16)
+        again = read_greys(one, wide, bf16) if wide is not None else readings
         mine = {i: label for i, ((label, conf), (label2, _)) in enumerate(
                     zip(readings, again, strict=True))
                 if lengths[0] <= len(label) <= lengths[1] and conf >= min_confidence
@@ -654,8 +668,9 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     (``strike_lines``; every layer training only; default MODULE_LINES). ``average``:
     keep a moving average of the weights over the second half of training and end with
     it when it reads the held-out images at least as well (default MODULE_AVERAGE).
-    ``bf16``: run the training steps' forward pass in bfloat16 (torch.autocast; the
-    weights, the tone curve, the loss and every held-out reading stay float32); by
+    ``bf16``: run the training steps' forward pass and the readings of the unlabelled
+    images in bfloat16 (torch.autocast; the weights, the tone curve, the loss and every
+    held-out reading stay float32); by
     default where the CPU does bfloat16 matrices in hardware (``cpu_has_bf16_matrix``).
     The manifest records it (``precision``). ``members``: how many networks to train,
     one after the other, each from the base for an equal share of what is left of the
@@ -772,6 +787,10 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         at its start, and with it at its later rounds (the images they all read alike)."""
         rounds = ([0.0] if teachers else []) + list(PSEUDO_ROUNDS) if spare else []
         pseudo: list[tuple[int, list[int]]] = []
+        taught: dict[int, list[int]] | None = None  # the teachers' (fixed) sure readings
+        # channels-last convolutions: faster steps and readings (module docstring); back
+        # to the standard layout at the end
+        set_channels_last(net)
         params = [p for p in net.parameters() if p.requires_grad]
         tone_params = list(net.tone.parameters()) if net.tone is not None else []
         rest = [p for p in params if all(p is not q for q in tone_params)]
@@ -795,8 +814,12 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
                 g["lr"] = rate * g["scale"]
             if rounds and frac >= rounds[0]:
                 rounds.pop(0)
-                readers: list[nn.Module] = [*teachers, net] if step else [*teachers]
-                pseudo = pseudo_label(readers, spare, lengths, wide=spare_wide)
+                if teachers and taught is None:  # they no longer change: read them once
+                    taught = dict(pseudo_label(teachers, spare, lengths, wide=spare_wide,
+                                               bf16=bf16))
+                pseudo = (pseudo_label(net, spare, lengths, wide=spare_wide,
+                                       agree_with=taught, bf16=bf16)
+                          if step or taught is None else sorted(taught.items()))
                 by = (f" (the networks trained before{', with this one' if step else ''})"
                       if teachers else "")
                 progress(f"read the {len(spare)} unlabelled images{by}: {len(pseudo)} read"
@@ -868,6 +891,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
             curve = net.tone.knots.detach().clamp(0, 1).mul(255).round().int().tolist()
             progress("learnt tone curve (grey 0, 4, 8, ... 256 ->): "
                      + " ".join(map(str, curve)))
+        set_channels_last(net, on=False)
         return step, average_kept, len(pseudo), end_acc
 
     nets: list[DdddNet] = []

@@ -97,7 +97,7 @@ def test_training_two_networks_makes_one_module_of_both(tmp_path: Path) -> None:
 
 
 def test_a_longer_budget_trains_two_networks_by_default() -> None:
-    assert [train.default_members(m) for m in (0.05, 15, 29.9, 30, 120)] == [1, 1, 1, 2, 2]
+    assert [train.default_members(m) for m in (0.05, 14.9, 15, 30, 120)] == [1, 1, 2, 2, 2]
 
 
 def test_members_must_be_at_least_one(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import torch
 from capd.cli import main
 from capd.modules import train
 from capd.modules.library import Library, unpack
+from capd.modules.net import set_channels_last
 from capd.solving.ocr.base import open_image
 from capd.solving.ocr.finetuned_engine import grey64
 from tests.modules.conftest import TINY_MINUTES, make_dataset
@@ -155,3 +156,24 @@ def test_cli_refuses_bad_unlabelled_in_one_line(
     assert code == 1
     assert len(err) == 1 and err[0].startswith("capd: error: ") and fragment in err[0], err
     assert Library(tmp_path / "lib").latest() == {}
+
+
+def test_pseudo_label_agrees_with_earlier_readings_and_reads_in_bfloat16(
+        tmp_path: Path) -> None:
+    model, charset, label = train.general_base()
+    net = train.base_network(model, charset, list("0123456789"), label)
+    greys = [grey64(open_image(d)) for d in
+             train.read_unlabelled(unlabelled_folder(tmp_path))]
+    everything = dict(train.pseudo_label(net, greys, (1, 99), min_confidence=0.0))
+    first, second = sorted(everything)[:2]
+    # readings of networks read before (a teacher's, kept from an earlier round): only
+    # the images read the same way by both stay
+    earlier = {first: everything[first], second: [*everything[second], 1]}
+    assert train.pseudo_label(net, greys, (1, 99), 0.0, agree_with=earlier) == [
+        (first, everything[first])]
+    assert train.pseudo_label(net, greys, (1, 99), 0.0, agree_with={}) == []
+    # bfloat16 reads the same images (the network's answers, not its exact confidences)
+    set_channels_last(net)
+    in_bf16 = dict(train.pseudo_label(net, greys, (1, 99), 0.0, bf16=True))
+    same = sum(in_bf16.get(i) == lab for i, lab in everything.items())
+    assert same >= len(everything) - 2
