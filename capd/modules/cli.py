@@ -90,7 +90,7 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     t.add_argument("--members", type=int, default=None, metavar="N",
                    help="train N networks one after the other, each for an equal share of"
                         " the budget, and read with all of them (default: 2 from --minutes"
-                        " 15 on, else 1)")
+                        " 15 on with bfloat16 steps, from 45 on in float32, else 1)")
     t.add_argument("--engine", help="general engine to compare with (default: ocr_engine)")
     t.add_argument("--min-samples", type=int, default=MODULE_MIN_SAMPLES,
                    help=argparse.SUPPRESS)

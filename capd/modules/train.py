@@ -187,8 +187,11 @@ VOTE_STRETCHES = (0.8, 0.9, 1.1, 1.25, 1.4)
 # 15 minutes and more steps do not help it, while two read 0.978 on average where one
 # read 0.968 (same seeds). Two in 15 minutes gained nothing at first (~300 steps each);
 # with channels-last steps and the unlabelled images read in bfloat16 each gets ~560
-# steps there and the pair reads as two of 15 minutes each did (docs/modules.md)
+# steps there and the pair reads as two of 15 minutes each did (docs/modules.md). Where
+# steps run in float32 (no AMX) a step takes 3.1x as long (bench_train_step): two
+# networks only from a budget that gives each about the steps that gained here before
 MEMBERS_FROM_MINUTES = 15.0
+MEMBERS_FROM_MINUTES_FLOAT32 = 45.0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 Progress = Callable[[str], None]
 
@@ -209,10 +212,12 @@ def cpu_has_bf16_matrix() -> bool:
         return False
 
 
-def default_members(minutes: float) -> int:
+def default_members(minutes: float, bf16: bool = True) -> int:
     """How many networks a budget of ``minutes`` trains by default: two from
-    MEMBERS_FROM_MINUTES on, else one."""
-    return 2 if minutes >= MEMBERS_FROM_MINUTES else 1
+    MEMBERS_FROM_MINUTES on with bfloat16 steps (``bf16``), from
+    MEMBERS_FROM_MINUTES_FLOAT32 on with float32 steps, else one."""
+    return 2 if minutes >= (MEMBERS_FROM_MINUTES if bf16 else MEMBERS_FROM_MINUTES_FLOAT32
+                            ) else 1
 
 
 class DataError(Exception):
@@ -714,7 +719,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     if bf16 is None:
         bf16 = cpu_has_bf16_matrix()
     if members is None:
-        members = default_members(minutes)
+        members = default_members(minutes, bf16)
     if members < 1:
         raise ValueError("members must be at least 1")
     if freeze == "front":  # the cached features are the first network's
@@ -725,7 +730,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     progress(f"{len(samples)} labelled images: {len(fit)} to train on, {len(held)} held out;"
              f" {len(charset)} symbols; base {base_label}; budget {minutes:g} min")
     if bf16:
-        progress("training steps run in bfloat16 (weights and readings stay float32)")
+        progress("training steps run in bfloat16 (weights and held-out readings stay float32)")
     if stretch != 1.0:
         progress(f"reading images {stretch:g} times wider than their aspect ratio"
                  " (more output frames a character)")

@@ -98,6 +98,8 @@ def test_training_two_networks_makes_one_module_of_both(tmp_path: Path) -> None:
 
 def test_a_longer_budget_trains_two_networks_by_default() -> None:
     assert [train.default_members(m) for m in (0.05, 14.9, 15, 30, 120)] == [1, 1, 2, 2, 2]
+    # float32 steps take ~3x as long: two networks only from a longer budget
+    assert [train.default_members(m, bf16=False) for m in (15, 44.9, 45, 120)] == [1, 1, 2, 2]
 
 
 def test_members_must_be_at_least_one(tmp_path: Path) -> None:
