@@ -4,7 +4,7 @@
         [--held 300] [--engine auto] [--schemes a,b] [--threads 2] [--freeze none|front]
         [--base finetuned|ddddocr] [--grey luminance|darkest] [--unlabelled N]
         [--stretch X] [--seed N] [--[no-]tone] [--[no-]lines] [--[no-]average]
-        [--[no-]bf16] [--keep DIR] [--json out.json]
+        [--[no-]bf16] [--members N] [--lanes N] [--keep DIR] [--json out.json]
 
 DIR holds one folder per scheme, each with ``labels.csv`` (``file,text``) and its
 images (``$CAPD_DATASETS`` when --datasets is not given). For each scheme, in a child
@@ -78,7 +78,8 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                n_unlabelled: int = 0, stretch: float | None = None,
                seed: int | None = None, keep: str = "", tone: bool | None = None,
                lines: bool | None = None, average: bool | None = None,
-               bf16: bool | None = None, members: int | None = None) -> dict[str, Any]:
+               bf16: bool | None = None, members: int | None = None,
+               lanes: int | None = None) -> dict[str, Any]:
     """Train and score one scheme in this process (see the module docstring)."""
     from capd.modules import train as training
     from capd.modules.engine import ModuleEngine
@@ -119,7 +120,7 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
                              threads=threads, keep_best=False, lr=lr, freeze=freeze,
                              grey=grey, unlabelled=spare or None, on_pseudo=on_pseudo,
                              stretch=stretch, tone=tone, lines=lines, average=average,
-                             bf16=bf16, members=members,
+                             bf16=bf16, members=members, lanes=lanes,
                              seed=training.SPLIT_SEED if seed is None else seed)
     wall_s = time.monotonic() - started
     if keep:  # the module file, to score it again later without training it again
@@ -161,6 +162,8 @@ def one_scheme(root: str, scheme: str, minutes: float, n_train: int, n_held: int
             "train_wall_s": round(wall_s),
             "steps": outcome.manifest["steps"], "weights": outcome.manifest["weights"],
             "members": outcome.manifest.get("members", 1),
+            "lanes": outcome.manifest.get("lanes", 1),
+            "member_steps": outcome.manifest.get("member_steps", []),
             "model_mb": round(len(outcome.data) / 1e6, 1),
             "peak_mb": round(training.peak_memory_mb())}
 
@@ -200,6 +203,9 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=None,
                     help="networks a module trains one after the other and reads with"
                          " together (default: as capd module train does)")
+    ap.add_argument("--lanes", type=int, default=None,
+                    help="networks that train at the same time (default: as capd module"
+                         " train does: 2 from --threads 2 on)")
     ap.add_argument("--keep", default="",
                     help="write each trained module to this folder (SCHEME.capdmodule;"
                          " capd module import reads it)")
@@ -214,7 +220,7 @@ def main() -> None:
         row = one_scheme(args.datasets, args.one, args.minutes, args.train, args.held,
                          args.engine, args.threads, args.lr, args.freeze, args.base,
                          args.grey, args.unlabelled, args.stretch, args.seed, args.keep,
-                         members=args.members,
+                         members=args.members, lanes=args.lanes,
                          **{switch: getattr(args, switch) for switch in SWITCHES})
         print("RESULT " + json.dumps(row), flush=True)
         return
@@ -233,6 +239,7 @@ def main() -> None:
                *(["--seed", str(args.seed)] if args.seed is not None else []),
                *(["--keep", args.keep] if args.keep else []),
                *(["--members", str(args.members)] if args.members else []),
+               *(["--lanes", str(args.lanes)] if args.lanes else []),
                *(f"--{'' if getattr(args, switch) else 'no-'}{switch}" for switch in SWITCHES
                  if getattr(args, switch) is not None),
                *(["--grey", args.grey] if args.grey else [])]

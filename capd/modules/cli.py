@@ -15,6 +15,8 @@ from typing import Any
 from capd.config import Settings
 from capd.constants import MODULE_MIN_SAMPLES, MODULE_TRAIN_MINUTES
 from capd.modules.library import (
+    LANE_MAX_WIDTH,
+    MAX_LANES,
     MAX_MEMBERS,
     MAX_STRETCH,
     MIN_STRETCH,
@@ -88,9 +90,13 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                         " budget (default: on where the CPU multiplies bfloat16 matrices in"
                         " hardware, Intel AMX)")
     t.add_argument("--members", type=int, default=None, metavar="N",
-                   help="train N networks one after the other, each for an equal share of"
-                        " the budget, and read with all of them (default: 2 from --minutes"
+                   help="train N networks and read with all of them; a lane trains its"
+                        " networks one after the other (default per lane: 2 from --minutes"
                         " 15 on with bfloat16 steps, from 45 on in float32, else 1)")
+    t.add_argument("--lanes", type=int, default=None, metavar="N",
+                   help="networks that train at the same time, each on its share of the"
+                        " threads (default: 2 from 2 threads on, 1 for images wider than"
+                        f" {LANE_MAX_WIDTH} pixels at 64 high)")
     t.add_argument("--engine", help="general engine to compare with (default: ocr_engine)")
     t.add_argument("--min-samples", type=int, default=MODULE_MIN_SAMPLES,
                    help=argparse.SUPPRESS)
@@ -127,6 +133,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
         raise ModuleCliError(f"--stretch must be within {MIN_STRETCH:g}-{MAX_STRETCH:g}")
     if args.members is not None and not 1 <= args.members <= MAX_MEMBERS:
         raise ModuleCliError(f"--members must be within 1-{MAX_MEMBERS}")
+    if args.lanes is not None and not 1 <= args.lanes <= MAX_LANES:
+        raise ModuleCliError(f"--lanes must be within 1-{MAX_LANES}")
     try:
         import onnx  # noqa: F401  (read by the loader of the base's weights)
 
@@ -176,7 +184,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
                                  freeze=args.freeze, grey=grey, unlabelled=unlabelled,
                                  stretch=stretch, tone=args.tone, lines=args.lines,
                                  average=args.average, bf16=args.bf16,
-                                 members=args.members)
+                                 members=args.members, lanes=args.lanes)
     except training.DataError as exc:
         raise ModuleCliError(str(exc)) from None
     entry = library.save(outcome.data)
@@ -238,8 +246,10 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
     print(f"  weights      {m.get('weights', '-')}, base {m.get('base', '-')},"
           f" {m.get('steps', '-')} steps in {m.get('train_seconds', '-')}s")
     if m.get("members", 1) > 1:
+        lanes = m.get("lanes", 1)
         print(f"  networks     {m['members']}, read together (steps each:"
-              f" {', '.join(str(n) for n in m.get('member_steps', []))})")
+              f" {', '.join(str(n) for n in m.get('member_steps', []))})"
+              + (f"; trained {lanes} at a time" if lanes > 1 else ""))
     look, vote = m.get("second_look"), m.get("vote")
     print("  second look  " + ("superseded by the vote" if look and vote else
                                f"{look['stretch']:g}x wider below raw confidence"

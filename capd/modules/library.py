@@ -55,6 +55,10 @@ MAX_VOTE_WIDTHS = 8  # the most widths a manifest's ``vote`` may read an image a
 # a manifest's ``stretch`` (the width factor a module reads images at) lies in this range
 MIN_STRETCH, MAX_STRETCH = 0.5, 3.0
 MAX_MEMBERS = 4  # the most networks ``capd module train --members`` trains for one module
+# the most networks that train at the same time (``--lanes``), and the widest training
+# image (pixels at 64 high, stretched) at which two do by default (capd.modules.train)
+MAX_LANES = 2
+LANE_MAX_WIDTH = 400
 _VERSION_RE = re.compile(r"^([1-9][0-9]{0,8})\.capdmodule$")
 # manifest field -> the types it may hold (required fields; others are kept as given)
 _REQUIRED: dict[str, tuple[type, ...]] = {

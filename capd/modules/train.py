@@ -64,6 +64,11 @@ alike. The module holds them all in one ONNX graph, one output each (net.Ensembl
 reads with all of them (capd.modules.engine). One network has learnt 500 Securimage
 images by 15 minutes; two of 15 minutes each read 1.0 point more on average over four
 seeds, and since channels-last steps so do two in 15 minutes together (docs/modules.md).
+Lanes (``lanes``; by default two from two threads on, ``default_lanes``): networks that
+train at the same time, each lane a chain of networks as above on its share of the
+threads, in threads of this process (torch's operations release the GIL). A step hardly
+gets faster with a second thread, while two lanes make about 1.7 times the steps of one;
+so on 2 cores a module of the default budget has four networks, two per lane.
 
 Export: ONNX (opset 17, dynamic batch and width), then ONNX Runtime's dynamic int8
 quantisation, kept when it loses at most ``MAX_INT8_DROP`` or one image of the float
@@ -89,8 +94,10 @@ import os
 import random
 import resource
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -111,7 +118,9 @@ from capd.constants import (  # noqa: E402
 from capd.domain.tasks import ImageSpec  # noqa: E402
 from capd.modules.engine import ModuleEngine  # noqa: E402
 from capd.modules.library import (  # noqa: E402
+    LANE_MAX_WIDTH,
     MAX_LABEL_LENGTH,
+    MAX_LANES,
     MAX_STRETCH,
     MIN_STRETCH,
     Module,
@@ -192,6 +201,15 @@ VOTE_STRETCHES = (0.8, 0.9, 1.1, 1.25, 1.4)
 # networks only from a budget that gives each about the steps that gained here before
 MEMBERS_FROM_MINUTES = 15.0
 MEMBERS_FROM_MINUTES_FLOAT32 = 45.0
+# lanes: networks that train at the same time, each on its own share of the threads.
+# A module's step is mostly small convolutions and an LSTM, which a second thread hardly
+# speeds up (a bfloat16 channels-last step: 0.84-1.01 s on one thread, 0.75-0.79 s on two),
+# while two networks training side by side each keep about one thread's pace; so from two
+# threads on, two lanes train at once, each its own chain of networks (the default count
+# per lane, ``default_members``; at most MAX_LANES). Each lane holds a network's
+# activations: two lanes only where the training images are at most LANE_MAX_WIDTH pixels
+# wide at 64 high (one lane of generic colour capitals, up to 512, peaked at 3.5 GB; one
+# of Securimage, 240, at 1.2)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 Progress = Callable[[str], None]
 
@@ -218,6 +236,23 @@ def default_members(minutes: float, bf16: bool = True) -> int:
     MEMBERS_FROM_MINUTES_FLOAT32 on with float32 steps, else one."""
     return 2 if minutes >= (MEMBERS_FROM_MINUTES if bf16 else MEMBERS_FROM_MINUTES_FLOAT32
                             ) else 1
+
+
+def serialised(progress: Progress) -> Progress:
+    """``progress`` one line at a time (lanes report from threads of their own)."""
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            progress(line)
+    return say
+
+
+def default_lanes(threads: int, widest: int) -> int:
+    """How many networks train at the same time by default (MAX_LANES): one per thread
+    up to MAX_LANES, one where the widest training image (``widest`` pixels at 64 high,
+    stretched as trained) is wider than LANE_MAX_WIDTH."""
+    return 1 if widest > LANE_MAX_WIDTH else max(1, min(MAX_LANES, threads))
 
 
 class DataError(Exception):
@@ -649,7 +684,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
           on_pseudo: Callable[[list[tuple[int, str]]], None] | None = None,
           stretch: float | None = None, tone: bool | None = None,
           lines: bool | None = None, average: bool | None = None,
-          bf16: bool | None = None, members: int | None = None) -> Outcome:
+          bf16: bool | None = None, members: int | None = None,
+          lanes: int | None = None) -> Outcome:
     """Train a module named ``name`` on ``samples`` for at most ``minutes`` of wall
     clock (see the module docstring). ``general`` is (engine name, engine) scored on the
     same held-out images for comparison; ``progress`` receives one line at a time.
@@ -682,7 +718,10 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     budget, into one ONNX file with an output per network (net.Ensemble), which the
     engine reads with all of them (post.decode_by_members; default ``default_members``;
     one with a frozen front). Each later network starts with the unlabelled images labelled
-    by those before it."""
+    by those before it. ``lanes``: how many networks train at the same time, each lane a
+    chain of networks as above on its share of the threads (default ``default_lanes``);
+    by default each lane trains ``default_members`` networks, the networks dealt to the
+    lanes in turn (network k to lane k mod lanes)."""
     if unlabelled and freeze != "none":
         raise ValueError("unlabelled images need freeze='none'")
     if freeze not in ("front", "none"):
@@ -700,7 +739,9 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
                    for s in samples]
     started = clock()
     budget = minutes * 60.0
-    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
+    progress = serialised(progress)
+    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    torch.set_num_threads(threads)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -718,12 +759,17 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         average = MODULE_AVERAGE
     if bf16 is None:
         bf16 = cpu_has_bf16_matrix()
+    if lanes is None:
+        lanes = default_lanes(threads, max(s.grey.shape[1] for s in fit))
+    if lanes < 1:
+        raise ValueError("lanes must be at least 1")
     if members is None:
-        members = default_members(minutes, bf16)
+        members = lanes * default_members(minutes, bf16)
     if members < 1:
         raise ValueError("members must be at least 1")
     if freeze == "front":  # the cached features are the first network's
         members = 1
+    lanes = min(lanes, members)
     # (a base module's own curve stays with its weights; a frozen front learns none)
     if tone and net.tone is None and freeze == "none":
         net.tone = Tone()
@@ -779,17 +825,22 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     start_weights = {k: v.clone() for k, v in net.state_dict().items()}
     progress(f"held-out accuracy before training (the base, {len(charset)} symbols):"
              f" {start_acc:.3f}")
-    if members > 1:
+    if lanes > 1:
+        progress(f"training {members} networks, {lanes} at a time ({threads // lanes or 1}"
+                 f" thread{'s' if threads // lanes > 1 else ''} each), each from the base;"
+                 " the module reads with all of them")
+    elif members > 1:
         progress(f"training {members} networks one after the other, each from the base,"
                  " for an equal share of the budget; the module reads with all of them")
 
     def fit_one(net: DdddNet, rng: random.Random, gen: torch.Generator,
-                teachers: list[DdddNet], member_budget: float
+                teachers: list[DdddNet], member_budget: float, progress: Progress
                 ) -> tuple[int, bool, int, float]:
         """Train ``net`` for ``member_budget`` seconds: (steps, whether its weights'
         moving average was kept, images its last pseudo-label round kept, its held-out
-        accuracy). Networks trained before it (``teachers``) label the unlabelled images
-        at its start, and with it at its later rounds (the images they all read alike)."""
+        accuracy). Networks trained before it in its lane (``teachers``) label the
+        unlabelled images at its start, and with it at its later rounds (the images they
+        all read alike)."""
         rounds = ([0.0] if teachers else []) + list(PSEUDO_ROUNDS) if spare else []
         pseudo: list[tuple[int, list[int]]] = []
         taught: dict[int, list[int]] | None = None  # the teachers' (fixed) sure readings
@@ -810,6 +861,8 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         average_kept = False
         net.train()
         while True:
+            if stop.is_set():  # another lane failed, or training was interrupted
+                return step, False, 0, 0.0
             frac = (clock() - train_start) / member_budget
             if frac >= 1.0 and step > 0:
                 break
@@ -899,26 +952,62 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         set_channels_last(net, on=False)
         return step, average_kept, len(pseudo), end_acc
 
-    nets: list[DdddNet] = []
-    member_steps: list[int] = []
-    average_kept, pseudo_kept, end_acc = False, 0, 0.0
-    for k in range(members):
-        if k:  # a further network: from the base again, its own batches and augmentation
-            member = base_network(base_model, base_charset, charset, base_label)
-            if tone and member.tone is None:
-                member.tone = Tone()
-            member_rng, member_gen = random.Random(seed + k), torch.Generator().manual_seed(
-                seed + k)
-            progress(f"network {k + 1} of {members}")
-        else:
-            member, member_rng, member_gen = net, rng, gen
-        member_budget = max(1.0, (budget - (clock() - started)) / (members - k))
-        steps_k, kept_k, pseudo_kept, acc_k = fit_one(member, member_rng, member_gen, nets,
-                                                      member_budget)
-        end_acc = max(end_acc, acc_k)  # (what the networks read together: on export)
-        member_steps.append(steps_k)
-        average_kept = average_kept or kept_k
-        nets.append(member)
+    results: dict[int, tuple[DdddNet, tuple[int, bool, int, float]]] = {}
+    stop = threading.Event()  # set when a lane fails: the others stop at their next step
+
+    def lane_progress(k: int) -> Progress:
+        return lambda line: progress(f"network {k + 1}: {line}")
+
+    def run_lane(ks: list[int]) -> None:
+        """Train networks ``ks`` one after the other, each from the base for an equal
+        share of what is left of the budget, each taught by the lane's ones before it;
+        if anything fails, the other lanes stop too."""
+        try:
+            chain: list[DdddNet] = []
+            for at, k in enumerate(ks):
+                if stop.is_set():
+                    return
+                if k:  # a further network: from the base again, its own batches and
+                    # augmentation
+                    member = base_network(base_model, base_charset, charset, base_label)
+                    if tone and member.tone is None:
+                        member.tone = Tone()
+                    member_rng, member_gen = random.Random(seed + k), torch.Generator(
+                        ).manual_seed(seed + k)
+                else:
+                    member, member_rng, member_gen = net, rng, gen
+                # the lanes' lines interleave: each says whose it is
+                say = progress if lanes == 1 else lane_progress(k)
+                if members > 1:
+                    progress(f"network {k + 1} of {members}"
+                             + (f" (lane {ks[0] + 1})" if lanes > 1 else ""))
+                member_budget = max(1.0, (budget - (clock() - started)) / (len(ks) - at))
+                results[k] = member, fit_one(member, member_rng, member_gen, list(chain),
+                                             member_budget, say)
+                chain.append(member)
+        except BaseException:
+            stop.set()
+            raise
+
+    chains = [list(range(j, members, lanes)) for j in range(lanes)]
+    if lanes == 1:
+        run_lane(chains[0])
+    else:  # each lane on its share of the threads (torch's ops release the GIL)
+        torch.set_num_threads(max(1, threads // lanes))
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="capd-lane") as pool:
+            running = [pool.submit(run_lane, chain) for chain in chains]
+            try:
+                for done in as_completed(running):
+                    done.result()  # (a lane's error is raised here, the first first)
+            except BaseException:  # (Ctrl-C too: the lanes stop rather than run on)
+                stop.set()
+                raise
+        torch.set_num_threads(threads)
+    nets = [results[k][0] for k in range(members)]
+    member_steps = [results[k][1][0] for k in range(members)]
+    average_kept = any(results[k][1][1] for k in range(members))
+    pseudo_kept = results[members - 1][1][2]
+    end_acc = max(results[k][1][3] for k in range(members))  # (together: on export)
     trained: nn.Module = nets[0] if len(nets) == 1 else Ensemble(nets)
     train_s = clock() - started
     if keep_best and end_acc < start_acc:
@@ -939,7 +1028,7 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         "base": base_label, "freeze": freeze, "steps": step, "train_seconds": round(train_s, 1),
         "grey": grey, "stretch": stretch, "tone": net.tone is not None,
         "strokes": lines, "averaged": average_kept, "members": len(nets),
-        "member_steps": member_steps[:len(nets)],
+        "member_steps": member_steps[:len(nets)], "lanes": lanes if len(nets) > 1 else 1,
         "precision": "bfloat16" if bf16 else "float32",
         "unlabelled": len(spare), "pseudo_labelled": pseudo_kept,
         "created_at": time.time(),

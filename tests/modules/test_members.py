@@ -102,6 +102,71 @@ def test_a_longer_budget_trains_two_networks_by_default() -> None:
     assert [train.default_members(m, bf16=False) for m in (15, 44.9, 45, 120)] == [1, 1, 2, 2]
 
 
+def test_two_threads_train_two_networks_at_a_time_by_default() -> None:
+    # (threads, the widest training image at 64 high) -> lanes
+    assert [train.default_lanes(t, 240) for t in (1, 2, 8)] == [1, 2, 2]
+    # wide images: one lane, so that training stays within the memory of one
+    assert train.default_lanes(8, train.LANE_MAX_WIDTH) == 2
+    assert train.default_lanes(8, train.LANE_MAX_WIDTH + 1) == 1
+
+
+def test_two_lanes_train_their_networks_at_the_same_time(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "data", n=30, seed=4)
+    make_dataset(tmp_path / "raw", n=12, seed=7)
+    (tmp_path / "raw" / "labels.csv").unlink()
+    lines: list[str] = []
+    outcome = train.train("lanes", train.read_dataset(tmp_path / "data"), 2 * TINY_MINUTES,
+                          lines.append, threads=2, members=4, lanes=2,
+                          unlabelled=train.read_unlabelled(tmp_path / "raw"))
+    manifest = outcome.manifest
+    assert manifest["members"] == 4 and manifest["lanes"] == 2
+    assert len(manifest["member_steps"]) == 4 and min(manifest["member_steps"]) >= 1
+    # networks 1 and 3 make lane 1, 2 and 4 lane 2; each lane's lines say whose they are
+    assert {"network 1 of 4 (lane 1)", "network 3 of 4 (lane 1)", "network 2 of 4 (lane 2)",
+            "network 4 of 4 (lane 2)"} <= set(lines)
+    for k in range(1, 5):
+        assert f"network {k}: held-out accuracy after training" in "\n".join(lines)
+    # a lane's second network learns from its first one's labels of the unlabelled images,
+    # the first network of a lane from its own only
+    taught = [ln for ln in lines if "(the networks trained before)" in ln]
+    assert sorted(ln.split(":")[0] for ln in taught) == ["network 3", "network 4"]
+    assert len(ModuleEngine(unpack(outcome.data)).member_frames(
+        open_image(captcha_png("4821")))) == 4
+
+
+def test_by_default_each_lane_trains_the_default_networks(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "data", n=30, seed=4)
+    samples = train.read_dataset(tmp_path / "data")
+    two = train.train("two", samples, TINY_MINUTES, lambda _: None, threads=2)
+    assert two.manifest["lanes"] == 2
+    assert two.manifest["members"] == 2 * train.default_members(TINY_MINUTES)
+    one = train.train("one", samples, TINY_MINUTES, lambda _: None, threads=1)
+    assert one.manifest["lanes"] == 1
+    assert one.manifest["members"] == train.default_members(TINY_MINUTES)
+
+
+def test_an_error_in_a_lane_stops_training(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    make_dataset(tmp_path / "data", n=30, seed=4)
+    made = train.base_network
+    calls: list[int] = []
+
+    def base_network(*args: Any) -> DdddNet:
+        calls.append(1)
+        if len(calls) > 1:  # the first network is made before the lanes start
+            raise RuntimeError("lane broke")
+        return made(*args)
+
+    monkeypatch.setattr(train, "base_network", base_network)
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match="lane broke"):  # (a budget of a minute)
+        train.train("broken", train.read_dataset(tmp_path / "data"), 1.0, lines.append,
+                    threads=2, members=2, lanes=2)
+    # the other lane stopped at its next step rather than train out its minute
+    assert "network 1 of 2 (lane 1)" in lines
+    assert not any("held-out accuracy after training" in ln for ln in lines)
+
+
 def test_members_must_be_at_least_one(tmp_path: Path) -> None:
     make_dataset(tmp_path / "data", n=30, seed=4)
     with pytest.raises(ValueError, match="members"):

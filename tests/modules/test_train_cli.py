@@ -165,11 +165,13 @@ def test_train_from_an_unknown_base_is_one_line(tmp_path: Path, dataset: Callabl
     _assert_refused(tmp_path, code, capsys.readouterr().err, "no module named 'nothing'")
 
 
-@pytest.mark.parametrize("members", ["0", "5"])
-def test_train_refuses_members_out_of_range(tmp_path: Path, dataset: Callable[..., Path],
-                                            monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str],
-                                            members: str) -> None:
+@pytest.mark.parametrize(("flag", "value", "limits"), [
+    ("--members", "0", "1-4"), ("--members", "5", "1-4"),
+    ("--lanes", "0", "1-2"), ("--lanes", "3", "1-2")])
+def test_train_refuses_networks_out_of_range(tmp_path: Path, dataset: Callable[..., Path],
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str],
+                                             flag: str, value: str, limits: str) -> None:
     monkeypatch.setenv("CAPD_MODULES_DIR", str(tmp_path / "lib"))
-    code = main(["module", "train", "shop", "--data", str(dataset()), "--members", members])
-    _assert_refused(tmp_path, code, capsys.readouterr().err, "--members must be within 1-4")
+    code = main(["module", "train", "shop", "--data", str(dataset()), flag, value])
+    _assert_refused(tmp_path, code, capsys.readouterr().err, f"{flag} must be within {limits}")
