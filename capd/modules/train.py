@@ -994,15 +994,18 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         run_lane(chains[0])
     else:  # each lane on its share of the threads (torch's ops release the GIL)
         torch.set_num_threads(max(1, threads // lanes))
-        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="capd-lane") as pool:
-            running = [pool.submit(run_lane, chain) for chain in chains]
-            try:
-                for done in as_completed(running):
-                    done.result()  # (a lane's error is raised here, the first first)
-            except BaseException:  # (Ctrl-C too: the lanes stop rather than run on)
-                stop.set()
-                raise
-        torch.set_num_threads(threads)
+        try:
+            with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="capd-lane"
+                                    ) as pool:
+                running = [pool.submit(run_lane, chain) for chain in chains]
+                try:
+                    for done in as_completed(running):
+                        done.result()  # (a lane's error is raised here, the first first)
+                except BaseException:  # (Ctrl-C too: the lanes stop rather than run on)
+                    stop.set()
+                    raise
+        finally:
+            torch.set_num_threads(threads)
     nets = [results[k][0] for k in range(members)]
     member_steps = [results[k][1][0] for k in range(members)]
     average_kept = any(results[k][1][1] for k in range(members))
