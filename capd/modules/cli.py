@@ -246,9 +246,11 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
     print(f"  weights      {m.get('weights', '-')}, base {m.get('base', '-')},"
           f" {m.get('steps', '-')} steps in {m.get('train_seconds', '-')}s")
     if m.get("members", 1) > 1:
-        lanes = m.get("lanes", 1)
-        print(f"  networks     {m['members']}, read together (steps each:"
-              f" {', '.join(str(n) for n in m.get('member_steps', []))})"
+        lanes, first = m.get("lanes", 1), m.get("first_members")
+        print(f"  networks     {m['members']}, "
+              + (f"1-{first} read first, the rest when these disagree or are unsure"
+                 if first else "read together")
+              + f" (steps each: {', '.join(str(n) for n in m.get('member_steps', []))})"
               + (f"; trained {lanes} at a time" if lanes > 1 else ""))
     look, vote = m.get("second_look"), m.get("vote")
     print("  second look  " + ("superseded by the vote" if look and vote else

@@ -25,7 +25,12 @@ from capd.modules.library import Entry, Library, Module, ModuleError
 from capd.solving.ocr.base import Reading, Recogniser, open_image
 from capd.solving.ocr.finetuned_engine import grey64, to_input
 from capd.solving.ocr.onnx_engine import Calibration, CtcEngine, onnx_session
-from capd.solving.ocr.post import decode_by_members, decode_by_vote, decode_with_second_look
+from capd.solving.ocr.post import (
+    decode_by_members,
+    decode_by_vote,
+    decode_with_second_look,
+    sure_agreement,
+)
 
 log = logging.getLogger("capd.modules")
 _ALIASES = {"*": "×"}
@@ -49,20 +54,32 @@ class ModuleEngine(CtcEngine):
     output per network in its ONNX file; it reads with all of them
     (post.decode_by_members: when they disagree or are unsure, every network reads at
     every width of the vote and the answer most readings give wins). A capd older than
-    members reads such a file's first output only, as a module of one network."""
+    members reads such a file's first output only, as a module of one network.
+    With ``first_members`` (the later networks in the file's ``rest.onnx``), its first
+    networks read first, and when they all give the same text, each sure enough to
+    end the vote early (post.sure_agreement), that is the answer and the later ones never
+    run; otherwise every network reads as above."""
 
     def __init__(self, module: Module) -> None:
         cal = module.manifest.get("calibration")
         calibration = Calibration(cal["raw"], cal["calibrated"]) if cal else None
         super().__init__(["", *module.charset], _ALIASES, calibration)
         self.name = f"module:{module.name}"
-        try:
-            self._session = onnx_session(module.model)
+        try:  # the first networks' session, then the later ones' (first_members)
+            self._sessions = [onnx_session(m) for m in (module.model, module.rest) if m]
         except Exception as exc:  # ONNX Runtime raises its own types for a bad graph
             raise ModuleError(f"module {module.name}: its model does not load: {exc}"
                               ) from None
-        self._input = self._session.get_inputs()[0].name
-        self._members = len(self._session.get_outputs())
+        self._input = self._sessions[0].get_inputs()[0].name
+        if any(s.get_inputs()[0].name != self._input for s in self._sessions):
+            raise ModuleError(f"module {module.name}: its two models take different inputs")
+        outputs = [len(s.get_outputs()) for s in self._sessions]
+        self._members = sum(outputs)
+        self._first = outputs[0] if len(outputs) > 1 else 0  # 0: all networks at once
+        if self._first and self._first != module.manifest.get("first_members"):
+            raise ModuleError(f"module {module.name}: manifest first_members says"
+                              f" {module.manifest.get('first_members')}, model.onnx has"
+                              f" {self._first} networks")
         self._classes = len(module.charset) + 1
         lengths = module.manifest.get("lengths")  # [shortest, longest], checked on load
         self._lengths = (int(lengths[0]), int(lengths[1])) if lengths else None
@@ -82,13 +99,16 @@ class ModuleEngine(CtcEngine):
 
     def frames(self, img: Image.Image, stretch: float = 1.0) -> np.ndarray:
         """The (first) network's (frames, classes) logits at this width factor."""
-        return self.member_frames(img, stretch)[0]
+        return self.member_frames(img, stretch, slice(0, 1))[0]
 
-    def member_frames(self, img: Image.Image, stretch: float = 1.0) -> list[np.ndarray]:
-        """Every network's (frames, classes) logits at this width factor."""
-        grey = grey64(img, self._stretch * stretch, self._grey)
+    def member_frames(self, img: Image.Image, stretch: float = 1.0,
+                      which: slice = slice(None)) -> list[np.ndarray]:
+        """Every network's (frames, classes) logits at this width factor (in a module
+        with first_members, ``which`` selects the first networks' session, the later
+        ones' or both)."""
+        x = to_input(grey64(img, self._stretch * stretch, self._grey))
         out = []
-        for member in self._session.run(None, {self._input: to_input(grey)}):
+        for member in (m for s in self._sessions[which] for m in s.run(None, {self._input: x})):
             logits: np.ndarray = member.reshape(member.shape[0], -1)
             if logits.shape[1] != self._classes:
                 raise ModuleError(f"{self.name}: the model has {logits.shape[1]} outputs,"
@@ -111,9 +131,21 @@ class ModuleEngine(CtcEngine):
             return self.frames(img, stretch)
 
         if self._members > 1:  # (without a vote: the networks' readings at width 1.0)
-            text, chars = decode_by_members(
-                self._decoder, lambda stretch: self.member_frames(img, stretch), spec,
-                self._vote_below if self._vote_stretches else 1.0, self._vote_stretches)
+            below = self._vote_below if self._vote_stretches else 1.0
+            at_one: list[np.ndarray] = []
+            if self._first:  # the first networks alone, and the rest only if they must
+                at_one = self.member_frames(img, 1.0, slice(0, 1))
+                agreed = sure_agreement(
+                    [self._decoder.decode_chars(f, spec) for f in at_one], below)
+                if agreed is not None:
+                    return self.finish(*agreed, spec)
+                at_one += self.member_frames(img, 1.0, slice(1, None))
+
+            def member_frames_at(stretch: float) -> list[np.ndarray]:
+                return at_one if at_one and stretch == 1.0 else self.member_frames(img, stretch)
+
+            text, chars = decode_by_members(self._decoder, member_frames_at, spec, below,
+                                            self._vote_stretches)
         elif self._vote_stretches:
             text, chars = decode_by_vote(self._decoder, frames_at, spec, self._vote_below,
                                          self._vote_stretches)

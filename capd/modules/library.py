@@ -1,14 +1,18 @@
 """Module files and the modules directory.
 
-A module file is a zip archive holding exactly two members, both data:
+A module file is a zip archive holding two or three members, all data:
 
-- ``manifest.json``: ``{"format": "capd-module", "format_version": 1 or 2, "name", "charset",
-  "model_sha256", ...}`` plus what training measured (samples, accuracy, the general
-  engine's accuracy on the same held-out images, the confidence calibration);
-- ``model.onnx``: the network, run by ONNX Runtime (never unpickled, never imported).
+- ``manifest.json``: ``{"format": "capd-module", "format_version": 1 to 3, "name",
+  "charset", "model_sha256", ...}`` plus what training measured (samples, accuracy, the
+  general engine's accuracy on the same held-out images, the confidence calibration);
+- ``model.onnx``: the network (or networks, one output each), run by ONNX Runtime (never
+  unpickled, never imported);
+- ``rest.onnx``, in a module of several networks that reads with its first ones before
+  the others (manifest ``first_members``, ``rest_sha256``): the later networks, run only
+  when the first ones disagree or are unsure.
 
 Reading one checks the archive, the manifest's fields and types, and the SHA-256 of
-``model.onnx`` against the manifest; anything else (a corrupt download, another
+each model against the manifest; anything else (a corrupt download, another
 program's zip, a truncated copy) raises ModuleError with one line saying why.
 
 The directory (setting ``modules_dir``; by default ``capd-modules`` beside the SQLite
@@ -41,12 +45,14 @@ from capd.solving.ocr.finetuned_engine import GREY_MODES
 
 FORMAT = "capd-module"
 # the newest format this capd reads; pack writes the oldest that reads a module right:
-# 2 for a module read wider than its images (manifest ``stretch``), which a reader of
-# format 1 would read at the wrong width, else 1
-FORMAT_VERSION = 2
+# 3 for a module whose later networks are in ``rest.onnx`` (a reader of format 2 would
+# read with its first networks only), 2 for a module read wider than its images
+# (manifest ``stretch``), which a reader of format 1 would read at the wrong width, else 1
+FORMAT_VERSION = 3
 SUFFIX = ".capdmodule"
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
+REST = "rest.onnx"
 # what a key option can name (domain/keys.py), lower case: tasks compare it lower-cased
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RESERVED_NAMES = frozenset({"universal"})  # what a task without a module reads with
@@ -87,6 +93,7 @@ class Module:
 
     manifest: dict[str, Any]
     model: bytes
+    rest: bytes = b""  # the later networks (manifest first_members), else empty
 
     @property
     def name(self) -> str:
@@ -97,16 +104,23 @@ class Module:
         return list(self.manifest["charset"])
 
 
-def pack(manifest: dict[str, Any], model: bytes) -> bytes:
-    """A module file's bytes: the manifest (with the model's checksum and the format
-    marker set) and the model."""
-    version = 1 if manifest.get("stretch", 1.0) == 1.0 else 2
+def pack(manifest: dict[str, Any], model: bytes, rest: bytes = b"") -> bytes:
+    """A module file's bytes: the manifest (with the models' checksums and the format
+    marker set), the model and, for a module that reads with its first networks before
+    the others (manifest ``first_members``), the later networks."""
+    if bool(rest) != ("first_members" in manifest):
+        raise ValueError("rest.onnx goes with manifest first_members, and only with it")
+    version = 3 if rest else 1 if manifest.get("stretch", 1.0) == 1.0 else 2
     meta = {**manifest, "format": FORMAT, "format_version": version,
             "model_sha256": hashlib.sha256(model).hexdigest()}
+    if rest:
+        meta["rest_sha256"] = hashlib.sha256(rest).hexdigest()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(MANIFEST, json.dumps(meta, indent=1, ensure_ascii=False))
         zf.writestr(MODEL, model)
+        if rest:
+            zf.writestr(REST, rest)
     data = buf.getvalue()
     unpack(data)  # what is written is always readable
     return data
@@ -119,14 +133,16 @@ def unpack(data: bytes, origin: str = "module file") -> Module:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = {i.filename: i for i in zf.infolist()}
-            if set(infos) != {MANIFEST, MODEL}:
+            if set(infos) not in ({MANIFEST, MODEL}, {MANIFEST, MODEL, REST}):
                 raise ModuleError(f"{origin}: not a capd module (members "
-                                  f"{sorted(infos)[:4]}, expected {MANIFEST} and {MODEL})")
+                                  f"{sorted(infos)[:4]}, expected {MANIFEST} and {MODEL},"
+                                  f" perhaps {REST})")
             for info in infos.values():
                 if info.file_size > MODULE_MAX_FILE_BYTES:
                     raise ModuleError(f"{origin}: {info.filename} unpacks too large")
             raw_manifest = zf.read(MANIFEST)
             model = zf.read(MODEL)
+            rest = zf.read(REST) if REST in infos else b""
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
             NotImplementedError) as exc:
         raise ModuleError(f"{origin}: not a capd module (corrupt or not a zip: {exc})"
@@ -156,6 +172,15 @@ def unpack(data: bytes, origin: str = "module file") -> Module:
         raise ModuleError(f"{origin}: manifest charset must be distinct single characters")
     if hashlib.sha256(model).hexdigest() != manifest["model_sha256"]:
         raise ModuleError(f"{origin}: checksum mismatch: {MODEL} is damaged")
+    first = manifest.get("first_members")
+    if (first is None) != (not rest):
+        raise ModuleError(f"{origin}: manifest first_members and {REST} go together")
+    if rest:
+        if not isinstance(first, int) or isinstance(first, bool) or first < 1:
+            raise ModuleError(f"{origin}: manifest first_members must be a whole number"
+                              " of at least 1")
+        if hashlib.sha256(rest).hexdigest() != manifest.get("rest_sha256"):
+            raise ModuleError(f"{origin}: checksum mismatch: {REST} is damaged")
     cal = manifest.get("calibration")
     if cal is not None and not _valid_calibration(cal):
         raise ModuleError(f"{origin}: manifest calibration is malformed")
@@ -176,7 +201,7 @@ def unpack(data: bytes, origin: str = "module file") -> Module:
         raise ModuleError(f"{origin}: manifest stretch must be a number within"
                           f" {MIN_STRETCH:g}-{MAX_STRETCH:g}")
     _depth(manifest, origin)
-    return Module(manifest, model)
+    return Module(manifest, model, rest)
 
 
 def _valid_calibration(cal: Any) -> bool:

@@ -210,6 +210,12 @@ MEMBERS_FROM_MINUTES_FLOAT32 = 45.0
 # activations: two lanes only where the training images are at most LANE_MAX_WIDTH pixels
 # wide at 64 high (one lane of generic colour capitals, up to 512, peaked at 3.5 GB; one
 # of Securimage, 240, at 1.2)
+# a module of more networks than FIRST_MEMBERS reads with its first FIRST_MEMBERS (the
+# first of each lane, trained apart) before the others, which run only when these disagree
+# or are unsure (manifest first_members, the later networks in rest.onnx); kept when it
+# reads the held-out images as well. On five four-network Securimage modules the same
+# answers, three quarters of the images read by two networks (docs/modules.md)
+FIRST_MEMBERS = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 Progress = Callable[[str], None]
 
@@ -1048,16 +1054,21 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     accuracy = acc_q if use_int8 else acc_f
     xs, ys = fit_isotonic(pairs_q if use_int8 else pairs_f)
 
-    def keep_if_no_loss(field: str, value: Any, what: str) -> None:
-        """Score the module read with this manifest field; keep the field when it reads
-        at least as many held-out images right, the calibration then fitted anew."""
-        nonlocal accuracy, xs, ys
-        acc, pairs = score(ModuleEngine(Module({**manifest, field: value}, model)), held,
-                           spec)
+    rest = b""
+
+    def keep_if_no_loss(field: str, value: Any, what: str,
+                        models: tuple[bytes, bytes] | None = None) -> None:
+        """Score the module read with this manifest field (and these models, the first
+        networks' and the rest's); keep the field when it reads at least as many held-out
+        images right, the calibration then fitted anew."""
+        nonlocal accuracy, xs, ys, model, rest
+        trial = Module({**manifest, field: value}, *(models or (model, rest)))
+        acc, pairs = score(ModuleEngine(trial), held, spec)
         kept = acc >= accuracy
         progress(f"held-out accuracy with {what}: {acc:.3f} ({'kept' if kept else 'left out'})")
         if kept:
             manifest[field] = value
+            model, rest = trial.model, trial.rest
             accuracy = acc
             xs, ys = fit_isotonic(pairs)
 
@@ -1077,6 +1088,11 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
     if lengths[1] <= MAX_LABEL_LENGTH:
         keep_if_no_loss("lengths", list(lengths),
                         f"answers of {lengths[0]}-{lengths[1]} characters, as in training")
+    # the first networks read first, the rest only when these disagree or are unsure
+    if len(nets) > FIRST_MEMBERS:
+        keep_if_no_loss("first_members", FIRST_MEMBERS,
+                        f"networks 1-{FIRST_MEMBERS} reading first",
+                        split_members(model, FIRST_MEMBERS))
     manifest.update({
         "weights": "int8 (dynamic)" if use_int8 else "float32",
         "accuracy": round(accuracy, 4),
@@ -1090,8 +1106,23 @@ def train(name: str, samples: list[Sample], minutes: float, progress: Progress,
         manifest["general_engine"] = general_name
         manifest["general_accuracy"] = round(score(engine, held, spec)[0], 4)
     manifest["peak_memory_mb"] = round(peak_memory_mb())
-    data = pack(manifest, model)
+    data = pack(manifest, model, rest)
     return Outcome(data, unpack(data).manifest)
+
+
+def split_members(model: bytes, first: int) -> tuple[bytes, bytes]:
+    """A module's ONNX graph of several networks (one output each) as two graphs: the
+    first ``first`` networks' and the others' (ONNX Runtime computes every output of a
+    graph, whichever are asked for)."""
+    import onnx
+    from onnx.utils import Extractor
+
+    graph = onnx.load_model_from_string(model)
+    inputs = [i.name for i in graph.graph.input]
+    outputs = [o.name for o in graph.graph.output]
+    extractor = Extractor(graph)
+    return (extractor.extract_model(inputs, outputs[:first]).SerializeToString(),
+            extractor.extract_model(inputs, outputs[first:]).SerializeToString())
 
 
 def _export(net: nn.Module, fp32_path: str, int8_path: str) -> tuple[bytes, bytes]:

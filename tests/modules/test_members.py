@@ -134,6 +134,11 @@ def test_two_lanes_train_their_networks_at_the_same_time(tmp_path: Path) -> None
     assert sorted(ln.split(":")[0] for ln in taught) == ["network 3", "network 4"]
     assert len(ModuleEngine(unpack(outcome.data)).member_frames(
         open_image(captcha_png("4821")))) == 4
+    # networks 1 and 2 (each lane's first) read first where that loses nothing
+    tried = [ln for ln in lines if ln.startswith("held-out accuracy with networks 1-2 reading")]
+    assert len(tried) == 1
+    assert ("first_members" in manifest) == tried[0].endswith("(kept)")
+    assert (unpack(outcome.data).rest != b"") == ("first_members" in manifest)
 
 
 def test_by_default_each_lane_trains_the_default_networks(tmp_path: Path) -> None:

@@ -117,6 +117,6 @@ def test_a_module_read_wider_is_format_2_which_older_readers_refuse() -> None:
     # a reader of format 1 would read it at the images' own width: it must not load it
     assert format_of(1.5) == 2
     assert format_of(1.0) == format_of(None) == 1  # readable by every capd
-    with pytest.raises(ModuleError, match="module format version 3 is newer than this capd"
-                                          r" reads \(2\)"):
-        unpack(repacked({"format_version": 3}))
+    with pytest.raises(ModuleError, match="module format version 4 is newer than this capd"
+                                          r" reads \(3\)"):
+        unpack(repacked({"format_version": 4}))

@@ -268,6 +268,17 @@ def decode_by_vote(decoder: MaskedDecoder, frames_at: Callable[[float], np.ndarr
                              stretches)
 
 
+def sure_agreement(readings: Sequence[tuple[str, tuple[float, ...]]], below: float
+                   ) -> tuple[str, tuple[float, ...]] | None:
+    """The reading every one of ``readings`` (text, per-character probabilities) gives,
+    with the least sure one's probabilities, when they all give the same text and each
+    is at least ``below`` sure (the product of its probabilities); otherwise None."""
+    sure = [float(np.prod(c)) if t else 0.0 for t, c in readings]
+    if readings and len({t for t, _ in readings}) == 1 and min(sure) >= below:
+        return readings[sure.index(min(sure))]
+    return None
+
+
 def decode_by_members(decoder: MaskedDecoder,
                       frames_at: Callable[[float], Sequence[np.ndarray]], spec: ImageSpec,
                       below: float, stretches: Sequence[float]
@@ -279,9 +290,9 @@ def decode_by_members(decoder: MaskedDecoder,
     ``stretches``, and the text most of all these readings give wins as in
     decode_by_vote. Networks trained apart miss different characters."""
     first = [decoder.decode_chars(frames, spec) for frames in frames_at(1.0)]
-    sure = [float(np.prod(c)) if t else 0.0 for t, c in first]
-    if len({t for t, _ in first}) == 1 and min(sure) >= below:
-        return first[sure.index(min(sure))]
+    agreed = sure_agreement(first, below)
+    if agreed is not None:
+        return agreed
     readings = first + [decoder.decode_chars(frames, spec)
                         for s in stretches for frames in frames_at(s)]
     scored = [(t, c, float(np.prod(c))) for t, c in readings if t]
