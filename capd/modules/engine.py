@@ -76,10 +76,10 @@ class ModuleEngine(CtcEngine):
         outputs = [len(s.get_outputs()) for s in self._sessions]
         self._members = sum(outputs)
         self._first = outputs[0] if len(outputs) > 1 else 0  # 0: all networks at once
-        if self._first and self._first != module.manifest.get("first_members"):
+        if self._first != module.manifest.get("first_members", 0):
             raise ModuleError(f"module {module.name}: manifest first_members says"
-                              f" {module.manifest.get('first_members')}, model.onnx has"
-                              f" {self._first} networks")
+                              f" {module.manifest.get('first_members')}, the models"
+                              f" {self._first or 'no rest'}")
         self._classes = len(module.charset) + 1
         lengths = module.manifest.get("lengths")  # [shortest, longest], checked on load
         self._lengths = (int(lengths[0]), int(lengths[1])) if lengths else None

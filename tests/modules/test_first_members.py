@@ -147,6 +147,10 @@ def test_a_file_of_two_models_round_trips_and_is_checked(four: bytes) -> None:
                          (manifest(first_members=3), "first_members says 3")):
         with pytest.raises(ModuleError, match=says):
             ModuleEngine(unpack(rewritten(change)))
+    for module in (Module(_manifest(0.95, first_members=2), four),  # no rest
+                   Module(_manifest(0.95), head, rest)):  # no first_members
+        with pytest.raises(ModuleError, match="first_members says"):
+            ModuleEngine(module)
     with pytest.raises(ValueError):
         pack(_manifest(0.95, first_members=2), four)  # no rest
     with pytest.raises(ValueError):
