@@ -106,7 +106,10 @@ class ModuleEngine(CtcEngine):
         """Every network's (frames, classes) logits at this width factor (in a module
         with first_members, ``which`` selects the first networks' session, the later
         ones' or both)."""
-        x = to_input(grey64(img, self._stretch * stretch, self._grey))
+        return self._run(to_input(grey64(img, self._stretch * stretch, self._grey)), which)
+
+    def _run(self, x: np.ndarray, which: slice) -> list[np.ndarray]:
+        """The selected sessions' networks' logits for the network input ``x``."""
         out = []
         for member in (m for s in self._sessions[which] for m in s.run(None, {self._input: x})):
             logits: np.ndarray = member.reshape(member.shape[0], -1)
@@ -134,12 +137,13 @@ class ModuleEngine(CtcEngine):
             below = self._vote_below if self._vote_stretches else 1.0
             at_one: list[np.ndarray] = []
             if self._first:  # the first networks alone, and the rest only if they must
-                at_one = self.member_frames(img, 1.0, slice(0, 1))
+                x = to_input(grey64(img, self._stretch, self._grey))
+                at_one = self._run(x, slice(0, 1))
                 agreed = sure_agreement(
                     [self._decoder.decode_chars(f, spec) for f in at_one], below)
                 if agreed is not None:
                     return self.finish(*agreed, spec)
-                at_one += self.member_frames(img, 1.0, slice(1, None))
+                at_one += self._run(x, slice(1, None))
 
             def member_frames_at(stretch: float) -> list[np.ndarray]:
                 return at_one if at_one and stretch == 1.0 else self.member_frames(img, stretch)

@@ -210,6 +210,7 @@ MEMBERS_FROM_MINUTES_FLOAT32 = 45.0
 # activations: two lanes only where the training images are at most LANE_MAX_WIDTH pixels
 # wide at 64 high (one lane of generic colour capitals, up to 512, peaked at 3.5 GB; one
 # of Securimage, 240, at 1.2)
+
 # a module of more networks than FIRST_MEMBERS reads with its first FIRST_MEMBERS (the
 # first of each lane, trained apart) before the others, which run only when these disagree
 # or are unsure (manifest first_members, the later networks in rest.onnx); kept when it
