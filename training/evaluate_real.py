@@ -222,9 +222,11 @@ def fit_policy(names: list[str], items: list[Item], answers: dict[str, list[Read
     single most accurate one), stop_at and first_stop_at: the most accurate on the
     calibration set, and among those within ``tolerance`` of it the cheapest on average
     (the mean, not the median: the mean is what a busy server pays per image); then the
-    isotonic map of its combined score. (Cheapest first with one stop lost: capd's CRNN is
-    sure of wrong answers on some real schemes, and stopping there cost the fine-tuned
-    engine's lead; a separate, higher stop for the first member alone is what
+    isotonic map of its combined score. A cheaper policy is taken only when its map makes
+    at least half as many answers 90% sure as the near-best policy that makes the most
+    (SURE_SHARE_KEPT); otherwise the next cheapest. (Cheapest first with one stop lost:
+    capd's CRNN is sure of wrong answers on some real schemes, and stopping there cost the
+    fine-tuned engine's lead; a separate, higher stop for the first member alone is what
     first_stop_at is for.)"""
     from itertools import permutations
 
@@ -253,17 +255,44 @@ def fit_policy(names: list[str], items: list[Item], answers: dict[str, list[Read
                         trials.append((acc / len(items), statistics.fmean(times), p))
     top = max(t[0] for t in trials)
     near = sorted((t for t in trials if t[0] >= top - tolerance), key=lambda t: (t[1], -t[0]))
+    ranked = sorted(trials, key=lambda t: (-t[0], t[1]))
     print("auto candidates (accuracy, mean ms, members, stop_at, first_stop_at, agreement),"
           " best first:")
-    for acc, mean, p in sorted(trials, key=lambda t: (-t[0], t[1]))[:12]:
+    for acc, mean, p in ranked[:12]:
         print(f"  {acc:.3f} {mean:7.1f}  {','.join(p.members)}  {p.stop_at}  {p.first_stop_at}"
               f"  {p.agreement}")
-    acc, mean, chosen = near[0]
-    print(f"chosen: {acc:.3f} at mean {mean:.1f} ms (tolerance {tolerance})")
-    out, _ = simulate_auto(chosen, items, answers, ms)
-    xs, ys = fit_isotonic([(r.confidence, right(it, r)) for it, r in zip(items, out,
-                                                                        strict=True)])
-    return replace(chosen, calibration=Calibration(xs, ys))
+
+    def fitted(p: combined.Policy) -> tuple[combined.Policy, float]:
+        out, _ = simulate_auto(p, items, answers, ms)
+        pairs = [(r.confidence, right(it, r)) for it, r in zip(items, out, strict=True)]
+        xs, ys = fit_isotonic(pairs)
+        return replace(p, calibration=Calibration(xs, ys)), sure_share(pairs, xs, ys)
+
+    # the cheapest near-best policy that makes at least half as many answers 90% sure as
+    # the near-best policy that makes the most: a cheap policy whose map never reaches 90
+    # (one wrong answer among its very highest scores caps the conservative map) would make
+    # recognizingThreshold 90 return nothing
+    candidates = [(a, m, *fitted(p)) for a, m, p in near]  # cheapest first
+    reference = max(c[3] for c in candidates)
+    acc, mean, chosen, share = next(c for c in candidates
+                                    if c[3] >= reference * SURE_SHARE_KEPT)
+    print(f"chosen: {acc:.3f} at mean {mean:.1f} ms (tolerance {tolerance}); "
+          f"{share:.0%} of its answers at least {SURE_AT:.0%} sure (at most {reference:.0%}"
+          " among the near-best)")
+    return chosen
+
+
+SURE_AT = 0.9
+SURE_SHARE_KEPT = 0.5
+
+
+def sure_share(pairs: list[tuple[float, bool]], xs: list[float], ys: list[float]) -> float:
+    """The share of (confidence, right) readings that the isotonic map (xs, ys) makes at
+    least SURE_AT likely right: what recognizingThreshold 90 would return."""
+    from capd.solving.ocr.onnx_engine import Calibration
+
+    cal = Calibration(xs, ys)
+    return sum(cal(c) >= SURE_AT for c, _ in pairs) / max(1, len(pairs))
 
 
 # -- report ----------------------------------------------------------------------------------
