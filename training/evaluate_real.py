@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from capd.domain.tasks import ImageSpec
 from capd.solving.ocr import combined
 from capd.solving.ocr.base import Reading, Recogniser, UnreadableImage
+from capd.solving.ocr.onnx_engine import Calibration
 from training import datasets
 
 MODELS_DIR = os.path.join(os.path.dirname(__file__), "..", "capd", "solving", "ocr", "models")
@@ -153,8 +154,6 @@ FITTED_HERE = ("capd", "capd-web", "ddddocr", "ddddocr-beta", "rapidocr")
 
 def calibration_of(name: str) -> Callable[[float], float] | None:
     """The map an engine applies to its raw confidence, as shipped now."""
-    from capd.solving.ocr.onnx_engine import Calibration
-
     if name in FITTED_HERE:
         return Calibration.load("calibration.json" if name == "capd" else
                                f"calibration_{name}.json")
@@ -230,7 +229,6 @@ def fit_policy(names: list[str], items: list[Item], answers: dict[str, list[Read
     first_stop_at is for.)"""
     from itertools import permutations
 
-    from capd.solving.ocr.onnx_engine import Calibration
     from training.evaluate import fit_isotonic
 
     cost = {n: statistics.median(ms[n]) for n in names}
@@ -289,8 +287,6 @@ SURE_SHARE_KEPT = 0.5
 def sure_share(pairs: list[tuple[float, bool]], xs: list[float], ys: list[float]) -> float:
     """The share of (confidence, right) readings that the isotonic map (xs, ys) makes at
     least SURE_AT likely right: what recognizingThreshold 90 would return."""
-    from capd.solving.ocr.onnx_engine import Calibration
-
     cal = Calibration(xs, ys)
     return sum(cal(c) >= SURE_AT for c, _ in pairs) / max(1, len(pairs))
 

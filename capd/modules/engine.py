@@ -106,7 +106,11 @@ class ModuleEngine(CtcEngine):
         """Every network's (frames, classes) logits at this width factor (in a module
         with first_members, ``which`` selects the first networks' session, the later
         ones' or both)."""
-        return self._run(to_input(grey64(img, self._stretch * stretch, self._grey)), which)
+        return self._run(self._input_at(img, stretch), which)
+
+    def _input_at(self, img: Image.Image, stretch: float) -> np.ndarray:
+        """The network input: the image read at this width factor of the module's own."""
+        return to_input(grey64(img, self._stretch * stretch, self._grey))
 
     def _run(self, x: np.ndarray, which: slice) -> list[np.ndarray]:
         """The selected sessions' networks' logits for the network input ``x``."""
@@ -137,7 +141,7 @@ class ModuleEngine(CtcEngine):
             below = self._vote_below if self._vote_stretches else 1.0
             at_one: list[np.ndarray] = []
             if self._first:  # the first networks alone, and the rest only if they must
-                x = to_input(grey64(img, self._stretch, self._grey))
+                x = self._input_at(img, 1.0)
                 at_one = self._run(x, slice(0, 1))
                 agreed = sure_agreement(
                     [self._decoder.decode_chars(f, spec) for f in at_one], below)
